@@ -1,0 +1,213 @@
+//! All configuration, one struct tree. Read from a TOML file (path from
+//! `--config` or `VESTNIK_CONFIG`) and overridden by environment variables
+//! with the `VESTNIK_` prefix and `__` between levels, e.g.
+//! `VESTNIK_RABBITMQ__URL`, `VESTNIK_INGEST__LISTEN`. Every key and its default
+//! is documented in deploy/vestnik.example.toml.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tenant::TenantConfig;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub ingest: IngestSettings,
+    #[serde(default)]
+    pub rabbitmq: RabbitSettings,
+    #[serde(default)]
+    pub spool: SpoolSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Public webhook port.
+    pub listen: String,
+    /// Bodies above this are refused with 413.
+    pub max_body_bytes: usize,
+    /// How long a request waits for the broker's confirm before the event
+    /// goes to the spool instead (AmoCRM gives us 2 s in all).
+    pub publish_timeout_ms: u64,
+    /// actix workers; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            listen: "0.0.0.0:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            publish_timeout_ms: 1500,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RabbitSettings {
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several deployments (or
+    /// test runs) can share one broker.
+    pub prefix: String,
+    /// Delay of the one second attempt after a first failure (seed 003: 9m30s).
+    pub second_attempt_delay_secs: u64,
+    /// Quorum-queue redelivery limit before a message is dead-lettered as poison.
+    pub delivery_limit: u32,
+    /// Publishing channels the ingest spreads its confirms over.
+    pub publish_channels: usize,
+}
+
+impl Default for RabbitSettings {
+    fn default() -> Self {
+        RabbitSettings {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "vestnik".into(),
+            second_attempt_delay_secs: 570,
+            delivery_limit: 20,
+            publish_channels: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSettings {
+    /// Where events wait (fsynced) while the broker is unreachable.
+    pub dir: PathBuf,
+    /// Above this many pending bytes new webhooks get 503.
+    pub max_bytes: u64,
+    /// Size at which a new segment file is started.
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        SpoolSettings {
+            dir: PathBuf::from("var/spool"),
+            max_bytes: 1024 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `json` (production) or `pretty`.
+    pub format: String,
+    /// tracing filter, e.g. `info,ingest=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// File (optional) then environment. `path` wins over `VESTNIK_CONFIG`.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env_path = std::env::var_os("VESTNIK_CONFIG").map(PathBuf::from);
+        let mut builder = config::Config::builder();
+        if let Some(p) = path.map(Path::to_path_buf).or(env_path) {
+            builder = builder.add_source(config::File::from(p).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix("VESTNIK")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ingest.publish_timeout_ms == 0 || self.ingest.publish_timeout_ms > 1900 {
+            return Err(ConfigError::Invalid(
+                "ingest.publish_timeout_ms must be between 1 and 1900 (AmoCRM's budget is 2 s)".into(),
+            ));
+        }
+        if self.ingest.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid("ingest.max_body_bytes must be at least 1024".into()));
+        }
+        if self.rabbitmq.prefix.is_empty()
+            || !self
+                .rabbitmq
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(ConfigError::Invalid(
+                "rabbitmq.prefix must be non-empty ASCII letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if self.rabbitmq.publish_channels == 0 {
+            return Err(ConfigError::Invalid("rabbitmq.publish_channels must be at least 1".into()));
+        }
+        if self.spool.segment_bytes < 4096 || self.spool.max_bytes < self.spool.segment_bytes {
+            return Err(ConfigError::Invalid(
+                "spool.segment_bytes must be >= 4096 and <= spool.max_bytes".into(),
+            ));
+        }
+        crate::tenant::Tenants::new(self.tenants.clone()).map_err(ConfigError::Invalid)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.ingest.publish_timeout_ms, 1500);
+        assert_eq!(s.rabbitmq.second_attempt_delay_secs, 570);
+        assert_eq!(s.ingest.max_body_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_not_silently_ignored() {
+        let err = Settings::from_toml("[ingest]\nlisten_port = 1\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn publish_timeout_must_fit_amocrm_budget() {
+        let err = Settings::from_toml("[ingest]\npublish_timeout_ms = 2500\n").unwrap_err();
+        assert!(err.to_string().contains("2 s"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+//! What both Vestnik services agree on: the normalised event, configuration,
+//! tenants and their keys, the RabbitMQ topology, phone handling and PII masking.
+
+pub mod config;
+pub mod event;
+pub mod mask;
+pub mod phone;
+pub mod tenant;
+pub mod topology;
+
+pub use event::{Event, EventKind, SourceId};
+pub use tenant::{Tenant, Tenants};

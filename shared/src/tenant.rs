@@ -1,0 +1,225 @@
+//! Tenants (a restaurant chain, a salon network) and their webhook keys.
+//!
+//! A key is looked up by its SHA-256 (so the map lookup's timing says nothing
+//! about the key) and then compared in constant time.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Short stable id: letters, digits, '-', '_'. Appears in dedup keys and logs.
+    pub id: String,
+    /// Webhook keys (several, so a key can be rotated without downtime).
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub sources: SourceSettings,
+}
+
+impl fmt::Debug for TenantConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantConfig")
+            .field("id", &self.id)
+            .field("keys", &self.keys.iter().map(|k| crate::mask::secret(k)).collect::<Vec<_>>())
+            .field("sources", &self.sources)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    pub iiko: IikoSettings,
+    pub rkeeper: RkeeperSettings,
+    pub yclients: YclientsSettings,
+    pub amocrm: AmocrmSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IikoSettings {
+    /// Order statuses that mean "done, ask for a review" (delivery and table orders).
+    pub final_statuses: Vec<String>,
+}
+
+impl Default for IikoSettings {
+    fn default() -> Self {
+        IikoSettings {
+            final_statuses: vec!["Delivered".into(), "Closed".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RkeeperSettings {
+    /// Compared case-insensitively. Delivery push labels and White Server
+    /// values (`Complited` is the API's own spelling).
+    pub final_statuses: Vec<String>,
+}
+
+impl Default for RkeeperSettings {
+    fn default() -> Self {
+        RkeeperSettings {
+            final_statuses: vec!["Выполнен".into(), "Доставлен".into(), "Complited".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct YclientsSettings {
+    /// `attendance` values that count as a finished visit (1 = arrived).
+    pub attendance: Vec<i64>,
+}
+
+impl Default for YclientsSettings {
+    fn default() -> Self {
+        YclientsSettings { attendance: vec![1] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmocrmSettings {
+    /// Lead statuses that count as won (142 is the system "Успешно реализовано").
+    pub won_status_ids: Vec<u64>,
+    /// Custom field ids that hold the phone, tried before `code = PHONE` and
+    /// the names Телефон / Phone.
+    pub phone_field_ids: Vec<u64>,
+}
+
+impl Default for AmocrmSettings {
+    fn default() -> Self {
+        AmocrmSettings {
+            won_status_ids: vec![142],
+            phone_field_ids: Vec::new(),
+        }
+    }
+}
+
+/// A tenant as the services use it (keys are not kept here).
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: String,
+    pub sources: SourceSettings,
+}
+
+#[derive(Clone, Default)]
+pub struct Tenants {
+    by_key_hash: Arc<HashMap<[u8; 32], (Vec<u8>, Arc<Tenant>)>>,
+    by_id: Arc<HashMap<String, Arc<Tenant>>>,
+}
+
+pub const MIN_KEY_LEN: usize = 16;
+
+impl Tenants {
+    pub fn new(configs: Vec<TenantConfig>) -> Result<Tenants, String> {
+        let mut by_key_hash = HashMap::new();
+        let mut by_id = HashMap::new();
+        for cfg in configs {
+            if cfg.id.is_empty() || !cfg.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("tenant id {:?}: use letters, digits, '-' or '_'", cfg.id));
+            }
+            if cfg.keys.is_empty() {
+                return Err(format!("tenant {}: at least one key is required", cfg.id));
+            }
+            let tenant = Arc::new(Tenant {
+                id: cfg.id.clone(),
+                sources: cfg.sources,
+            });
+            if by_id.insert(cfg.id.clone(), tenant.clone()).is_some() {
+                return Err(format!("tenant {} is configured twice", cfg.id));
+            }
+            for key in cfg.keys {
+                if key.len() < MIN_KEY_LEN {
+                    return Err(format!(
+                        "tenant {}: key {} is shorter than {MIN_KEY_LEN} characters",
+                        cfg.id,
+                        crate::mask::secret(&key)
+                    ));
+                }
+                if by_key_hash
+                    .insert(hash(&key), (key.clone().into_bytes(), tenant.clone()))
+                    .is_some()
+                {
+                    return Err(format!(
+                        "key {} is used by more than one tenant entry",
+                        crate::mask::secret(&key)
+                    ));
+                }
+            }
+        }
+        Ok(Tenants {
+            by_key_hash: Arc::new(by_key_hash),
+            by_id: Arc::new(by_id),
+        })
+    }
+
+    pub fn authenticate(&self, key: &str) -> Option<Arc<Tenant>> {
+        let (stored, tenant) = self.by_key_hash.get(&hash(key))?;
+        bool::from(stored.as_slice().ct_eq(key.as_bytes())).then(|| tenant.clone())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.by_id.get(id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(id: &str, keys: &[&str]) -> TenantConfig {
+        TenantConfig {
+            id: id.into(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            sources: SourceSettings::default(),
+        }
+    }
+
+    #[test]
+    fn authenticates_each_key_of_its_tenant() {
+        let t = Tenants::new(vec![
+            cfg("acme", &["acme-key-000000001", "acme-key-000000002"]),
+            cfg("salon", &["salon-key-00000001"]),
+        ])
+        .unwrap();
+        assert_eq!(t.authenticate("acme-key-000000002").unwrap().id, "acme");
+        assert_eq!(t.authenticate("salon-key-00000001").unwrap().id, "salon");
+        assert!(t.authenticate("acme-key-00000000").is_none());
+        assert!(t.authenticate("").is_none());
+    }
+
+    #[test]
+    fn refuses_short_duplicate_and_shared_keys() {
+        assert!(Tenants::new(vec![cfg("a", &["short"])]).is_err());
+        assert!(Tenants::new(vec![cfg("a", &["k0000000000000001"]), cfg("a", &["k0000000000000002"])]).is_err());
+        assert!(Tenants::new(vec![cfg("a", &["k0000000000000001"]), cfg("b", &["k0000000000000001"])]).is_err());
+        assert!(Tenants::new(vec![cfg("bad id", &["k0000000000000001"])]).is_err());
+    }
+
+    #[test]
+    fn debug_masks_keys() {
+        let dbg = format!("{:?}", cfg("acme", &["acme-key-000000001"]));
+        assert!(!dbg.contains("acme-key-000000001"), "{dbg}");
+    }
+}

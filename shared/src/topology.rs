@@ -1,0 +1,157 @@
+//! The RabbitMQ topology both services declare on start-up (idempotently),
+//! so they always agree on it.
+//!
+//! ```text
+//!  ingest ──publish "dispatch"──▶ {p}.events (direct) ──▶ {p}.dispatch (quorum) ──▶ dispatcher
+//!                                      │   ▲                  │ delivery limit exceeded
+//!                                      │   │ TTL expired      ▼ (poison) dead-lettered "dead"
+//!  dispatcher ──"second-attempt"──▶ {p}.second-attempt.<delay>s (quorum, x-message-ttl)
+//!  dispatcher ──"dead"────────────▶ {p}.dlq (quorum) ◀── admins list / replay
+//! ```
+//!
+//! The wait queue's name carries its delay: changing the configured delay
+//! declares a new queue instead of failing on mismatched arguments, and the
+//! messages already waiting in the old one still come back on time.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+pub const ROUTE_DISPATCH: &str = "dispatch";
+pub const ROUTE_SECOND_ATTEMPT: &str = "second-attempt";
+pub const ROUTE_DEAD: &str = "dead";
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    second_attempt_delay: Duration,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, second_attempt_delay: Duration, delivery_limit: u32) -> Self {
+        Topology {
+            prefix: prefix.to_string(),
+            second_attempt_delay,
+            delivery_limit,
+        }
+    }
+
+    pub fn from_settings(s: &crate::config::RabbitSettings) -> Self {
+        Self::new(
+            &s.prefix,
+            Duration::from_secs(s.second_attempt_delay_secs),
+            s.delivery_limit,
+        )
+    }
+
+    pub fn exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    pub fn dispatch_queue(&self) -> String {
+        format!("{}.dispatch", self.prefix)
+    }
+
+    pub fn second_attempt_queue(&self) -> String {
+        format!("{}.second-attempt.{}s", self.prefix, self.second_attempt_delay.as_secs())
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.prefix)
+    }
+
+    pub fn second_attempt_delay(&self) -> Duration {
+        self.second_attempt_delay
+    }
+
+    /// Declares exchange, queues and bindings. Safe to call from every
+    /// process at every start.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange().into(),
+                ExchangeKind::Direct,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut dispatch = quorum_args();
+        insert(&mut dispatch, "x-delivery-limit", AMQPValue::LongLongInt(self.delivery_limit.into()));
+        insert_str(&mut dispatch, "x-dead-letter-exchange", &self.exchange());
+        insert_str(&mut dispatch, "x-dead-letter-routing-key", ROUTE_DEAD);
+        self.queue(channel, &self.dispatch_queue(), dispatch, ROUTE_DISPATCH).await?;
+
+        let mut wait = quorum_args();
+        let ttl_ms = i64::try_from(self.second_attempt_delay.as_millis()).unwrap_or(i64::MAX);
+        insert(&mut wait, "x-message-ttl", AMQPValue::LongLongInt(ttl_ms));
+        insert_str(&mut wait, "x-dead-letter-exchange", &self.exchange());
+        insert_str(&mut wait, "x-dead-letter-routing-key", ROUTE_DISPATCH);
+        // At-least-once dead-lettering: an expired message is not dropped if
+        // the dispatch queue cannot take it at that moment.
+        insert_str(&mut wait, "x-dead-letter-strategy", "at-least-once");
+        insert_str(&mut wait, "x-overflow", "reject-publish");
+        self.queue(channel, &self.second_attempt_queue(), wait, ROUTE_SECOND_ATTEMPT)
+            .await?;
+
+        self.queue(channel, &self.dead_letter_queue(), quorum_args(), ROUTE_DEAD)
+            .await?;
+        Ok(())
+    }
+
+    async fn queue(&self, channel: &Channel, name: &str, args: FieldTable, route: &str) -> lapin::Result<()> {
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                name.into(),
+                self.exchange().into(),
+                route.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    /// Removes everything [`declare`](Self::declare) created; for tests and
+    /// for retiring a prefix.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for q in [self.dispatch_queue(), self.second_attempt_queue(), self.dead_letter_queue()] {
+            channel
+                .queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                .await?;
+        }
+        channel
+            .exchange_delete(self.exchange().into(), lapin::options::ExchangeDeleteOptions::default())
+            .await
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    insert_str(&mut args, "x-queue-type", "quorum");
+    args
+}
+
+fn insert(args: &mut FieldTable, key: &str, value: AMQPValue) {
+    args.insert(ShortString::from(key), value);
+}
+
+fn insert_str(args: &mut FieldTable, key: &str, value: &str) {
+    insert(args, key, AMQPValue::LongString(LongString::from(value)));
+}
