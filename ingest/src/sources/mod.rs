@@ -1,0 +1,155 @@
+//! Webhook sources: each module turns one source's bytes into [`Item`]s.
+//!
+//! A source only parses and filters. It does not authenticate, normalise
+//! phones, assign ids or publish: that is done once, for all sources, by the
+//! route (`crate::accept`). Adding a source is adding a file here and a line
+//! in [`Registry::new`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use shared::event::{EventKind, Lookup, Params};
+use shared::{SourceId, Tenant};
+
+pub mod amocrm;
+pub mod booking;
+pub mod iiko;
+pub mod rkeeper;
+pub mod yclients;
+
+/// The body as the route received it, already classified by Content-Type.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    Json(&'a [u8]),
+    /// `application/x-www-form-urlencoded`, raw (still percent-encoded).
+    Form(&'a [u8]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentKind {
+    Json,
+    Form,
+}
+
+impl ContentKind {
+    pub fn mime(self) -> &'static str {
+        match self {
+            ContentKind::Json => "application/json",
+            ContentKind::Form => "application/x-www-form-urlencoded",
+        }
+    }
+}
+
+/// One thing that happened at the source, before the common step turns it
+/// into an [`shared::Event`] (phone normalisation, id, dedup key, times).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    pub kind: EventKind,
+    /// The source's own identity of this happening, without tenant or source
+    /// (e.g. `<organizationId>:<order id>:Delivered`). Becomes the dedup key
+    /// `<tenant>:<source>:<identity>`; two deliveries of the same webhook must
+    /// give the same identity, two different happenings different ones.
+    pub identity: String,
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// The location inside the tenant (iiko organizationId, YCLIENTS company_id, ...).
+    pub location: Option<String>,
+    /// Raw phone strings in the source's priority order; the first that
+    /// normalises wins. Empty when the payload has none.
+    pub phones: Vec<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    pub params: Params,
+    /// How to fetch the phone later when the payload may not carry one.
+    pub lookup: Option<Lookup>,
+}
+
+impl Draft {
+    pub fn new(kind: EventKind, identity: impl Into<String>) -> Self {
+        Draft {
+            kind,
+            identity: identity.into(),
+            occurred_at: None,
+            location: None,
+            phones: Vec::new(),
+            email: None,
+            name: None,
+            params: Params::default(),
+            lookup: None,
+        }
+    }
+}
+
+/// One item of a webhook body (a body may carry several: iiko batches,
+/// several AmoCRM leads).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    Accept(Draft),
+    /// Understood but not for us (non-final status, deleted record, event type
+    /// we do not notify on, ...). The source must not retry these.
+    Ignore(String),
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    /// The body is not what this source sends; the message says what is wrong
+    /// (it may be shown to the caller, so it must not echo phones or e-mails).
+    #[error("{0}")]
+    Malformed(String),
+}
+
+pub trait Source: Send + Sync + 'static {
+    fn id(&self) -> SourceId;
+
+    /// Content types this source sends; others get 415.
+    fn accepts(&self) -> &'static [ContentKind];
+
+    fn parse(&self, body: Body<'_>, tenant: &Tenant) -> Result<Vec<Item>, ParseError>;
+}
+
+pub struct Registry {
+    sources: HashMap<SourceId, Box<dyn Source>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        let all: Vec<Box<dyn Source>> = vec![
+            Box::new(iiko::Iiko),
+            Box::new(rkeeper::Rkeeper),
+            Box::new(yclients::Yclients),
+            Box::new(amocrm::Amocrm),
+            Box::new(booking::Booking),
+        ];
+        Registry {
+            sources: all.into_iter().map(|s| (s.id(), s)).collect(),
+        }
+    }
+
+    pub fn get(&self, id: SourceId) -> Option<&dyn Source> {
+        self.sources.get(&id).map(|s| s.as_ref())
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serde helper shared by sources: ids arrive as numbers or strings depending
+/// on the source and its version; keep them as strings.
+pub(crate) fn id_string(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Path to a fixture in ../shared/fixtures, for unit tests.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
