@@ -2,4 +2,14 @@
 //! filters to the events that matter and makes them durable in RabbitMQ
 //! (or the local spool) before answering.
 
+pub mod accept;
+pub mod app;
+pub mod auth;
+pub mod durable;
+pub mod metrics;
+pub mod params;
+pub mod problem;
+pub mod publish;
+pub mod routes;
 pub mod sources;
+pub mod spool;

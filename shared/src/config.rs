@@ -157,11 +157,14 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ingest.publish_timeout_ms == 0 || self.ingest.publish_timeout_ms > 1900 {
             return Err(ConfigError::Invalid(
-                "ingest.publish_timeout_ms must be between 1 and 1900 (AmoCRM's budget is 2 s)".into(),
+                "ingest.publish_timeout_ms must be between 1 and 1900 (AmoCRM's budget is 2 s)"
+                    .into(),
             ));
         }
         if self.ingest.max_body_bytes < 1024 {
-            return Err(ConfigError::Invalid("ingest.max_body_bytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "ingest.max_body_bytes must be at least 1024".into(),
+            ));
         }
         if self.rabbitmq.prefix.is_empty()
             || !self
@@ -175,7 +178,9 @@ impl Settings {
             ));
         }
         if self.rabbitmq.publish_channels == 0 {
-            return Err(ConfigError::Invalid("rabbitmq.publish_channels must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "rabbitmq.publish_channels must be at least 1".into(),
+            ));
         }
         if self.spool.segment_bytes < 4096 || self.spool.max_bytes < self.spool.segment_bytes {
             return Err(ConfigError::Invalid(

@@ -238,7 +238,10 @@ impl Default for FormatOptions {
             resource_name: None,
             detail_section_name: None,
             case_type_name: None,
-            hide: HideFlag::ALL.iter().map(|f| (*f, f.default_value())).collect(),
+            hide: HideFlag::ALL
+                .iter()
+                .map(|f| (*f, f.default_value()))
+                .collect(),
             date_locale: DateLocale::RuRu,
             time_zone: "Europe/Moscow".into(),
             time_zone_name: "Мск".into(),
@@ -355,7 +358,10 @@ pub enum Lookup {
         lead_id: String,
     },
     /// `GET /api/v1/record/{company_id}/{record_id}`.
-    Yclients { company_id: String, record_id: String },
+    Yclients {
+        company_id: String,
+        record_id: String,
+    },
 }
 
 #[cfg(test)]

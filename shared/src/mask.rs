@@ -10,7 +10,11 @@ pub fn phone(phone: &str) -> String {
     if digits.len() <= 4 {
         return "*".repeat(digits.len().max(1));
     }
-    let plus = if phone.trim_start().starts_with('+') { "+" } else { "" };
+    let plus = if phone.trim_start().starts_with('+') {
+        "+"
+    } else {
+        ""
+    };
     let head: String = digits[..1].iter().collect();
     let tail: String = digits[digits.len() - 4..].iter().collect();
     format!("{plus}{head}{}{tail}", "*".repeat(digits.len() - 5))
@@ -78,7 +82,10 @@ fn mask_digit_runs(input: &str) -> String {
         if digits >= 7 {
             let trimmed = run.trim_end_matches(|c: char| !c.is_ascii_digit());
             let trailing = &run[trimmed.len()..];
-            let lead_len = trimmed.len() - trimmed.trim_start_matches(|c: char| c != '+' && !c.is_ascii_digit()).len();
+            let lead_len = trimmed.len()
+                - trimmed
+                    .trim_start_matches(|c: char| c != '+' && !c.is_ascii_digit())
+                    .len();
             out.push_str(&trimmed[..lead_len]);
             out.push_str(&phone(&trimmed[lead_len..]));
             out.push_str(trailing);

@@ -136,15 +136,21 @@ fn normalise_one(raw: &str) -> Result<Phone, PhoneError> {
         return Err(PhoneError::Invalid);
     }
     let e164 = format!("+{international}");
-    let parsed = phonenumber::parse(Some(country::Id::RU), &e164).map_err(|_| PhoneError::Invalid)?;
+    let parsed =
+        phonenumber::parse(Some(country::Id::RU), &e164).map_err(|_| PhoneError::Invalid)?;
     if !phonenumber::is_valid(&parsed) {
         return Err(PhoneError::Invalid);
     }
     match parsed.number_type(&phonenumber::metadata::DATABASE) {
-        Type::Mobile | Type::FixedLineOrMobile | Type::Pager | Type::PersonalNumber => Ok(Phone(e164)),
-        Type::FixedLine | Type::TollFree | Type::PremiumRate | Type::SharedCost | Type::Voip | Type::Uan => {
-            Err(PhoneError::Landline)
+        Type::Mobile | Type::FixedLineOrMobile | Type::Pager | Type::PersonalNumber => {
+            Ok(Phone(e164))
         }
+        Type::FixedLine
+        | Type::TollFree
+        | Type::PremiumRate
+        | Type::SharedCost
+        | Type::Voip
+        | Type::Uan => Err(PhoneError::Landline),
         _ => Err(PhoneError::Invalid),
     }
 }
@@ -154,7 +160,10 @@ mod tests {
     use super::*;
 
     fn ok(raw: &str) -> String {
-        normalise(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}")).e164().to_string()
+        normalise(raw)
+            .unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+            .e164()
+            .to_string()
     }
 
     #[test]
@@ -189,7 +198,17 @@ mod tests {
 
     #[test]
     fn garbage_is_invalid_not_a_panic() {
-        for raw in ["", "   ", "abc", "12345", "+", "+7 916", "call me", "7916123456789012345", "٣٣٣٣٣٣٣٣"] {
+        for raw in [
+            "",
+            "   ",
+            "abc",
+            "12345",
+            "+",
+            "+7 916",
+            "call me",
+            "7916123456789012345",
+            "٣٣٣٣٣٣٣٣",
+        ] {
             assert!(normalise(raw).is_err(), "{raw:?}");
         }
         assert_eq!(normalise(""), Err(PhoneError::Empty));
@@ -209,7 +228,10 @@ mod tests {
 
     #[test]
     fn priority_list_skips_missing_and_bad() {
-        assert_eq!(first_valid(["", "nonsense", "+79161234567"]).map(|p| p.digits().to_string()), Ok("79161234567".into()));
+        assert_eq!(
+            first_valid(["", "nonsense", "+79161234567"]).map(|p| p.digits().to_string()),
+            Ok("79161234567".into())
+        );
         assert_eq!(first_valid(["", " "]), Err(PhoneError::Empty));
         assert_eq!(first_valid(["+74951234567"]), Err(PhoneError::Landline));
     }

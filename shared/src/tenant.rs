@@ -26,7 +26,14 @@ impl fmt::Debug for TenantConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TenantConfig")
             .field("id", &self.id)
-            .field("keys", &self.keys.iter().map(|k| crate::mask::secret(k)).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self
+                    .keys
+                    .iter()
+                    .map(|k| crate::mask::secret(k))
+                    .collect::<Vec<_>>(),
+            )
             .field("sources", &self.sources)
             .finish()
     }
@@ -81,7 +88,9 @@ pub struct YclientsSettings {
 
 impl Default for YclientsSettings {
     fn default() -> Self {
-        YclientsSettings { attendance: vec![1] }
+        YclientsSettings {
+            attendance: vec![1],
+        }
     }
 }
 
@@ -124,8 +133,16 @@ impl Tenants {
         let mut by_key_hash = HashMap::new();
         let mut by_id = HashMap::new();
         for cfg in configs {
-            if cfg.id.is_empty() || !cfg.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(format!("tenant id {:?}: use letters, digits, '-' or '_'", cfg.id));
+            if cfg.id.is_empty()
+                || !cfg
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!(
+                    "tenant id {:?}: use letters, digits, '-' or '_'",
+                    cfg.id
+                ));
             }
             if cfg.keys.is_empty() {
                 return Err(format!("tenant {}: at least one key is required", cfg.id));
@@ -212,8 +229,20 @@ mod tests {
     #[test]
     fn refuses_short_duplicate_and_shared_keys() {
         assert!(Tenants::new(vec![cfg("a", &["short"])]).is_err());
-        assert!(Tenants::new(vec![cfg("a", &["k0000000000000001"]), cfg("a", &["k0000000000000002"])]).is_err());
-        assert!(Tenants::new(vec![cfg("a", &["k0000000000000001"]), cfg("b", &["k0000000000000001"])]).is_err());
+        assert!(
+            Tenants::new(vec![
+                cfg("a", &["k0000000000000001"]),
+                cfg("a", &["k0000000000000002"])
+            ])
+            .is_err()
+        );
+        assert!(
+            Tenants::new(vec![
+                cfg("a", &["k0000000000000001"]),
+                cfg("b", &["k0000000000000001"])
+            ])
+            .is_err()
+        );
         assert!(Tenants::new(vec![cfg("bad id", &["k0000000000000001"])]).is_err());
     }
 

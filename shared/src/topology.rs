@@ -56,7 +56,11 @@ impl Topology {
     }
 
     pub fn second_attempt_queue(&self) -> String {
-        format!("{}.second-attempt.{}s", self.prefix, self.second_attempt_delay.as_secs())
+        format!(
+            "{}.second-attempt.{}s",
+            self.prefix,
+            self.second_attempt_delay.as_secs()
+        )
     }
 
     pub fn dead_letter_queue(&self) -> String {
@@ -84,10 +88,15 @@ impl Topology {
             .await?;
 
         let mut dispatch = quorum_args();
-        insert(&mut dispatch, "x-delivery-limit", AMQPValue::LongLongInt(self.delivery_limit.into()));
+        insert(
+            &mut dispatch,
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(self.delivery_limit.into()),
+        );
         insert_str(&mut dispatch, "x-dead-letter-exchange", &self.exchange());
         insert_str(&mut dispatch, "x-dead-letter-routing-key", ROUTE_DEAD);
-        self.queue(channel, &self.dispatch_queue(), dispatch, ROUTE_DISPATCH).await?;
+        self.queue(channel, &self.dispatch_queue(), dispatch, ROUTE_DISPATCH)
+            .await?;
 
         let mut wait = quorum_args();
         let ttl_ms = i64::try_from(self.second_attempt_delay.as_millis()).unwrap_or(i64::MAX);
@@ -98,15 +107,31 @@ impl Topology {
         // the dispatch queue cannot take it at that moment.
         insert_str(&mut wait, "x-dead-letter-strategy", "at-least-once");
         insert_str(&mut wait, "x-overflow", "reject-publish");
-        self.queue(channel, &self.second_attempt_queue(), wait, ROUTE_SECOND_ATTEMPT)
-            .await?;
+        self.queue(
+            channel,
+            &self.second_attempt_queue(),
+            wait,
+            ROUTE_SECOND_ATTEMPT,
+        )
+        .await?;
 
-        self.queue(channel, &self.dead_letter_queue(), quorum_args(), ROUTE_DEAD)
-            .await?;
+        self.queue(
+            channel,
+            &self.dead_letter_queue(),
+            quorum_args(),
+            ROUTE_DEAD,
+        )
+        .await?;
         Ok(())
     }
 
-    async fn queue(&self, channel: &Channel, name: &str, args: FieldTable, route: &str) -> lapin::Result<()> {
+    async fn queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+        route: &str,
+    ) -> lapin::Result<()> {
         channel
             .queue_declare(
                 name.into(),
@@ -131,13 +156,23 @@ impl Topology {
     /// Removes everything [`declare`](Self::declare) created; for tests and
     /// for retiring a prefix.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for q in [self.dispatch_queue(), self.second_attempt_queue(), self.dead_letter_queue()] {
+        for q in [
+            self.dispatch_queue(),
+            self.second_attempt_queue(),
+            self.dead_letter_queue(),
+        ] {
             channel
-                .queue_delete(q.as_str().into(), lapin::options::QueueDeleteOptions::default())
+                .queue_delete(
+                    q.as_str().into(),
+                    lapin::options::QueueDeleteOptions::default(),
+                )
                 .await?;
         }
         channel
-            .exchange_delete(self.exchange().into(), lapin::options::ExchangeDeleteOptions::default())
+            .exchange_delete(
+                self.exchange().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
             .await
     }
 }

@@ -1,1 +1,2 @@
-
+//! End-to-end tests live in `tests/`; the binaries in `src/bin` are the load
+//! tools `deploy/bench` runs.

@@ -1,0 +1,156 @@
+//! Wiring: settings → tenants, sources, broker, spool → HTTP server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use shared::config::Settings;
+use shared::event::FormatOptions;
+use shared::topology::Topology;
+use shared::{SourceId, Tenants};
+
+use crate::durable::{self, Durable};
+use crate::metrics::Metrics;
+use crate::publish::Broker;
+use crate::sources::Registry;
+use crate::spool::Spool;
+
+pub struct AppState {
+    pub tenants: Tenants,
+    pub sources: Registry,
+    pub durable: Durable,
+    pub metrics: Metrics,
+    pub max_body: usize,
+    default_format: FormatOptions,
+}
+
+impl AppState {
+    /// Booking events always carry formatting options (seed 000 defaults when
+    /// the URL gave none); other sources only when the URL gave some.
+    pub fn booking_defaults(&self, source: SourceId) -> Option<&FormatOptions> {
+        (source == SourceId::Booking).then_some(&self.default_format)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started ingest: its bound address and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub handle: actix_web::dev::ServerHandle,
+    pub server: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub broker: Broker,
+    pub spool: Spool,
+    drain: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Graceful stop: no new connections, in-flight requests finish.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        self.drain.abort();
+    }
+
+    /// Waits for the server to end (SIGTERM/SIGINT are handled by actix).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let r = self
+            .server
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        self.drain.abort();
+        r
+    }
+}
+
+/// Starts everything on the current tokio runtime. The broker connects in
+/// the background: ingest accepts webhooks (into the spool) even while the
+/// broker is down.
+pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, StartError> {
+    let tenants = Tenants::new(settings.tenants.clone()).map_err(StartError::Config)?;
+    if tenants.is_empty() {
+        tracing::warn!("no tenants configured: every webhook will be refused with 401");
+    }
+    let topology = Topology::from_settings(&settings.rabbitmq);
+    let broker = Broker::start(
+        &settings.rabbitmq.url,
+        topology,
+        settings.rabbitmq.publish_channels,
+    );
+    let (spool, drain) = Spool::open(
+        &settings.spool.dir,
+        settings.spool.max_bytes,
+        settings.spool.segment_bytes,
+    )?;
+    if spool.pending_records() > 0 {
+        tracing::info!(
+            records = spool.pending_records(),
+            "spool: events left from an earlier run will be drained"
+        );
+    }
+    let publish_timeout = Duration::from_millis(settings.ingest.publish_timeout_ms);
+    let drain = tokio::spawn(durable::drain_spool(drain, broker.clone(), publish_timeout));
+    let metrics = Metrics::new();
+    let state = web::Data::new(AppState {
+        tenants,
+        sources: Registry::new(),
+        durable: Durable::new(
+            broker.clone(),
+            spool.clone(),
+            metrics.clone(),
+            publish_timeout,
+        ),
+        metrics,
+        max_body: settings.ingest.max_body_bytes,
+        default_format: FormatOptions::default(),
+    });
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(crate::routes::configure)
+            .default_service(web::to(crate::routes::not_found))
+    })
+    .shutdown_timeout(10)
+    .bind(&settings.ingest.listen)
+    .map_err(|source| StartError::Bind {
+        addr: settings.ingest.listen.clone(),
+        source,
+    })?;
+    if settings.ingest.workers > 0 {
+        server = server.workers(settings.ingest.workers);
+    }
+    if !handle_signals {
+        server = server.disable_signals();
+    }
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| StartError::Bind {
+            addr: settings.ingest.listen.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+    let server = server.run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    tracing::info!(%addr, "ingest listening");
+    Ok(Running {
+        addr,
+        handle,
+        server,
+        broker,
+        spool,
+        drain,
+    })
+}

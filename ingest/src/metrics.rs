@@ -1,0 +1,104 @@
+//! Prometheus metrics of the ingest. Labels are sources, kinds, outcomes and
+//! error classes only: never a tenant key, phone or e-mail.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub ack_seconds: HistogramVec,
+    pub events: IntCounterVec,
+    pub publish_failures: IntCounterVec,
+    pub spool_records: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub broker_up: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "vestnik_ingest_requests_total",
+                "Webhook requests by source and outcome",
+            ),
+            &["source", "outcome"],
+        )
+        .expect("static metric definition");
+        let ack_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "vestnik_ingest_ack_seconds",
+                "Time from request to answer for webhooks that queued events",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0,
+            ]),
+            &["source"],
+        )
+        .expect("static metric definition");
+        let events = IntCounterVec::new(
+            Opts::new(
+                "vestnik_ingest_events_total",
+                "Events made durable, by where they went",
+            ),
+            &["source", "kind", "durable_in"],
+        )
+        .expect("static metric definition");
+        let publish_failures = IntCounterVec::new(
+            Opts::new(
+                "vestnik_ingest_publish_failures_total",
+                "Publishes the broker did not confirm, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let spool_records = IntGauge::new(
+            "vestnik_ingest_spool_records",
+            "Events waiting in the spool",
+        )
+        .expect("static metric definition");
+        let spool_bytes = IntGauge::new("vestnik_ingest_spool_bytes", "Bytes waiting in the spool")
+            .expect("static metric definition");
+        let broker_up = IntGauge::new(
+            "vestnik_ingest_broker_up",
+            "1 when the broker connection is up",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ack_seconds.clone()),
+            Box::new(events.clone()),
+            Box::new(publish_failures.clone()),
+            Box::new(spool_records.clone()),
+            Box::new(spool_bytes.clone()),
+            Box::new(broker_up.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            requests,
+            ack_seconds,
+            events,
+            publish_failures,
+            spool_records,
+            spool_bytes,
+            broker_up,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

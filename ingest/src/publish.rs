@@ -1,0 +1,251 @@
+//! Publishing normalised events to RabbitMQ with publisher confirms.
+//!
+//! A supervisor task keeps one connection with a few confirm-mode channels,
+//! declares the topology on every (re)connect and reconnects with backoff
+//! (`backon`). `publish` succeeds only on the broker's ack of a routed,
+//! persistent message; anything else (timeout, nack, unroutable, no
+//! connection) is an error the caller answers by spooling.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use shared::Event;
+use shared::topology::{ROUTE_DISPATCH, Topology};
+use tokio::sync::{Notify, RwLock};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker not connected")]
+    Disconnected,
+    #[error("broker did not confirm in time")]
+    Timeout,
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("message was unroutable (topology missing)")]
+    Unroutable,
+    #[error("channel error")]
+    Channel,
+}
+
+impl PublishError {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            PublishError::Disconnected => "disconnected",
+            PublishError::Timeout => "timeout",
+            PublishError::Nacked => "nack",
+            PublishError::Unroutable => "unroutable",
+            PublishError::Channel => "channel_error",
+        }
+    }
+}
+
+struct Link {
+    conn: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+struct Inner {
+    url: String,
+    topology: Topology,
+    channels: usize,
+    link: RwLock<Option<Arc<Link>>>,
+    up: AtomicBool,
+    /// Wakes the supervisor when a publish saw the link fail.
+    trouble: Notify,
+    /// Wakes waiters (the spool drain) when the link comes up.
+    connected: Notify,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+impl Broker {
+    /// Starts the supervisor; returns at once (the first connect happens in
+    /// the background, so ingest starts and spools even with the broker down).
+    pub fn start(url: &str, topology: Topology, channels: usize) -> Broker {
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                url: url.to_string(),
+                topology,
+                channels: channels.max(1),
+                link: RwLock::new(None),
+                up: AtomicBool::new(false),
+                trouble: Notify::new(),
+                connected: Notify::new(),
+            }),
+        };
+        tokio::spawn(broker.clone().supervise());
+        broker
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Waits until the broker is connected, or the timeout passes.
+    pub async fn wait_until_up(&self, timeout: Duration) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        let _ = tokio::time::timeout(timeout, self.inner.connected.notified()).await;
+        self.is_up()
+    }
+
+    /// Publishes one event and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        event: &Event,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        let link = self.inner.link.read().await.clone();
+        let Some(link) = link else {
+            return Err(PublishError::Disconnected);
+        };
+        let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        let channel = &link.channels[i];
+        let result = tokio::time::timeout(timeout, async {
+            let confirm = channel
+                .basic_publish(
+                    self.inner.topology.exchange().into(),
+                    ROUTE_DISPATCH.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    payload,
+                    properties(event),
+                )
+                .await
+                .map_err(|_| PublishError::Channel)?;
+            match confirm.await.map_err(|_| PublishError::Channel)? {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
+                Confirmation::Nack(_) => Err(PublishError::Nacked),
+                Confirmation::NotRequested => Err(PublishError::Channel),
+            }
+        })
+        .await
+        .unwrap_or(Err(PublishError::Timeout));
+        if matches!(
+            result,
+            Err(PublishError::Channel | PublishError::Unroutable)
+        ) {
+            self.inner.trouble.notify_one();
+        }
+        result
+    }
+
+    async fn supervise(self) {
+        loop {
+            let connect = || async { self.connect().await };
+            let link = connect
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(100))
+                        .with_max_delay(Duration::from_secs(5))
+                        .with_jitter()
+                        .without_max_times(),
+                )
+                .notify(|err, next| {
+                    tracing::warn!(error = %err, retry_in_ms = next.as_millis() as u64, "broker: connect failed")
+                })
+                .await;
+            let Ok(link) = link else { continue };
+            let link = Arc::new(link);
+            *self.inner.link.write().await = Some(link.clone());
+            self.inner.up.store(true, Ordering::Relaxed);
+            self.inner.connected.notify_waiters();
+            tracing::info!("broker: connected, topology declared");
+
+            // Watch the link: a closed connection or channel, or a publish
+            // that saw an error, sends us back to reconnecting.
+            loop {
+                tokio::select! {
+                    _ = self.inner.trouble.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                let healthy = link.conn.status().connected()
+                    && link.channels.iter().all(|c| c.status().connected());
+                if !healthy {
+                    break;
+                }
+            }
+            self.inner.up.store(false, Ordering::Relaxed);
+            *self.inner.link.write().await = None;
+            tracing::warn!("broker: connection lost, reconnecting");
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                link.conn.close(320, "reconnecting".into()),
+            )
+            .await;
+        }
+    }
+
+    async fn connect(&self) -> Result<Link, lapin::Error> {
+        let props = ConnectionProperties::default().with_connection_name("vestnik-ingest".into());
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            Connection::connect(&self.inner.url, props),
+        )
+        .await
+        .map_err(|_| {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })??;
+        let setup = conn.create_channel().await?;
+        self.inner.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut channels = Vec::with_capacity(self.inner.channels);
+        for _ in 0..self.inner.channels {
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            channels.push(ch);
+        }
+        Ok(Link {
+            conn,
+            channels,
+            next: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Persistent, with the event's identity in the properties and the routing
+/// facts in headers, so tools can filter without parsing bodies. No personal
+/// data goes into properties or headers.
+pub fn properties(event: &Event) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut put = |k: &str, v: &str| {
+        headers.insert(
+            ShortString::from(k),
+            AMQPValue::LongString(LongString::from(v)),
+        );
+    };
+    put("x-tenant", &event.tenant);
+    put("x-source", event.source.as_str());
+    put("x-kind", event.kind.as_str());
+    headers.insert("x-schema".into(), AMQPValue::ShortUInt(event.schema));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.id.to_string().into())
+        .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or_default())
+        .with_type(event.kind.as_str().into())
+        .with_app_id("vestnik-ingest".into())
+        .with_headers(headers)
+}

@@ -1,0 +1,335 @@
+//! HTTP handlers: thin. Authentication, body limits and content types here;
+//! parsing in `sources`, normalisation in `accept`, durability in `durable`.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use shared::SourceId;
+
+use crate::accept::{self, Context};
+use crate::app::AppState;
+use crate::auth;
+use crate::params;
+use crate::problem::Problem;
+use crate::sources::{Body, ContentKind, Item};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/api/webhook/{source}")
+            .route(web::post().to(webhook))
+            .route(web::get().to(check))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(Problem::MethodNotAllowed)
+            })),
+    )
+    .route("/healthz", web::get().to(healthz))
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
+}
+
+pub async fn not_found() -> Result<HttpResponse, Problem> {
+    Err(Problem::NotFound)
+}
+
+#[derive(Serialize)]
+struct Queued {
+    id: String,
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct Ignored {
+    index: usize,
+    reason: String,
+}
+
+async fn webhook(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Problem> {
+    let started = Instant::now();
+    let source_label = SourceId::from_path(&path)
+        .map(SourceId::as_str)
+        .unwrap_or("unknown");
+    let result = handle_webhook(&req, &path, payload, &state).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(p) => p.code(),
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[source_label, outcome])
+        .inc();
+    match result {
+        Ok((resp, outcome)) => {
+            if outcome == "queued" {
+                state
+                    .metrics
+                    .ack_seconds
+                    .with_label_values(&[source_label])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Ok(resp)
+        }
+        Err(p) => {
+            if p.is_server_error() {
+                tracing::warn!(source = source_label, error = %p, "webhook not accepted");
+            } else {
+                tracing::info!(source = source_label, error = p.code(), "webhook refused");
+            }
+            Err(p)
+        }
+    }
+}
+
+async fn handle_webhook(
+    req: &HttpRequest,
+    path: &str,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(HttpResponse, &'static str), Problem> {
+    let source_id =
+        SourceId::from_path(path).ok_or_else(|| Problem::UnknownSource(truncate(path, 40)))?;
+    let url = params::parse(req.query_string());
+    let key = auth::presented_key(req, url.key.as_deref()).ok_or(Problem::Unauthorized)?;
+    let tenant = state
+        .tenants
+        .authenticate(key)
+        .ok_or(Problem::Unauthorized)?;
+    if !url.errors.is_empty() {
+        return Err(Problem::WrongParameters(url.errors.join("; ")));
+    }
+    let source = state
+        .sources
+        .get(source_id)
+        .ok_or_else(|| Problem::UnknownSource(path.to_string()))?;
+    let content = content_kind(req, source.accepts())?;
+    let bytes = read_body(req, payload, state.max_body).await?;
+    let body = match content {
+        ContentKind::Json => Body::Json(&bytes),
+        ContentKind::Form => Body::Form(&bytes),
+    };
+    let items = source
+        .parse(body, &tenant)
+        .map_err(|e| Problem::BadRequest(e.to_string()))?;
+    if items.is_empty() {
+        return Ok((
+            HttpResponse::Ok()
+                .json(json!({"status": "ignored", "reason": "empty batch", "ignored": []})),
+            "ignored",
+        ));
+    }
+
+    let ctx = Context {
+        tenant: &tenant,
+        source: source_id,
+        received_at: chrono::Utc::now(),
+        format: url.format.as_ref().or(state.booking_defaults(source_id)),
+        route: url.route.as_ref(),
+    };
+    let mut events = Vec::new();
+    let mut ignored = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Item::Accept(draft) => match accept::to_event(draft, &ctx) {
+                Ok(e) => events.push(e),
+                Err(reason) => ignored.push(Ignored { index, reason }),
+            },
+            Item::Ignore(reason) => ignored.push(Ignored { index, reason }),
+        }
+    }
+    if events.is_empty() {
+        tracing::debug!(source = %source_id, tenant = %tenant.id, ignored = ignored.len(), "webhook ignored");
+        return Ok((
+            HttpResponse::Ok().json(json!({"status": "ignored", "ignored": ignored})),
+            "ignored",
+        ));
+    }
+
+    let outcomes =
+        futures_util::future::join_all(events.iter().map(|e| state.durable.store(e))).await;
+    if let Some(Err(e)) = outcomes.iter().find(|o| o.is_err()) {
+        return Err(Problem::Unavailable(e.to_string()));
+    }
+    for e in &events {
+        tracing::debug!(event_id = %e.id, tenant = %e.tenant, source = %e.source, kind = %e.kind,
+            recipient = ?e.recipient, "event queued");
+    }
+    let queued: Vec<Queued> = events
+        .iter()
+        .map(|e| Queued {
+            id: e.id.to_string(),
+            kind: e.kind.as_str(),
+        })
+        .collect();
+    Ok((
+        HttpResponse::Accepted()
+            .json(json!({"status": "queued", "events": queued, "ignored": ignored})),
+        "queued",
+    ))
+}
+
+fn content_kind(req: &HttpRequest, accepted: &[ContentKind]) -> Result<ContentKind, Problem> {
+    let expected = || {
+        accepted
+            .iter()
+            .map(|c| c.mime())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    let raw = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut parts = raw.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    let charset_ok = parts
+        .filter_map(|p| p.trim().strip_prefix("charset="))
+        .all(|c| matches!(c.trim_matches('"'), "utf-8" | "utf8"));
+    let kind = if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Some(ContentKind::Json)
+    } else if essence == "application/x-www-form-urlencoded" {
+        Some(ContentKind::Form)
+    } else {
+        None
+    };
+    match kind {
+        Some(k) if accepted.contains(&k) && charset_ok => Ok(k),
+        _ => Err(Problem::UnsupportedMediaType {
+            got: truncate(&raw, 80),
+            expected: format!("{} (UTF-8)", expected()),
+        }),
+    }
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes, Problem> {
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(size) = declared.filter(|&s| s > limit) {
+        return Err(Problem::TooLarge { size, limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Problem::BadRequest(format!("body could not be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(Problem::TooLarge {
+                size: buf.len() + chunk.len(),
+                limit,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Seed 000's parameter check, for every source: open the webhook URL in a
+/// browser and read `Status`, `ErrorMessage`, `WarningMessage`.
+async fn check(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let answer = |status: StatusCode, verdict: &str, errors: Vec<String>, warnings: Vec<String>| {
+        HttpResponse::build(status).json(json!({
+            "Status": verdict,
+            "ErrorMessage": (!errors.is_empty()).then(|| errors.join("; ")),
+            "WarningMessage": (!warnings.is_empty()).then(|| warnings.join("; ")),
+        }))
+    };
+    let Some(source) = SourceId::from_path(&path) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            "Error",
+            vec![Problem::UnknownSource(truncate(&path, 40)).to_string()],
+            vec![],
+        );
+    };
+    let url = params::parse(req.query_string());
+    let tenant =
+        auth::presented_key(&req, url.key.as_deref()).and_then(|k| state.tenants.authenticate(k));
+    if tenant.is_none() {
+        return answer(
+            StatusCode::UNAUTHORIZED,
+            "Error",
+            vec![Problem::Unauthorized.to_string()],
+            url.warnings,
+        );
+    }
+    let mut warnings = url.warnings;
+    if source == SourceId::Booking && url.route.is_none() && url.errors.is_empty() {
+        warnings.push(
+            "no key_api/channel_id/chat_type: messages go through the tenant's configured provider"
+                .into(),
+        );
+    }
+    if !url.errors.is_empty() {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "Wrong parameters",
+            url.errors,
+            warnings,
+        );
+    }
+    answer(StatusCode::OK, "Success", vec![], warnings)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let broker_up = state.durable.broker.is_up();
+    let spool = &state.durable.spool;
+    let spool_has_room = spool.pending_bytes() < spool.max_bytes() / 10 * 9;
+    let ready = broker_up || spool_has_room;
+    let body = json!({
+        "ready": ready,
+        "broker": if broker_up { "up" } else { "down" },
+        "spool": {
+            "records": spool.pending_records(),
+            "bytes": spool.pending_bytes(),
+            "max_bytes": spool.max_bytes(),
+        },
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let m = &state.metrics;
+    m.spool_records
+        .set(state.durable.spool.pending_records() as i64);
+    m.spool_bytes
+        .set(state.durable.spool.pending_bytes() as i64);
+    m.broker_up.set(i64::from(state.durable.broker.is_up()));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(m.render())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

@@ -1,0 +1,157 @@
+//! "Never answer 2xx for an event that is not durable", against the real
+//! RabbitMQ: confirmed publish, the spool while the broker is unreachable,
+//! the drain when it is back, and the spool surviving a restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Proxy, take_events};
+
+const DELIVERED: &str = r#"[{"eventType":"DeliveryOrderUpdate","eventTime":"2026-11-24 18:00:00.000",
+ "organizationId":"org-1","correlationId":"c-1",
+ "eventInfo":{"id":"order-1","creationStatus":"Success",
+   "order":{"id":"order-1","status":"Delivered","number":142,"phone":"+79161234567","customer":{"name":"Иван"}}}}]"#;
+
+fn delivered(order: &str) -> String {
+    DELIVERED.replace("order-1", order)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_webhook_is_on_the_queue_when_answered() {
+    let h = Harness::start("confirmed").await;
+    let (status, body) = h.post_json("iiko", &delivered("o-confirmed")).await;
+    assert_eq!(status, 202, "{body}");
+    // Answered only after the broker's confirm: the event is already there.
+    let events = take_events(&h.topology, 1, Duration::from_secs(2)).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].id.to_string(),
+        body["events"][0]["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        h.running().spool.pending_records(),
+        0,
+        "broker was up: nothing spooled"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_unreachable_spools_and_drains_when_it_is_back() {
+    let proxy = Proxy::start(true).await;
+    let h = Harness::start_via("spool", &proxy.url()).await;
+    assert!(
+        h.running()
+            .broker
+            .wait_until_up(Duration::from_secs(10))
+            .await
+    );
+    proxy.cut().await;
+    // The ingest notices the cut connection.
+    for _ in 0..100 {
+        if !h.running().broker.is_up() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, body) = h
+            .post_json("iiko", &delivered(&format!("o-spool-{i}")))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["events"][0]["id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2 * 5),
+        "each answer within AmoCRM's budget"
+    );
+    assert_eq!(h.running().spool.pending_records(), 5);
+    let ready: serde_json::Value = h
+        .http
+        .get(h.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["broker"], "down");
+    assert_eq!(ready["spool"]["records"], 5);
+
+    proxy.restore();
+    let events = take_events(&h.topology, 5, Duration::from_secs(20)).await;
+    let mut got: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(got, ids, "drained in order");
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 5);
+    for _ in 0..50 {
+        if h.running().spool.pending_records() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.running().spool.pending_records(), 0);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_events_survive_an_ingest_restart() {
+    let proxy = Proxy::start(false).await; // broker unreachable from the start
+    let mut h = Harness::start_via("restart", &proxy.url()).await;
+    let (status, body) = h.post_json("iiko", &delivered("o-restart")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["events"][0]["id"].as_str().unwrap().to_string();
+    h.stop().await;
+
+    // A new process on the same spool directory, with the broker reachable.
+    let prefix = h.prefix.clone();
+    let spool_dir = std::mem::replace(&mut h.spool_dir, tempfile::tempdir().unwrap());
+    let h2 = Harness::start_on(&prefix, common::AMQP, spool_dir).await;
+    let events = take_events(&h2.topology, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        events.len(),
+        1,
+        "the spooled event reached the queue after restart"
+    );
+    assert_eq!(events[0].id.to_string(), id);
+    h2.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_answers_503_and_queues_nothing() {
+    let proxy = Proxy::start(false).await;
+    let prefix = common::unique_prefix("full");
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = common::settings(&prefix, &proxy.url(), dir.path(), "");
+    s.spool.max_bytes = 4096;
+    s.spool.segment_bytes = 4096;
+    let running = ingest::app::start(s, false).await.unwrap();
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let r = http
+            .post(format!(
+                "http://{}/api/webhook/iiko?key={}",
+                running.addr,
+                common::KEY
+            ))
+            .header("content-type", "application/json")
+            .body(delivered(&format!("o-full-{i}")))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 503 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "unavailable");
+        }
+    }
+    assert!(statuses.contains(&202));
+    assert!(statuses.contains(&503), "{statuses:?}");
+    running.stop().await;
+}

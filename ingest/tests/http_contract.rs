@@ -1,0 +1,258 @@
+//! The HTTP contract of the webhook endpoint: every refusal has a fitting
+//! status and a JSON body, and nothing refused reaches the queue.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, KEY, queue_depth};
+
+const YCLIENTS_ARRIVED: &str = r#"{"company_id":358944,"resource":"record","resource_id":1,"status":"update",
+ "data":{"id":1,"company_id":358944,"attendance":1,"visit_attendance":1,"deleted":false,
+ "datetime":"2026-11-24T16:00:00+03:00","client":{"id":5,"name":"Олеся","phone":"+79999856814"},
+ "services":[{"title":"Стрижка","cost":1500}],"staff":{"name":"Анна"}}}"#;
+
+async fn raw(h: &Harness, req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    let _ = h;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_fitting_statuses_and_queue_nothing() {
+    let h = Harness::start("contract").await;
+    let post = |path: &str| h.http.post(h.url(path));
+
+    let (s, b) = raw(
+        &h,
+        post("/api/webhook/iiko")
+            .header("content-type", "application/json")
+            .body("[]"),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (401, Some("unauthorized")),
+        "missing key"
+    );
+    let (s, _) = raw(
+        &h,
+        post("/api/webhook/iiko?key=wrong-key-wrong-key")
+            .header("content-type", "application/json")
+            .body("[]"),
+    )
+    .await;
+    assert_eq!(s, 401, "wrong key");
+    let (s, b) = raw(
+        &h,
+        post(&format!("/api/webhook/bitrix?key={KEY}")).body("{}"),
+    )
+    .await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("unknown_source")));
+    let (s, b) = raw(
+        &h,
+        post(&format!("/api/webhook/yclients?key={KEY}"))
+            .header("content-type", "text/plain")
+            .body(YCLIENTS_ARRIVED),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (s, _) = raw(
+        &h,
+        post(&format!("/api/webhook/yclients?key={KEY}"))
+            .header("content-type", "application/json; charset=windows-1251")
+            .body(YCLIENTS_ARRIVED),
+    )
+    .await;
+    assert_eq!(s, 415, "only UTF-8");
+    let (s, _) = raw(
+        &h,
+        post(&format!("/api/webhook/iiko?key={KEY}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=1"),
+    )
+    .await;
+    assert_eq!(s, 415, "iiko sends JSON only");
+    let (s, b) = raw(
+        &h,
+        post(&format!("/api/webhook/yclients?key={KEY}"))
+            .header("content-type", "application/json")
+            .body(r#"{"company_id": 1, "resource": "#),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("malformed_body")),
+        "{b}"
+    );
+    assert!(
+        b["message"].as_str().unwrap().len() > 10,
+        "says what is wrong: {b}"
+    );
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000));
+    let (s, b) = raw(
+        &h,
+        post(&format!("/api/webhook/yclients?key={KEY}"))
+            .header("content-type", "application/json")
+            .body(big),
+    )
+    .await;
+    assert_eq!((s, b["error"].as_str()), (413, Some("payload_too_large")));
+    let (s, _) = raw(
+        &h,
+        h.http
+            .delete(h.url(&format!("/api/webhook/iiko?key={KEY}"))),
+    )
+    .await;
+    assert_eq!(s, 405);
+    let (s, b) = raw(&h, h.http.get(h.url("/nowhere"))).await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+    let (s, b) = raw(
+        &h,
+        post(&format!(
+            "/api/webhook/booking?key={KEY}&time_zone=Mars/Base"
+        ))
+        .header("content-type", "application/json")
+        .body("{}"),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("wrong_parameters")),
+        "{b}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        queue_depth(&h.topology).await,
+        0,
+        "nothing refused was queued"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_is_accepted_in_every_documented_place() {
+    let h = Harness::start("keys").await;
+    let url = h.url("/api/webhook/yclients");
+    let json = |r: reqwest::RequestBuilder| {
+        r.header("content-type", "application/json")
+            .body(YCLIENTS_ARRIVED)
+    };
+    for req in [
+        json(h.http.post(format!("{url}?key={KEY}"))),
+        json(h.http.post(&url).header("X-Api-Key", KEY)),
+        json(
+            h.http
+                .post(&url)
+                .header("Authorization", format!("Bearer {KEY}")),
+        ),
+        json(h.http.post(&url).header("Authorization", KEY)), // iiko's raw token
+    ] {
+        let (s, b) = raw(&h, req).await;
+        assert_eq!(s, 202, "{b}");
+    }
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameter_check_answers_like_seed_000() {
+    let h = Harness::start("check").await;
+    let get = |q: &str| h.http.get(h.url(&format!("/api/webhook/booking?{q}")));
+
+    let (s, b) = raw(&h, get(&format!(
+        "key={KEY}&key_api=f8f1955587ac6d7894cee95f92dcaca4&channel_id=3349fab8-b01b-4232-b9cb-a15ec3acc053\
+         &chat_type=whatsapp&message=Hi&time_zone=Asia/Yekaterinburg&date_locales=en-US&hide_url=true"
+    ))).await;
+    assert_eq!((s, b["Status"].as_str()), (200, Some("Success")), "{b}");
+    assert!(b["ErrorMessage"].is_null());
+
+    let (s, b) = raw(
+        &h,
+        get(&format!(
+            "key={KEY}&chat_type=telegram&hide_everything=1&date_locales=de-DE"
+        )),
+    )
+    .await;
+    assert_eq!(
+        (s, b["Status"].as_str()),
+        (400, Some("Wrong parameters")),
+        "{b}"
+    );
+    let msg = b["ErrorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("hide_everything") && msg.contains("de-DE") && msg.contains("telegram"),
+        "{msg}"
+    );
+
+    let (s, b) = raw(&h, get("key=not-a-key")).await;
+    assert_eq!((s, b["Status"].as_str()), (401, Some("Error")));
+
+    let (s, b) = raw(&h, get(&format!("key={KEY}&utm=1"))).await;
+    assert_eq!(b["Status"], "Success");
+    assert!(b["WarningMessage"].as_str().unwrap().contains("utm"), "{b}");
+    assert_eq!(s, 200);
+
+    let (s, b) = raw(
+        &h,
+        h.http.get(h.url(&format!("/api/webhook/iiko?key={KEY}"))),
+    )
+    .await;
+    assert_eq!(
+        (s, b["Status"].as_str()),
+        (200, Some("Success")),
+        "every source has the check"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_without_personal_data() {
+    let h = Harness::start("metrics").await;
+    let (s, _) = h.post_json("yclients", YCLIENTS_ARRIVED).await;
+    assert_eq!(s, 202);
+    let _ = raw(
+        &h,
+        h.http
+            .post(h.url("/api/webhook/yclients?key=bad-key-bad-key-bad"))
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await;
+
+    assert_eq!(
+        h.http.get(h.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let ready = h.http.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["broker"], "up");
+
+    let text = h
+        .http
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"vestnik_ingest_requests_total{outcome="queued",source="yclients"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"outcome="unauthorized""#));
+    assert!(text.contains("vestnik_ingest_ack_seconds_bucket"));
+    assert!(text.contains("vestnik_ingest_spool_records 0"));
+    for secret in [KEY, "bad-key-bad-key-bad", "79999856814", "9856814"] {
+        assert!(!text.contains(secret), "{secret} leaked into metrics");
+    }
+    common::take_events(&h.topology, 1, Duration::from_secs(2)).await;
+    h.finish().await;
+}
