@@ -262,9 +262,10 @@ fn amount(v: &Value) -> Option<String> {
     }
 }
 
+/// Kopeck precision: `1530.50`, or `1500` when there are no kopecks.
 fn decimal(f: f64) -> String {
     let s = format!("{f:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
 }
 
 fn address(v: &Value) -> Option<String> {
@@ -386,7 +387,7 @@ mod tests {
             "2026-02-14T13:45:10.123+00:00"
         );
         assert_eq!(d.params.order_number.as_deref(), Some("144"));
-        assert_eq!(d.params.amount.as_deref(), Some("1530.5"));
+        assert_eq!(d.params.amount.as_deref(), Some("1530.50"));
         assert_eq!(d.params.place.as_deref(), Some("Ленина, 1, 12"));
         assert_eq!(d.params.extra["order_type"], "delivery");
         assert_eq!(d.lookup, None);

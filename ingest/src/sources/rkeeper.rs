@@ -253,7 +253,7 @@ fn amount(v: &Value) -> Option<String> {
         Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
         Value::Number(n) => n.as_f64().map(|f| {
             let s = format!("{f:.2}");
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
+            s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
         }),
         Value::String(s) => {
             let s = s.trim();
