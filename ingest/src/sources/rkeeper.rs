@@ -1,8 +1,21 @@
-//! TODO: rkeeper webhooks.
+//! R-Keeper webhooks, two shapes (providers.md A4):
+//!
+//! - the r_k Delivery "Канал API" push, as seed 001's customers configure it:
+//!   `{"order": {"id"|"number"|"guid", "status": "Выполнен", "customer"|"client": {...}}}`
+//!   (the real JSON is only visible in the admin panel, so we read it generously);
+//! - the White Server event callback: `{responseEventCommon: {eventType:
+//!   "OrderStatusChanged", ...}, response: {orderGuid, status: {value}}}`.
+//!
+//! Statuses are compared case-insensitively with the tenant's final statuses
+//! (`Complited` is White Server's own spelling).
 
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Item, ParseError, Source};
+use super::{Body, ContentKind, Draft, Item, ParseError, Source, id_string};
 
 pub struct Rkeeper;
 
@@ -15,7 +28,452 @@ impl Source for Rkeeper {
         &[ContentKind::Json]
     }
 
-    fn parse(&self, _body: Body<'_>, _tenant: &Tenant) -> Result<Vec<Item>, ParseError> {
-        Err(ParseError::Malformed("not implemented yet".into()))
+    fn parse(&self, body: Body<'_>, tenant: &Tenant) -> Result<Vec<Item>, ParseError> {
+        let bytes = match body {
+            Body::Json(b) => b,
+            Body::Form(_) => return Err(malformed("expected a JSON body, got a form")),
+        };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            let why = match serde_json::from_slice::<Value>(bytes) {
+                Err(e) => describe(&e),
+                Ok(_) => "not an object".to_string(),
+            };
+            return Err(malformed(&format!("expected a JSON object: {why}")));
+        }
+        let push: Push = serde_json::from_slice(bytes)
+            .map_err(|e| malformed(&format!("not an R-Keeper webhook: {}", describe(&e))))?;
+        let item = if push.response_event_common.is_some() || push.response.is_some() {
+            white_server(&push, tenant)?
+        } else if let Some(order) = &push.order {
+            delivery(&push, order, tenant)?
+        } else {
+            return Err(malformed(
+                "expected an `order` object (Delivery push) or a White Server event",
+            ));
+        };
+        Ok(vec![item])
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Push {
+    order: Option<Order>,
+    customer: Option<Person>,
+    client: Option<Person>,
+    phone: Option<Value>,
+    #[serde(rename = "responseEventCommon")]
+    response_event_common: Option<EventCommon>,
+    response: Option<WsResponse>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Order {
+    id: Option<Value>,
+    number: Option<Value>,
+    guid: Option<Value>,
+    /// A label (`"Выполнен"`) or an object (`{"value": ...}` / `{"name": ...}`).
+    status: Option<Value>,
+    customer: Option<Person>,
+    client: Option<Person>,
+    phone: Option<Value>,
+    sum: Option<Value>,
+    total: Option<Value>,
+    address: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Person {
+    phone: Option<Value>,
+    name: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct EventCommon {
+    object_id: Option<Value>,
+    event_guid: Option<Value>,
+    date_time_server_receive_event_from_agent: Option<String>,
+    event_type: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct WsResponse {
+    original_order_id: Option<Value>,
+    order_guid: Option<Value>,
+    status: Option<Value>,
+}
+
+fn delivery(push: &Push, order: &Order, tenant: &Tenant) -> Result<Item, ParseError> {
+    let Some(status) = order.status.as_ref().and_then(status_text) else {
+        return Ok(Item::Ignore("rkeeper order has no status".into()));
+    };
+    if !is_final(&status, tenant) {
+        return Ok(Item::Ignore(format!(
+            "rkeeper order status {status} is not final"
+        )));
+    }
+    let id = [&order.id, &order.number, &order.guid]
+        .into_iter()
+        .find_map(|v| v.as_ref().and_then(id_string))
+        .ok_or_else(|| malformed("order has no id or number"))?;
+
+    let mut draft = Draft::new(
+        EventKind::OrderCompleted,
+        format!("order:{id}:{}", status.to_lowercase()),
+    );
+    let people = [
+        order.customer.as_ref(),
+        order.client.as_ref(),
+        push.customer.as_ref(),
+        push.client.as_ref(),
+    ];
+    let candidates = [
+        people[0].and_then(|p| p.phone.as_ref()),
+        people[1].and_then(|p| p.phone.as_ref()),
+        order.phone.as_ref(),
+        people[2].and_then(|p| p.phone.as_ref()),
+        people[3].and_then(|p| p.phone.as_ref()),
+        push.phone.as_ref(),
+    ];
+    for phone in candidates.into_iter().flatten().filter_map(id_string) {
+        if !draft.phones.contains(&phone) {
+            draft.phones.push(phone);
+        }
+    }
+    let person = people.into_iter().flatten();
+    draft.name = person.clone().find_map(|p| text(p.name.as_deref()));
+    draft.email = person.clone().find_map(|p| text(p.email.as_deref()));
+    draft.params.order_number = order
+        .number
+        .as_ref()
+        .and_then(id_string)
+        .or_else(|| Some(id.clone()));
+    draft.params.amount = [&order.sum, &order.total]
+        .into_iter()
+        .find_map(|v| v.as_ref().and_then(amount));
+    draft.params.place = order.address.as_ref().and_then(|a| text(a.as_str()));
+    draft.params.extra.insert("status".into(), status);
+    Ok(Item::Accept(draft))
+}
+
+fn white_server(push: &Push, tenant: &Tenant) -> Result<Item, ParseError> {
+    let common = push.response_event_common.as_ref();
+    let event_type = common.and_then(|c| c.event_type.as_deref()).unwrap_or("");
+    if event_type != "OrderStatusChanged" {
+        let shown = if event_type.is_empty() {
+            "event without eventType"
+        } else {
+            event_type
+        };
+        return Ok(Item::Ignore(format!(
+            "rkeeper White Server {shown} is not notified"
+        )));
+    }
+    let Some(response) = push.response.as_ref() else {
+        return Err(malformed("White Server event has no `response`"));
+    };
+    let Some(status) = response.status.as_ref().and_then(status_text) else {
+        return Ok(Item::Ignore(
+            "rkeeper White Server event has no status".into(),
+        ));
+    };
+    if !is_final(&status, tenant) {
+        return Ok(Item::Ignore(format!(
+            "rkeeper order status {status} is not final"
+        )));
+    }
+    let guid = response
+        .order_guid
+        .as_ref()
+        .and_then(id_string)
+        .ok_or_else(|| malformed("White Server event has no orderGuid"))?;
+
+    let mut draft = Draft::new(EventKind::OrderCompleted, format!("ws:{guid}:{status}"));
+    draft.occurred_at = common
+        .and_then(|c| c.date_time_server_receive_event_from_agent.as_deref())
+        .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
+        .map(|t| t.with_timezone(&Utc));
+    draft.location = common
+        .and_then(|c| c.object_id.as_ref())
+        .and_then(id_string);
+    // White Server events carry no guest data; a top-level phone (a hand-made
+    // proxy) is still honoured, otherwise the caller reports "no phone".
+    draft.phones = push
+        .phone
+        .as_ref()
+        .and_then(id_string)
+        .into_iter()
+        .collect();
+    draft.params.order_number = response.original_order_id.as_ref().and_then(id_string);
+    draft.params.extra.insert("order_guid".into(), guid);
+    draft.params.extra.insert("status".into(), status);
+    if let Some(event_guid) = common
+        .and_then(|c| c.event_guid.as_ref())
+        .and_then(id_string)
+    {
+        draft.params.extra.insert("event_guid".into(), event_guid);
+    }
+    Ok(Item::Accept(draft))
+}
+
+fn is_final(status: &str, tenant: &Tenant) -> bool {
+    let status = status.to_lowercase();
+    tenant
+        .sources
+        .rkeeper
+        .final_statuses
+        .iter()
+        .any(|f| f.to_lowercase() == status)
+}
+
+/// A status label, or the `value`/`name`/`title` of a status object.
+fn status_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => text(Some(s)),
+        Value::Object(o) => ["value", "name", "title"]
+            .iter()
+            .find_map(|k| text(o.get(*k).and_then(Value::as_str))),
+        _ => None,
+    }
+}
+
+fn text(s: Option<&str>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn amount(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Value::Number(n) => n.as_f64().map(|f| {
+            let s = format!("{f:.2}");
+            s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
+        }),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|_| s.to_string())
+        }
+        _ => None,
+    }
+}
+
+fn malformed(msg: &str) -> ParseError {
+    ParseError::Malformed(format!("rkeeper: {msg}"))
+}
+
+/// Kind and position of a JSON error, never the offending value.
+fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "invalid JSON",
+        Category::Eof => "unexpected end of JSON",
+        Category::Data => "unexpected value type",
+        Category::Io => "unreadable body",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture;
+    use super::*;
+
+    fn tenant() -> Tenant {
+        Tenant {
+            id: "t".into(),
+            sources: Default::default(),
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<Vec<Item>, ParseError> {
+        Rkeeper.parse(Body::Json(body), &tenant())
+    }
+
+    fn one(body: &[u8]) -> Item {
+        let mut items = parse(body).unwrap();
+        assert_eq!(items.len(), 1);
+        items.remove(0)
+    }
+
+    fn accepted(item: Item) -> Draft {
+        match item {
+            Item::Accept(d) => d,
+            Item::Ignore(r) => panic!("expected Accept, got Ignore({r})"),
+        }
+    }
+
+    fn ignored(item: Item) -> String {
+        match item {
+            Item::Ignore(r) => r,
+            Item::Accept(d) => panic!("expected Ignore, got Accept({})", d.identity),
+        }
+    }
+
+    fn malformed_msg(body: &[u8]) -> String {
+        let ParseError::Malformed(msg) = parse(body).unwrap_err();
+        msg
+    }
+
+    #[test]
+    fn fixture_white_server_status_changed_complited_is_accepted_without_phone() {
+        let d = accepted(one(&fixture(
+            "rkeeper_ws_event_order_status_changed_docs.json",
+        )));
+        assert_eq!(d.kind, EventKind::OrderCompleted);
+        assert_eq!(
+            d.identity,
+            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a:Complited"
+        );
+        assert!(d.phones.is_empty());
+        assert_eq!(d.lookup, None);
+        assert_eq!(d.location.as_deref(), Some("199990160"));
+        assert_eq!(
+            d.occurred_at.unwrap().to_rfc3339(),
+            "2020-12-11T08:36:51.703215800+00:00"
+        );
+        // originalOrderId is "" in the sample: no order number.
+        assert_eq!(d.params.order_number, None);
+        assert_eq!(
+            d.params.extra["event_guid"],
+            "31ee5577-5e75-4b5c-bad3-b650e5acb16f"
+        );
+    }
+
+    #[test]
+    fn white_server_non_final_and_other_events_are_ignored() {
+        let sample =
+            String::from_utf8(fixture("rkeeper_ws_event_order_status_changed_docs.json")).unwrap();
+        let created = sample.replace("\"Complited\"", "\"Created\"");
+        assert_eq!(
+            ignored(one(created.as_bytes())),
+            "rkeeper order status Created is not final"
+        );
+        let changed = sample.replace("\"OrderStatusChanged\"", "\"OrderChanged\"");
+        assert_eq!(
+            ignored(one(changed.as_bytes())),
+            "rkeeper White Server OrderChanged is not notified"
+        );
+        let lowercase = sample.replace("\"Complited\"", "\"complited\"");
+        assert!(
+            accepted(one(lowercase.as_bytes()))
+                .identity
+                .ends_with(":complited")
+        );
+        let no_guid = sample.replace("\"orderGuid\"", "\"otherGuid\"");
+        assert_eq!(
+            malformed_msg(no_guid.as_bytes()),
+            "rkeeper: White Server event has no orderGuid"
+        );
+    }
+
+    #[test]
+    fn delivery_push_with_customer_phone_is_accepted() {
+        let body = r#"{"order": {"id": 5012, "number": "A-17", "status": "Выполнен", "sum": 2450,
+            "customer": {"phone": "+79991234567", "name": "Иван", "email": "ivan@example.com"}}}"#;
+        let d = accepted(one(body.as_bytes()));
+        assert_eq!(d.kind, EventKind::OrderCompleted);
+        assert_eq!(d.identity, "order:5012:выполнен");
+        assert_eq!(d.phones, vec!["+79991234567".to_string()]);
+        assert_eq!(d.name.as_deref(), Some("Иван"));
+        assert_eq!(d.email.as_deref(), Some("ivan@example.com"));
+        assert_eq!(d.params.order_number.as_deref(), Some("A-17"));
+        assert_eq!(d.params.amount.as_deref(), Some("2450"));
+    }
+
+    #[test]
+    fn delivery_status_is_case_insensitive_and_follows_the_tenant() {
+        let body = r#"{"order": {"number": 77, "status": "ДОСТАВЛЕН", "client": {"phone": "89161234567"}}}"#;
+        let d = accepted(one(body.as_bytes()));
+        assert_eq!(d.identity, "order:77:доставлен");
+        assert_eq!(d.phones, vec!["89161234567".to_string()]);
+
+        let body = r#"{"order": {"id": 1, "status": "Передан на кухню"}}"#;
+        assert_eq!(
+            ignored(one(body.as_bytes())),
+            "rkeeper order status Передан на кухню is not final"
+        );
+
+        let mut t = tenant();
+        t.sources.rkeeper.final_statuses = vec!["передан на кухню".into()];
+        let items = Rkeeper.parse(Body::Json(body.as_bytes()), &t).unwrap();
+        assert_eq!(
+            accepted(items.into_iter().next().unwrap()).identity,
+            "order:1:передан на кухню"
+        );
+    }
+
+    #[test]
+    fn delivery_phone_paths_in_seed_001_priority() {
+        let body = r#"{"phone": "+79990000005", "client": {"phone": "+79990000004"},
+            "customer": {"phone": "+79990000003"},
+            "order": {"guid": "g-1", "status": {"value": "Выполнен"},
+                      "client": {"phone": "+79990000002"}, "customer": {"phone": "+79990000001"}}}"#;
+        let d = accepted(one(body.as_bytes()));
+        assert_eq!(d.identity, "order:g-1:выполнен");
+        assert_eq!(
+            d.phones,
+            [
+                "+79990000001",
+                "+79990000002",
+                "+79990000003",
+                "+79990000004",
+                "+79990000005"
+            ]
+        );
+    }
+
+    #[test]
+    fn same_push_twice_gives_the_same_identity_and_statuses_differ() {
+        let done = r#"{"order": {"id": "9", "status": "Выполнен"}}"#;
+        let delivered = r#"{"order": {"id": "9", "status": "Доставлен"}}"#;
+        let a = accepted(one(done.as_bytes())).identity;
+        assert_eq!(a, accepted(one(done.as_bytes())).identity);
+        assert_ne!(a, accepted(one(delivered.as_bytes())).identity);
+        // A push without any phone is still accepted: the caller reports "no phone".
+        assert!(accepted(one(done.as_bytes())).phones.is_empty());
+    }
+
+    #[test]
+    fn seed_001_curl_example_without_order_id_is_malformed() {
+        let body = r#"{"order": {"status": "Выполнен", "customer": {"phone": "+79991234567"}}}"#;
+        let msg = malformed_msg(body.as_bytes());
+        assert_eq!(msg, "rkeeper: order has no id or number");
+        // ...but a non-final one is simply ignored.
+        let body = r#"{"order": {"status": "Новый", "customer": {"phone": "+79991234567"}}}"#;
+        assert_eq!(
+            ignored(one(body.as_bytes())),
+            "rkeeper order status Новый is not final"
+        );
+        let body = r#"{"order": {"id": 3}}"#;
+        assert_eq!(ignored(one(body.as_bytes())), "rkeeper order has no status");
+    }
+
+    #[test]
+    fn other_bodies_are_malformed_without_echoing_values() {
+        assert_eq!(
+            malformed_msg(br#"{"hello": 1}"#),
+            "rkeeper: expected an `order` object (Delivery push) or a White Server event"
+        );
+        assert_eq!(
+            malformed_msg(b"[1]"),
+            "rkeeper: expected a JSON object: not an object"
+        );
+        assert!(malformed_msg(b"{\"order\": ").contains("unexpected end of JSON"));
+        let msg = malformed_msg(
+            br#"{"order": {"id": 1, "status": "x", "customer": {"name": 79161234567}}}"#,
+        );
+        assert!(msg.contains("unexpected value type at line 1"), "{msg}");
+        assert!(!msg.contains("79161234567"), "{msg}");
+        let ParseError::Malformed(msg) = Rkeeper.parse(Body::Form(b"a=1"), &tenant()).unwrap_err();
+        assert!(msg.contains("JSON"));
     }
 }
