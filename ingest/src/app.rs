@@ -61,6 +61,7 @@ impl Running {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.drain.abort();
+        self.broker.close().await;
     }
 
     /// Waits for the server to end (SIGTERM/SIGINT are handled by actix).

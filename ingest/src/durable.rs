@@ -96,27 +96,26 @@ pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Dura
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let mut all_ok = true;
-        let publishes = batch.records.iter().map(|payload| {
-            let broker = broker.clone();
-            async move {
-                match Event::from_json(payload) {
-                    Ok(event) => broker
-                        .publish(&event, payload, publish_timeout.max(Duration::from_secs(5)))
-                        .await
-                        .is_ok(),
-                    Err(e) => {
-                        // Only our own serialisation is ever spooled; a record we cannot
-                        // read is logged and skipped rather than blocking the spool.
-                        tracing::error!(error = %e, "spool: unreadable record skipped");
-                        true
-                    }
+        // Only our own serialisation is ever spooled; a record that does not
+        // read back is logged and skipped rather than blocking the spool.
+        let events: Vec<(Event, &[u8])> = batch
+            .records
+            .iter()
+            .filter_map(|payload| match Event::from_json(payload) {
+                Ok(e) => Some((e, payload.as_slice())),
+                Err(e) => {
+                    tracing::error!(error = %e, "spool: unreadable record skipped");
+                    None
                 }
-            }
-        });
-        for ok in futures_util::future::join_all(publishes).await {
-            all_ok &= ok;
-        }
+            })
+            .collect();
+        let refs: Vec<(&Event, &[u8])> = events.iter().map(|(e, p)| (e, *p)).collect();
+        let all_ok = broker
+            .publish_all(&refs, publish_timeout.max(Duration::from_secs(5)))
+            .await
+            .is_ok();
+        drop(refs);
+        drop(events);
         if all_ok {
             let n = batch.records.len();
             if let Err(e) = drain.commit(batch) {

@@ -114,6 +114,8 @@ pub fn parse(query: &str) -> UrlParams {
     out
 }
 
+/// Seed 000's Wazzup routing: all three parameters or none. Every problem
+/// is named, so one look at the check answer fixes the whole URL.
 fn wazzup_route(mut p: BTreeMap<&'static str, String>, errors: &mut Vec<String>) -> Option<Route> {
     if p.is_empty() {
         return None;
@@ -123,6 +125,7 @@ fn wazzup_route(mut p: BTreeMap<&'static str, String>, errors: &mut Vec<String>)
         p.remove("channel_id"),
         p.remove("chat_type"),
     );
+    let before = errors.len();
     let missing: Vec<&str> = [
         ("key_api", &key),
         ("channel_id", &channel),
@@ -137,33 +140,32 @@ fn wazzup_route(mut p: BTreeMap<&'static str, String>, errors: &mut Vec<String>)
             "Wazzup routing needs key_api, channel_id and chat_type; missing {}",
             missing.join(", ")
         ));
-        return None;
     }
-    let (key, channel, chat) = (
-        key.unwrap_or_default(),
-        channel.unwrap_or_default(),
-        chat.unwrap_or_default(),
-    );
-    let mut ok = true;
-    if uuid::Uuid::parse_str(&channel).is_err() {
+    if let Some(c) = channel.as_deref().filter(|c| !c.is_empty())
+        && uuid::Uuid::parse_str(c).is_err()
+    {
         errors.push(
             "channel_id is not a channel GUID (copy it from the channel's settings URL in Wazzup)"
                 .into(),
         );
-        ok = false;
     }
-    if chat != "whatsapp" {
-        errors.push(format!("chat_type {chat:?} is not supported; use whatsapp"));
-        ok = false;
+    if let Some(t) = chat.as_deref().filter(|t| !t.is_empty())
+        && t != "whatsapp"
+    {
+        errors.push(format!("chat_type {t:?} is not supported; use whatsapp"));
     }
-    if key.len() < 16 || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if let Some(k) = key.as_deref().filter(|k| !k.is_empty())
+        && (k.len() < 16 || !k.chars().all(|c| c.is_ascii_alphanumeric()))
+    {
         errors.push("key_api does not look like a Wazzup API key".into());
-        ok = false;
     }
-    ok.then_some(Route::Wazzup {
-        api_key: key,
-        channel_id: channel,
-        chat_type: chat,
+    if errors.len() > before {
+        return None;
+    }
+    Some(Route::Wazzup {
+        api_key: key.unwrap_or_default(),
+        channel_id: channel.unwrap_or_default(),
+        chat_type: chat.unwrap_or_default(),
     })
 }
 

@@ -61,6 +61,7 @@ struct Inner {
     trouble: Notify,
     /// Wakes waiters (the spool drain) when the link comes up.
     connected: Notify,
+    closed: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -81,10 +82,25 @@ impl Broker {
                 up: AtomicBool::new(false),
                 trouble: Notify::new(),
                 connected: Notify::new(),
+                closed: AtomicBool::new(false),
             }),
         };
         tokio::spawn(broker.clone().supervise());
         broker
+    }
+
+    /// Closes the connection and stops reconnecting (graceful shutdown).
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.inner.trouble.notify_one();
+        if let Some(link) = self.inner.link.write().await.take() {
+            self.inner.up.store(false, Ordering::Relaxed);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                link.conn.close(200, "shutting down".into()),
+            )
+            .await;
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -111,6 +127,16 @@ impl Broker {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<(), PublishError> {
+        self.publish_all(&[(event, payload)], timeout).await
+    }
+
+    /// Publishes events in order on one channel (so the broker keeps their
+    /// order), pipelined, then waits for every confirm. All or error.
+    pub async fn publish_all(
+        &self,
+        events: &[(&Event, &[u8])],
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         let link = self.inner.link.read().await.clone();
         let Some(link) = link else {
             return Err(PublishError::Disconnected);
@@ -118,25 +144,32 @@ impl Broker {
         let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[i];
         let result = tokio::time::timeout(timeout, async {
-            let confirm = channel
-                .basic_publish(
-                    self.inner.topology.exchange().into(),
-                    ROUTE_DISPATCH.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    payload,
-                    properties(event),
-                )
-                .await
-                .map_err(|_| PublishError::Channel)?;
-            match confirm.await.map_err(|_| PublishError::Channel)? {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable),
-                Confirmation::Nack(_) => Err(PublishError::Nacked),
-                Confirmation::NotRequested => Err(PublishError::Channel),
+            let mut confirms = Vec::with_capacity(events.len());
+            for (event, payload) in events {
+                let confirm = channel
+                    .basic_publish(
+                        self.inner.topology.exchange().into(),
+                        ROUTE_DISPATCH.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        payload,
+                        properties(event),
+                    )
+                    .await
+                    .map_err(|_| PublishError::Channel)?;
+                confirms.push(confirm);
             }
+            for confirm in confirms {
+                match confirm.await.map_err(|_| PublishError::Channel)? {
+                    Confirmation::Ack(None) => {}
+                    Confirmation::Ack(Some(_)) => return Err(PublishError::Unroutable),
+                    Confirmation::Nack(_) => return Err(PublishError::Nacked),
+                    Confirmation::NotRequested => return Err(PublishError::Channel),
+                }
+            }
+            Ok(())
         })
         .await
         .unwrap_or(Err(PublishError::Timeout));
@@ -150,7 +183,7 @@ impl Broker {
     }
 
     async fn supervise(self) {
-        loop {
+        while !self.inner.closed.load(Ordering::SeqCst) {
             let connect = || async { self.connect().await };
             let link = connect
                 .retry(
@@ -160,11 +193,16 @@ impl Broker {
                         .with_jitter()
                         .without_max_times(),
                 )
+                .when(|_| !self.inner.closed.load(Ordering::SeqCst))
                 .notify(|err, next| {
                     tracing::warn!(error = %err, retry_in_ms = next.as_millis() as u64, "broker: connect failed")
                 })
                 .await;
             let Ok(link) = link else { continue };
+            if self.inner.closed.load(Ordering::SeqCst) {
+                let _ = link.conn.close(200, "shutting down".into()).await;
+                return;
+            }
             let link = Arc::new(link);
             *self.inner.link.write().await = Some(link.clone());
             self.inner.up.store(true, Ordering::Relaxed);
@@ -177,6 +215,9 @@ impl Broker {
                 tokio::select! {
                     _ = self.inner.trouble.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                if self.inner.closed.load(Ordering::SeqCst) {
+                    return;
                 }
                 let healthy = link.conn.status().connected()
                     && link.channels.iter().all(|c| c.status().connected());

@@ -23,6 +23,16 @@ pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const KEY: &str = "acme-webhook-key-0001";
 pub const OTHER_KEY: &str = "salon-webhook-key-0002";
 
+/// Logs go to the test's captured output; `RUST_LOG=ingest=debug` for more.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ingest=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(filter)
+        .try_init();
+}
+
 pub fn unique_prefix(test: &str) -> String {
     format!(
         "test-{test}-{}",
@@ -99,6 +109,7 @@ impl Harness {
     }
 
     pub async fn start_on(prefix: &str, amqp: &str, spool_dir: tempfile::TempDir) -> Harness {
+        init_logs();
         let s = settings(prefix, amqp, spool_dir.path(), "");
         let topology = Topology::from_settings(&s.rabbitmq);
         let running = app::start(s, false).await.expect("ingest starts");
@@ -169,7 +180,7 @@ pub async fn connect() -> Connection {
 /// timeout passed.
 pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Vec<Event> {
     let conn = connect().await;
-    let ch = conn.create_channel().await.expect("channel");
+    let mut ch = conn.create_channel().await.expect("channel");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < n && tokio::time::Instant::now() < deadline {
@@ -189,7 +200,12 @@ pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Ve
                     .expect("ack");
                 out.push(event);
             }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => {
+                // Queue not declared yet (404 closes the channel): open a new one.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ch = conn.create_channel().await.expect("channel");
+            }
         }
     }
     let _ = conn.close(200, "done".into()).await;
