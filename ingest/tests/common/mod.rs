@@ -33,6 +33,13 @@ pub fn init_logs() {
         .try_init();
 }
 
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
 pub fn unique_prefix(test: &str) -> String {
     format!(
         "test-{test}-{}",
