@@ -629,7 +629,7 @@ mod tests {
     fn amounts_never_show_float_noise() {
         assert_eq!(amount(&serde_json::json!(1500)), Some("1500".into()));
         assert_eq!(
-            amount(&serde_json::json!(33.710000000000001)),
+            amount(&serde_json::from_str("33.710000000000001").unwrap()),
             Some("33.71".into())
         );
         assert_eq!(amount(&serde_json::json!(99.999)), Some("100".into()));

@@ -516,7 +516,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            total(&services(&[serde_json::json!(33.710000000000001)])).as_deref(),
+            total(&services(&[
+                serde_json::from_str("33.710000000000001").unwrap()
+            ]))
+            .as_deref(),
             Some("33.71")
         );
         assert_eq!(
