@@ -78,13 +78,12 @@ pub fn parse(query: &str) -> UrlParams {
                         .push(format!("{n} is longer than {MAX_TEXT} characters"));
                     continue;
                 }
-                let v = Some(value);
                 match n {
-                    "message" => format.message = v,
-                    "resource_name" => format.resource_name = v,
-                    "detail_section_name" => format.detail_section_name = v,
-                    "case_type_name" => format.case_type_name = v,
-                    _ => format.time_zone_name = v.unwrap_or_default(),
+                    "message" => format.message = Some(value),
+                    "resource_name" => format.resource_name = Some(value),
+                    "detail_section_name" => format.detail_section_name = Some(value),
+                    "case_type_name" => format.case_type_name = Some(value),
+                    _ => format.time_zone_name = value,
                 }
             }
             n if n.starts_with("hide_") => {
@@ -203,9 +202,9 @@ mod tests {
         let f = p.format.unwrap();
         assert_eq!(f.time_zone, "Asia/Yekaterinburg");
         assert_eq!(f.date_locale, DateLocale::EnUs);
-        assert_eq!(f.hide[&HideFlag::Url], true);
-        assert_eq!(f.hide[&HideFlag::ContactInfo], false);
-        assert_eq!(f.hide[&HideFlag::Address], false, "seed default");
+        assert!(f.hide[&HideFlag::Url]);
+        assert!(!f.hide[&HideFlag::ContactInfo]);
+        assert!(!f.hide[&HideFlag::Address], "seed default");
     }
 
     #[test]

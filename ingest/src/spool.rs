@@ -25,6 +25,8 @@ const FRAME_HEADER: u64 = 8;
 /// A single record larger than this is refused (an event is a few KB).
 const MAX_RECORD: usize = 16 * 1024 * 1024;
 const GROUP_COMMIT_MAX: usize = 1024;
+/// 100 ms apart: how long `open` waits for an exiting process's lock.
+const LOCK_ATTEMPTS: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -82,8 +84,15 @@ impl Spool {
             .truncate(false)
             .write(true)
             .open(dir.join("LOCK"))?;
-        if lock.try_lock().is_err() {
-            return Err(SpoolError::Locked(dir.to_path_buf()));
+        // A previous process on this directory may still be exiting: wait a
+        // little for its lock before calling the directory taken.
+        let mut attempts = 0;
+        while lock.try_lock().is_err() {
+            attempts += 1;
+            if attempts > LOCK_ATTEMPTS {
+                return Err(SpoolError::Locked(dir.to_path_buf()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let cursor = read_cursor(dir)?;
         let mut segments = list_segments(dir)?;

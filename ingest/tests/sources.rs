@@ -14,7 +14,11 @@ const FORM: &str = "application/x-www-form-urlencoded";
 fn ids(body: &serde_json::Value) -> Vec<String> {
     body["events"]
         .as_array()
-        .map(|a| a.iter().map(|e| e["id"].as_str().unwrap_or_default().to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -57,7 +61,11 @@ async fn iiko_batch_each_event_on_its_own() {
         assert_eq!(status, 200, "{f}: {resp}");
         assert_eq!(resp["status"], "ignored");
     }
-    assert!(take_events(&h.topology, 1, Duration::from_millis(300)).await.is_empty());
+    assert!(
+        take_events(&h.topology, 1, Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
     h.finish().await;
 }
 
@@ -74,7 +82,11 @@ async fn rkeeper_push_and_white_server() {
 
     // White Server events carry no phone: understood, answered 200, not queued.
     let (status, resp) = h
-        .post("rkeeper", "application/json", fixture("rkeeper_ws_event_order_status_changed_docs.json"))
+        .post(
+            "rkeeper",
+            "application/json",
+            fixture("rkeeper_ws_event_order_status_changed_docs.json"),
+        )
         .await;
     assert_eq!(status, 200, "{resp}");
     assert_eq!(resp["ignored"][0]["reason"], "no phone");
@@ -85,12 +97,15 @@ async fn rkeeper_push_and_white_server() {
 async fn yclients_real_capture_when_the_client_arrived() {
     let h = Harness::start("src-yclients").await;
     let waiting = fixture("yclients_record_update_real_capture_php_comment.json");
-    let (status, _) = h.post("yclients", "application/json", waiting.clone()).await;
+    let (status, _) = h
+        .post("yclients", "application/json", waiting.clone())
+        .await;
     assert_eq!(status, 200, "visit_attendance 0 is not a finished visit");
 
-    let arrived = String::from_utf8(waiting)
-        .unwrap()
-        .replace(r#""visit_attendance":0,"attendance":0"#, r#""visit_attendance":1,"attendance":1"#);
+    let arrived = String::from_utf8(waiting).unwrap().replace(
+        r#""visit_attendance":0,"attendance":0"#,
+        r#""visit_attendance":1,"attendance":1"#,
+    );
     let (status, resp) = h.post_json("yclients", &arrived).await;
     assert_eq!(status, 202, "{resp}");
     let e = &take_events(&h.topology, 1, Duration::from_secs(3)).await[0];
@@ -135,7 +150,11 @@ async fn amocrm_form_with_phone_and_minimal_hook_for_lookup() {
     assert_eq!(e.tenant, "salon");
     assert!(e.recipient.phone.is_none());
     match &e.lookup {
-        Some(Lookup::Amocrm { lead_id, account_id, subdomain }) => {
+        Some(Lookup::Amocrm {
+            lead_id,
+            account_id,
+            subdomain,
+        }) => {
             assert_eq!(lead_id, "23802129");
             assert_eq!(account_id.as_deref(), Some("29013640"));
             assert_eq!(subdomain.as_deref(), Some("drvorobjev"));
@@ -153,7 +172,9 @@ async fn amocrm_form_with_phone_and_minimal_hook_for_lookup() {
         assert_eq!(status, 200, "{f}: {resp}");
     }
     // Broken encoding is a 400 with a reason, not a crash.
-    let (status, resp) = h.post("amocrm", FORM, b"leads%5Bstatus%ZZ=1&%%%".to_vec()).await;
+    let (status, resp) = h
+        .post("amocrm", FORM, b"leads%5Bstatus%ZZ=1&%%%".to_vec())
+        .await;
     assert_eq!(status, 400, "{resp}");
     h.finish().await;
 }
@@ -168,7 +189,11 @@ async fn booking_carries_url_formatting_and_wazzup_route() {
     let q = "time_zone=Asia/Yekaterinburg&date_locales=en-US&hide_url=true&message=See%20you\
              &key_api=f8f1955587ac6d7894cee95f92dcaca4&channel_id=3349fab8-b01b-4232-b9cb-a15ec3acc053&chat_type=whatsapp";
     let (status, resp) = h
-        .post_to(&format!("/api/webhook/booking?key={}&{q}", common::KEY), "application/json", body.as_bytes().to_vec())
+        .post_to(
+            &format!("/api/webhook/booking?key={}&{q}", common::KEY),
+            "application/json",
+            body.as_bytes().to_vec(),
+        )
         .await;
     assert_eq!(status, 202, "{resp}");
     let e = &take_events(&h.topology, 1, Duration::from_secs(3)).await[0];
@@ -177,9 +202,20 @@ async fn booking_carries_url_formatting_and_wazzup_route() {
     assert_eq!(f.time_zone, "Asia/Yekaterinburg");
     assert_eq!(f.date_locale, DateLocale::EnUs);
     assert_eq!(f.message.as_deref(), Some("See you"));
-    assert!(matches!(&e.route, Some(Route::Wazzup { channel_id, .. }) if channel_id == "3349fab8-b01b-4232-b9cb-a15ec3acc053"));
-    assert_eq!(e.params.starts_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-12-01T10:00:00+03:00"));
-    assert_eq!(e.params.previous_starts_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-12-01T09:00:00+03:00"));
+    assert!(
+        matches!(&e.route, Some(Route::Wazzup { channel_id, .. }) if channel_id == "3349fab8-b01b-4232-b9cb-a15ec3acc053")
+    );
+    assert_eq!(
+        e.params.starts_at.map(|t| t.to_rfc3339()).as_deref(),
+        Some("2026-12-01T10:00:00+03:00")
+    );
+    assert_eq!(
+        e.params
+            .previous_starts_at
+            .map(|t| t.to_rfc3339())
+            .as_deref(),
+        Some("2026-12-01T09:00:00+03:00")
+    );
     h.finish().await;
 }
 
@@ -193,10 +229,18 @@ async fn same_webhook_twice_has_one_dedup_key_and_bad_phones_are_ignored() {
     assert_ne!(ids(&r1), ids(&r2), "each delivery is its own event id");
     let events = take_events(&h.topology, 2, Duration::from_secs(3)).await;
     assert_eq!(events.len(), 2);
-    assert_eq!(events[0].dedup_key, events[1].dedup_key, "the dispatcher dedups on this");
+    assert_eq!(
+        events[0].dedup_key, events[1].dedup_key,
+        "the dispatcher dedups on this"
+    );
 
-    for (phone, reason) in [("+7 495 123-45-67", "landline phone"), ("not a phone", "invalid phone")] {
-        let body = format!(r#"{{"order":{{"id":"rk-10","status":"Выполнен","client":{{"phone":"{phone}"}}}}}}"#);
+    for (phone, reason) in [
+        ("+7 495 123-45-67", "landline phone"),
+        ("not a phone", "invalid phone"),
+    ] {
+        let body = format!(
+            r#"{{"order":{{"id":"rk-10","status":"Выполнен","client":{{"phone":"{phone}"}}}}}}"#
+        );
         let (status, resp) = h.post_json("rkeeper", &body).await;
         assert_eq!(status, 200, "{resp}");
         assert_eq!(resp["ignored"][0]["reason"], reason, "{resp}");

@@ -120,9 +120,12 @@ pub struct Tenant {
     pub sources: SourceSettings,
 }
 
+/// The stored key (for the constant-time comparison) and its tenant.
+type KeyEntry = (Vec<u8>, Arc<Tenant>);
+
 #[derive(Clone, Default)]
 pub struct Tenants {
-    by_key_hash: Arc<HashMap<[u8; 32], (Vec<u8>, Arc<Tenant>)>>,
+    by_key_hash: Arc<HashMap<[u8; 32], KeyEntry>>,
     by_id: Arc<HashMap<String, Arc<Tenant>>>,
 }
 

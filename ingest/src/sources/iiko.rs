@@ -13,7 +13,7 @@ use serde_json::Value;
 use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source, id_string};
+use super::{Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string};
 
 pub struct Iiko;
 
@@ -245,29 +245,6 @@ fn parse_event_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|n| n.and_utc())
 }
 
-/// Order sums are JSON numbers; keep integers as they are and round
-/// fractions to kopecks so float noise never reaches a message.
-fn amount(v: &Value) -> Option<String> {
-    match v {
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        Value::Number(n) => n.as_f64().map(decimal),
-        Value::String(s) => {
-            let s = s.trim();
-            s.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .map(|_| s.to_string())
-        }
-        _ => None,
-    }
-}
-
-/// Kopeck precision: `1530.50`, or `1500` when there are no kopecks.
-fn decimal(f: f64) -> String {
-    let s = format!("{f:.2}");
-    s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
-}
-
 fn address(v: &Value) -> Option<String> {
     let text = |v: Option<&Value>| {
         v.and_then(Value::as_str)
@@ -291,19 +268,6 @@ fn address(v: &Value) -> Option<String> {
 
 fn malformed(msg: &str) -> ParseError {
     ParseError::Malformed(format!("iiko: {msg}"))
-}
-
-/// serde's `Display` can quote payload values (`invalid type: string "+7..."`);
-/// only say what kind of problem it is and where.
-fn describe(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Syntax => "invalid JSON",
-        Category::Eof => "unexpected end of JSON",
-        Category::Data => "unexpected value type",
-        Category::Io => "unreadable body",
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 fn json_error(e: &serde_json::Error) -> ParseError {

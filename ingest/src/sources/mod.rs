@@ -80,8 +80,10 @@ impl Draft {
 }
 
 /// One item of a webhook body (a body may carry several: iiko batches,
-/// several AmoCRM leads).
+/// several AmoCRM leads). Short-lived, so the size difference between the
+/// variants does not matter and boxing would only add an allocation.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Item {
     Accept(Draft),
     /// Understood but not for us (non-final status, deleted record, event type
@@ -143,6 +145,42 @@ pub(crate) fn id_string(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// A money value as a decimal string with kopeck precision (`1530.50`,
+/// `1500`), so float noise like `33.710000000000001` never reaches a message.
+pub(crate) fn amount(v: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        Value::Number(n) => n.as_f64().map(decimal),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(|_| s.to_string())
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn decimal(f: f64) -> String {
+    let s = format!("{f:.2}");
+    s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
+}
+
+/// What is wrong with a JSON body, by kind and position only: serde_json's
+/// own messages can quote payload values (phones, e-mails).
+pub(crate) fn describe(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "invalid JSON",
+        Category::Eof => "unexpected end of JSON",
+        Category::Data => "unexpected value type",
+        Category::Io => "unreadable body",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 /// Path to a fixture in ../shared/fixtures, for unit tests.

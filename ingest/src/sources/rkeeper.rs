@@ -15,7 +15,7 @@ use serde_json::Value;
 use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source, id_string};
+use super::{Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string};
 
 pub struct Rkeeper;
 
@@ -248,38 +248,8 @@ fn text(s: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn amount(v: &Value) -> Option<String> {
-    match v {
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        Value::Number(n) => n.as_f64().map(|f| {
-            let s = format!("{f:.2}");
-            s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
-        }),
-        Value::String(s) => {
-            let s = s.trim();
-            s.parse::<f64>()
-                .ok()
-                .filter(|f| f.is_finite())
-                .map(|_| s.to_string())
-        }
-        _ => None,
-    }
-}
-
 fn malformed(msg: &str) -> ParseError {
     ParseError::Malformed(format!("rkeeper: {msg}"))
-}
-
-/// Kind and position of a JSON error, never the offending value.
-fn describe(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Syntax => "invalid JSON",
-        Category::Eof => "unexpected end of JSON",
-        Category::Data => "unexpected value type",
-        Category::Io => "unreadable body",
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use shared::event::{EventKind, Lookup};
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source, id_string};
+use super::{Body, ContentKind, Draft, Item, ParseError, Source, describe, id_string};
 
 pub struct Yclients;
 
@@ -290,18 +290,6 @@ fn text(s: Option<&str>) -> Option<String> {
 
 fn malformed(msg: &str) -> ParseError {
     ParseError::Malformed(format!("yclients: {msg}"))
-}
-
-/// Kind and position of a JSON error, never the offending value.
-fn describe(e: &serde_json::Error) -> String {
-    use serde_json::error::Category;
-    let what = match e.classify() {
-        Category::Syntax => "invalid JSON",
-        Category::Eof => "unexpected end of JSON",
-        Category::Data => "unexpected value type",
-        Category::Io => "unreadable body",
-    };
-    format!("{what} at line {} column {}", e.line(), e.column())
 }
 
 #[cfg(test)]

@@ -149,9 +149,24 @@ impl Harness {
         content_type: &str,
         body: Vec<u8>,
     ) -> (u16, serde_json::Value) {
+        self.post_to(
+            &format!("/api/webhook/{source}?key={KEY}"),
+            content_type,
+            body,
+        )
+        .await
+    }
+
+    /// Posts to a full path with query (for other keys or URL parameters).
+    pub async fn post_to(
+        &self,
+        path_and_query: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .http
-            .post(self.url(&format!("/api/webhook/{source}?key={KEY}")))
+            .post(self.url(path_and_query))
             .header("content-type", content_type)
             .body(body)
             .send()

@@ -102,10 +102,9 @@ async fn main() {
                 if n >= total {
                     break;
                 }
-                let due = if args.rate > 0 {
-                    start + Duration::from_nanos(n * 1_000_000_000 / args.rate)
-                } else {
-                    Instant::now()
+                let due = match (n * 1_000_000_000).checked_div(args.rate) {
+                    Some(offset_ns) => start + Duration::from_nanos(offset_ns),
+                    None => Instant::now(),
                 };
                 if args.rate == 0 && due >= end {
                     break;
