@@ -137,7 +137,8 @@ impl Settings {
                 config::Environment::with_prefix("VESTNIK")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(overrides_from_env())),
             )
             .build()?
             .try_deserialize()?;
@@ -190,6 +191,14 @@ impl Settings {
         crate::tenant::Tenants::new(self.tenants.clone()).map_err(ConfigError::Invalid)?;
         Ok(())
     }
+}
+
+/// `VESTNIK_*` variables except `VESTNIK_CONFIG`, which names the file
+/// rather than setting a key.
+fn overrides_from_env() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("VESTNIK_") && k != "VESTNIK_CONFIG")
+        .collect()
 }
 
 #[cfg(test)]
