@@ -20,6 +20,10 @@ pub struct Settings {
     #[serde(default)]
     pub spool: SpoolSettings,
     #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub dispatcher: DispatcherSettings,
+    #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -94,6 +98,86 @@ impl Default for SpoolSettings {
             dir: PathBuf::from("var/spool"),
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Prefix of every key, so deployments (or test runs) can share a server.
+    pub prefix: String,
+    pub pool_size: usize,
+    /// Per-command timeout; past it Redis counts as unreachable (fail closed).
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "vestnik".into(),
+            pool_size: 32,
+            timeout_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherSettings {
+    /// Health, readiness and metrics (not public).
+    pub listen: String,
+    /// Unacknowledged deliveries the broker hands one dispatcher at a time.
+    pub prefetch: u16,
+    /// Events processed at the same time by one dispatcher.
+    pub concurrency: usize,
+    /// How long the "sent" mark (with the provider's message id) is kept:
+    /// the window in which a duplicate webhook or a replay cannot send again.
+    pub done_ttl_secs: u64,
+    /// The lease held while sending; must outlast one whole attempt
+    /// (provider timeout times quick retries).
+    pub lease_ttl_secs: u64,
+    /// On SIGTERM: how long in-flight events may take before they are handed back.
+    pub shutdown_timeout_secs: u64,
+    pub retry: QuickRetrySettings,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> Self {
+        DispatcherSettings {
+            listen: "0.0.0.0:9090".into(),
+            prefetch: 64,
+            concurrency: 32,
+            done_ttl_secs: 7 * 24 * 3600,
+            lease_ttl_secs: 120,
+            shutdown_timeout_secs: 30,
+            retry: QuickRetrySettings::default(),
+        }
+    }
+}
+
+/// The quick retries inside one attempt, for transient errors only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuickRetrySettings {
+    /// Retries after the first try (0 = none).
+    pub retries: usize,
+    pub min_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// A provider's Retry-After longer than this is not waited for inside
+    /// the attempt: the attempt fails and the ladder takes over.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for QuickRetrySettings {
+    fn default() -> Self {
+        QuickRetrySettings {
+            retries: 3,
+            min_delay_ms: 200,
+            max_delay_ms: 2000,
+            max_retry_after_ms: 10_000,
         }
     }
 }
@@ -176,6 +260,24 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "rabbitmq.prefix must be non-empty ASCII letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
+            return Err(ConfigError::Invalid(
+                "redis.prefix must be non-empty without spaces".into(),
+            ));
+        }
+        if self.dispatcher.concurrency == 0 || self.dispatcher.prefetch == 0 {
+            return Err(ConfigError::Invalid(
+                "dispatcher.concurrency and dispatcher.prefetch must be at least 1".into(),
+            ));
+        }
+        if self.dispatcher.lease_ttl_secs == 0
+            || self.dispatcher.done_ttl_secs < self.dispatcher.lease_ttl_secs
+        {
+            return Err(ConfigError::Invalid(
+                "dispatcher.lease_ttl_secs must be at least 1 and below dispatcher.done_ttl_secs"
+                    .into(),
             ));
         }
         if self.rabbitmq.publish_channels == 0 {

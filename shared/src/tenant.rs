@@ -3,13 +3,15 @@
 //! A key is looked up by its SHA-256 (so the map lookup's timing says nothing
 //! about the key) and then compared in constant time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use crate::event::EventKind;
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +22,105 @@ pub struct TenantConfig {
     pub keys: Vec<String>,
     #[serde(default)]
     pub sources: SourceSettings,
+    /// Channels in order of preference, per event kind (`default` for the
+    /// rest): the first with a configured provider is used.
+    #[serde(default)]
+    pub channels: ChannelPolicy,
+    /// Values every template of this tenant can use (`brand`, `review_url`, ...).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Templates per event kind; kinds without one use the built-in defaults.
+    #[serde(default)]
+    pub templates: BTreeMap<EventKind, TemplateConfig>,
+    /// Provider accounts by provider name (`meta`, `smsru`, ...). Each provider
+    /// module owns and validates the shape of its own section.
+    #[serde(default)]
+    pub providers: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where a message can go.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Whatsapp,
+    Sms,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Whatsapp => "whatsapp",
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelPolicy {
+    #[serde(default = "default_channels")]
+    pub default: Vec<Channel>,
+    #[serde(flatten)]
+    pub by_kind: BTreeMap<EventKind, Vec<Channel>>,
+}
+
+fn default_channels() -> Vec<Channel> {
+    vec![Channel::Whatsapp, Channel::Sms]
+}
+
+impl Default for ChannelPolicy {
+    fn default() -> Self {
+        ChannelPolicy {
+            default: default_channels(),
+            by_kind: BTreeMap::new(),
+        }
+    }
+}
+
+impl ChannelPolicy {
+    pub fn for_kind(&self, kind: EventKind) -> &[Channel] {
+        self.by_kind.get(&kind).unwrap_or(&self.default)
+    }
+}
+
+/// A message template for one event kind. Text is minijinja over the
+/// event's fields; see docs/TEMPLATES.md.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// SMS and WhatsApp free-form text.
+    pub text: Option<String>,
+    /// WhatsApp through an approved Meta template instead of free text
+    /// (required outside the 24-hour customer window).
+    pub whatsapp: Option<WhatsappTemplate>,
+    /// E-mail subject and HTML body (text falls back to `text`).
+    pub email_subject: Option<String>,
+    pub email_html: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappTemplate {
+    pub name: String,
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Body parameters `{{1}}`, `{{2}}`, ... in order, each a minijinja expression.
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+fn default_language() -> String {
+    "ru".into()
 }
 
 impl fmt::Debug for TenantConfig {
@@ -35,6 +136,8 @@ impl fmt::Debug for TenantConfig {
                     .collect::<Vec<_>>(),
             )
             .field("sources", &self.sources)
+            .field("channels", &self.channels)
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -213,6 +316,10 @@ mod tests {
             id: id.into(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
             sources: SourceSettings::default(),
+            channels: ChannelPolicy::default(),
+            vars: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            providers: BTreeMap::new(),
         }
     }
 

@@ -1,0 +1,196 @@
+//! Wiring: settings → tenants, providers, templates, Redis, broker → workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use shared::config::Settings;
+use shared::tenant::Channel;
+use shared::topology::Topology;
+use tokio::sync::watch;
+
+use crate::consumer::{self, ConsumerSettings};
+use crate::health::Health;
+use crate::idempotency::Store;
+use crate::metrics::Metrics;
+use crate::providers::{self, Provider, log::LogOnly};
+use crate::templates::Templates;
+use crate::worker::{TenantRuntime, Worker};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub worker: Arc<Worker>,
+    shutdown: watch::Sender<bool>,
+    consumer: tokio::task::JoinHandle<()>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Running {
+    /// Graceful stop: stop consuming, finish in-flight events (up to the
+    /// configured timeout), close the connection.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.consumer.await;
+        self.server.stop(true).await;
+    }
+}
+
+/// Builds the worker from settings: every provider section and template is
+/// checked here, so configuration errors stop the start, not a send.
+pub fn build_worker(
+    settings: &Settings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Worker, StartError> {
+    let d = &settings.dispatcher;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| StartError::Config(format!("http client: {e}")))?;
+    let mut tenants = HashMap::new();
+    for t in &settings.tenants {
+        let built = providers::build(&t.providers, &http)
+            .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
+        let mut by_channel: BTreeMap<Channel, Arc<dyn Provider>> = BTreeMap::new();
+        for p in built {
+            by_channel
+                .entry(p.channel())
+                .or_insert_with(|| Arc::from(p));
+        }
+        tenants.insert(
+            t.id.clone(),
+            TenantRuntime {
+                policy: t.channels.clone(),
+                providers: by_channel,
+            },
+        );
+    }
+    let templates = Templates::new(
+        settings
+            .tenants
+            .iter()
+            .map(|t| (t.id.as_str(), &t.templates, &t.vars)),
+    )
+    .map_err(|e| StartError::Config(e.to_string()))?;
+    let log_providers: BTreeMap<Channel, Arc<dyn Provider>> =
+        [Channel::Whatsapp, Channel::Sms, Channel::Email]
+            .into_iter()
+            .map(|c| (c, Arc::new(LogOnly { channel: c }) as Arc<dyn Provider>))
+            .collect();
+    let store = Store::new(
+        &settings.redis.url,
+        &settings.redis.prefix,
+        settings.redis.pool_size,
+        Duration::from_secs(d.lease_ttl_secs),
+        Duration::from_secs(d.done_ttl_secs),
+        Duration::from_millis(settings.redis.timeout_ms),
+    )
+    .map_err(StartError::Config)?;
+    Ok(Worker {
+        topology: Topology::from_settings(&settings.rabbitmq),
+        store,
+        templates,
+        tenants,
+        log_providers,
+        retry: d.retry.clone(),
+        lease_ttl: Duration::from_secs(d.lease_ttl_secs),
+        metrics: Metrics::new(),
+        health: Health::new(),
+        shutdown,
+    })
+}
+
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = Arc::new(build_worker(&settings, shutdown_rx.clone())?);
+    if let Err(e) = worker.store.ping().await {
+        worker.health.set_redis(false);
+        tracing::error!(error = %e, "redis unreachable at start: events are held until it answers");
+    }
+    let d = &settings.dispatcher;
+    let consumer = tokio::spawn(consumer::run(
+        worker.clone(),
+        ConsumerSettings {
+            url: settings.rabbitmq.url.clone(),
+            prefetch: d.prefetch,
+            concurrency: d.concurrency,
+            shutdown_timeout: Duration::from_secs(d.shutdown_timeout_secs),
+        },
+        shutdown_rx,
+    ));
+    let state = web::Data::new(worker.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route(
+                "/healthz",
+                web::get()
+                    .to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(&d.listen)
+    .map_err(|source| StartError::Bind {
+        addr: d.listen.clone(),
+        source,
+    })?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| StartError::Bind {
+            addr: d.listen.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    tracing::info!(%addr, "dispatcher health and metrics listening");
+    Ok(Running {
+        addr,
+        worker,
+        shutdown: shutdown_tx,
+        consumer,
+        server: handle,
+    })
+}
+
+async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
+    let h = &worker.health;
+    let body = serde_json::json!({
+        "ready": h.ready(),
+        "broker": if h.broker_up() { "up" } else { "down" },
+        "redis": if h.redis_up() { "up" } else { "down" },
+    });
+    if h.ready() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
+    worker
+        .metrics
+        .redis_up
+        .set(i64::from(worker.health.redis_up()));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(worker.metrics.render())
+}

@@ -1,0 +1,186 @@
+//! Consumes the dispatch queue with manual acks: prefetch bounds what the
+//! broker hands us, a semaphore bounds what we process at once. Reconnects
+//! with backoff. On shutdown: stop consuming, let in-flight events finish
+//! within the timeout, and leave the rest unacked so the broker hands them
+//! to another dispatcher.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::worker::{Settle, Worker};
+
+pub struct ConsumerSettings {
+    pub url: String,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub shutdown_timeout: Duration,
+}
+
+pub async fn run(
+    worker: Arc<Worker>,
+    settings: ConsumerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tag = format!("vestnik-dispatcher-{}", uuid::Uuid::now_v7().simple());
+    while !*shutdown.borrow() {
+        let connect = || async {
+            let conn = tokio::time::timeout(
+                Duration::from_secs(5),
+                Connection::connect(
+                    &settings.url,
+                    ConnectionProperties::default().with_connection_name(tag.clone().into()),
+                ),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+            Ok::<_, String>(conn)
+        };
+        let conn = tokio::select! {
+            c = connect
+                .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(200)).with_max_delay(Duration::from_secs(5)).with_jitter().without_max_times())
+                .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "broker: connect failed")) => c,
+            _ = stopped(&mut shutdown) => return,
+        };
+        let Ok(conn) = conn else { continue };
+        match session(&worker, &settings, &conn, &tag, &mut shutdown).await {
+            Ok(()) => {
+                let _ = conn.close(200, "shutting down".into()).await;
+                return;
+            }
+            Err(e) => {
+                worker.health.set_broker(false);
+                worker.metrics.broker_up.set(0);
+                tracing::warn!(error = %e, "broker: consuming stopped, reconnecting");
+                let _ = conn.close(320, "reconnecting".into()).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Consumes until shutdown (Ok) or until the connection fails (Err).
+async fn session(
+    worker: &Arc<Worker>,
+    settings: &ConsumerSettings,
+    conn: &Connection,
+    tag: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let setup = conn.create_channel().await.map_err(|e| e.to_string())?;
+    worker
+        .topology
+        .declare(&setup)
+        .await
+        .map_err(|e| format!("declare topology: {e}"))?;
+    let _ = setup.close(200, "topology declared".into()).await;
+
+    let publisher = conn.create_channel().await.map_err(|e| e.to_string())?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let consuming = conn.create_channel().await.map_err(|e| e.to_string())?;
+    consuming
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = consuming
+        .basic_consume(
+            worker.topology.dispatch_queue().as_str().into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    worker.health.set_broker(true);
+    worker.metrics.broker_up.set(1);
+    tracing::info!(queue = %worker.topology.dispatch_queue(), prefetch = settings.prefetch, concurrency = settings.concurrency, "consuming");
+
+    let permits = Arc::new(Semaphore::new(settings.concurrency));
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        let next = tokio::select! {
+            n = consumer.next() => n,
+            _ = stopped(shutdown) => break Ok(()),
+        };
+        let delivery = match next {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => break Err(e.to_string()),
+            None => break Err("consumer cancelled by the broker".into()),
+        };
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+            _ = stopped(shutdown) => {
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                break Ok(());
+            }
+        };
+        let (worker, publisher) = (worker.clone(), publisher.clone());
+        tasks.spawn(async move {
+            worker.metrics.in_flight.inc();
+            let settle = worker.handle(&delivery, &publisher).await;
+            let r = match settle {
+                Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+                Settle::Requeue => {
+                    delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await
+                }
+            };
+            if let Err(e) = r {
+                // The broker will redeliver; idempotency makes that harmless.
+                tracing::warn!(error = %e, ?settle, "could not settle a delivery");
+            }
+            worker.metrics.in_flight.dec();
+            drop(permit);
+        });
+    };
+
+    if result.is_ok() {
+        // Graceful: no new deliveries, finish what is in flight.
+        let _ = consuming
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await;
+        let in_flight = tasks.len();
+        tracing::info!(in_flight, "shutting down: finishing in-flight events");
+        let drained = tokio::time::timeout(settings.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "shutdown timeout: unfinished events go back to the queue"
+            );
+            tasks.abort_all();
+        }
+        let _ = consuming.close(200, "shutting down".into()).await;
+        let _ = publisher.close(200, "shutting down".into()).await;
+    }
+    worker.health.set_broker(false);
+    worker.metrics.broker_up.set(0);
+    result
+}
+
+/// Resolves once shutdown is requested (the watch guard is not held across awaits).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

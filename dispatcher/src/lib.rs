@@ -1,0 +1,13 @@
+//! Vestnik dispatcher: consumes normalised events and turns each into exactly
+//! one message per channel, with quick retries, the one second attempt
+//! 9 min 30 s after a first failure, and a dead-letter queue for the rest.
+
+pub mod app;
+pub mod consumer;
+pub mod health;
+pub mod idempotency;
+pub mod metrics;
+pub mod outbox;
+pub mod providers;
+pub mod templates;
+pub mod worker;

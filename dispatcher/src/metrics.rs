@@ -1,0 +1,112 @@
+//! Prometheus metrics of the dispatcher. Labels: provider, channel, outcome
+//! class, failure class. Never a tenant key, phone or e-mail.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub deliveries: IntCounterVec,
+    pub attempt_seconds: HistogramVec,
+    pub quick_retries: IntCounterVec,
+    pub second_attempts: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub redis_errors: IntCounter,
+    pub in_flight: IntGauge,
+    pub redis_up: IntGauge,
+    pub broker_up: IntGauge,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            deliveries: counter_vec(
+                "vestnik_dispatcher_deliveries_total",
+                "Send attempts by provider, channel and outcome class",
+                &["provider", "channel", "outcome"],
+            ),
+            attempt_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "vestnik_dispatcher_attempt_seconds",
+                    "One attempt incl. quick retries",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["provider"],
+            )
+            .expect("static metric definition"),
+            quick_retries: counter_vec(
+                "vestnik_dispatcher_quick_retries_total",
+                "Quick retries inside an attempt after transient errors",
+                &["provider"],
+            ),
+            second_attempts: IntCounter::new(
+                "vestnik_dispatcher_second_attempts_total",
+                "Second attempts scheduled (the 9m30s wait queue)",
+            )
+            .expect("static metric definition"),
+            dead_lettered: counter_vec(
+                "vestnik_dispatcher_dead_lettered_total",
+                "Events dead-lettered, by failure class",
+                &["class"],
+            ),
+            duplicates: IntCounter::new(
+                "vestnik_dispatcher_duplicates_total",
+                "Deliveries skipped because the message was already sent",
+            )
+            .expect("static metric definition"),
+            redis_errors: IntCounter::new(
+                "vestnik_dispatcher_redis_errors_total",
+                "Failed Redis operations",
+            )
+            .expect("static metric definition"),
+            in_flight: IntGauge::new("vestnik_dispatcher_in_flight", "Events being processed")
+                .expect("static metric definition"),
+            redis_up: IntGauge::new("vestnik_dispatcher_redis_up", "1 when Redis answers")
+                .expect("static metric definition"),
+            broker_up: IntGauge::new(
+                "vestnik_dispatcher_broker_up",
+                "1 when consuming from the broker",
+            )
+            .expect("static metric definition"),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.deliveries.clone()),
+            Box::new(m.attempt_seconds.clone()),
+            Box::new(m.quick_retries.clone()),
+            Box::new(m.second_attempts.clone()),
+            Box::new(m.dead_lettered.clone()),
+            Box::new(m.duplicates.clone()),
+            Box::new(m.redis_errors.clone()),
+            Box::new(m.in_flight.clone()),
+            Box::new(m.redis_up.clone()),
+            Box::new(m.broker_up.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("metric registered once");
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

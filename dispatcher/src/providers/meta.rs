@@ -1,0 +1,298 @@
+//! Meta WhatsApp Cloud API: `POST {base_url}/{phone_number_id}/messages`.
+//! Classified by `error.code` (not by HTTP status), as providers.md B1 says.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::json;
+use shared::tenant::Channel;
+
+use super::{
+    Address, Body, Message, Outcome, Provider, excerpt, retry_after, section, transport_error,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_base_url")]
+    base_url: String,
+    phone_number_id: String,
+    access_token: String,
+    #[serde(default = "super::default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_base_url() -> String {
+    "https://graph.facebook.com/v21.0".into()
+}
+
+pub struct Meta {
+    url: String,
+    token: String,
+    timeout: Duration,
+    http: reqwest::Client,
+}
+
+impl Meta {
+    pub fn from_config(v: &serde_json::Value, http: reqwest::Client) -> Result<Meta, String> {
+        let c: Config = section(v)?;
+        if c.phone_number_id.is_empty() || c.access_token.is_empty() {
+            return Err("phone_number_id and access_token are required".into());
+        }
+        Ok(Meta {
+            url: format!(
+                "{}/{}/messages",
+                c.base_url.trim_end_matches('/'),
+                c.phone_number_id
+            ),
+            token: c.access_token,
+            timeout: Duration::from_millis(c.timeout_ms),
+            http,
+        })
+    }
+
+    async fn send_one(&self, m: &Message) -> Outcome {
+        let Address::Phone(phone) = &m.to else {
+            return Outcome::Config {
+                reason: "WhatsApp needs a phone number".into(),
+            };
+        };
+        let body = match &m.body {
+            Body::Text(text) => json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": phone.e164(),
+                "type": "text",
+                "text": {"preview_url": false, "body": text},
+            }),
+            Body::Template {
+                name,
+                language,
+                params,
+            } => {
+                let parameters: Vec<_> = params
+                    .iter()
+                    .map(|p| json!({"type": "text", "text": p}))
+                    .collect();
+                let components = if parameters.is_empty() {
+                    json!([])
+                } else {
+                    json!([{"type": "body", "parameters": parameters}])
+                };
+                json!({
+                    "messaging_product": "whatsapp",
+                    "recipient_type": "individual",
+                    "to": phone.e164(),
+                    "type": "template",
+                    "template": {"name": name, "language": {"code": language}, "components": components},
+                })
+            }
+            Body::Email { .. } => {
+                return Outcome::Config {
+                    reason: "an e-mail body cannot go to WhatsApp".into(),
+                };
+            }
+        };
+        let response = match self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .timeout(self.timeout)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            // Meta has no idempotency key: a timeout after sending is uncertain.
+            Err(e) => return transport_error(&e, false),
+        };
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        classify(status.as_u16(), &text, wait)
+    }
+}
+
+impl Provider for Meta {
+    fn name(&self) -> &'static str {
+        "meta"
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Whatsapp
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
+        self.send_one(message).boxed()
+    }
+}
+
+#[derive(Deserialize)]
+struct Success {
+    #[serde(default)]
+    messages: Vec<MessageId>,
+}
+
+#[derive(Deserialize)]
+struct MessageId {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    error_data: Option<ErrorData>,
+}
+
+#[derive(Deserialize)]
+struct ErrorData {
+    #[serde(default)]
+    details: String,
+}
+
+pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -> Outcome {
+    if (200..300).contains(&status) {
+        return match serde_json::from_str::<Success>(text) {
+            Ok(s) => match s.messages.into_iter().next() {
+                Some(m) => Outcome::Sent { message_id: m.id },
+                None => Outcome::Uncertain {
+                    reason: format!("HTTP {status} without a message id: {}", excerpt(text)),
+                },
+            },
+            Err(_) => Outcome::Uncertain {
+                reason: format!("HTTP {status} with an unreadable body: {}", excerpt(text)),
+            },
+        };
+    }
+    let Ok(ErrorEnvelope { error }) = serde_json::from_str::<ErrorEnvelope>(text) else {
+        // No Meta error object: go by HTTP status.
+        let reason = format!("HTTP {status}: {}", excerpt(text));
+        return match status {
+            429 | 500..=599 => Outcome::Transient {
+                reason,
+                retry_after,
+            },
+            _ => Outcome::Config { reason },
+        };
+    };
+    let details = error.error_data.map(|d| d.details).unwrap_or_default();
+    let reason = format!(
+        "meta {}: {} {}",
+        error.code,
+        excerpt(&error.message),
+        excerpt(&details)
+    )
+    .trim_end()
+    .to_string();
+    match error.code {
+        // Temporary: API down, rate limits, throughput.
+        1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 133004 => Outcome::Transient {
+            reason,
+            retry_after,
+        },
+        // Pair rate limit: this recipient only, wait at least 6 s.
+        131056 => Outcome::Transient {
+            reason,
+            retry_after: Some(
+                retry_after
+                    .unwrap_or(Duration::ZERO)
+                    .max(Duration::from_secs(6)),
+            ),
+        },
+        // This recipient cannot get this message on WhatsApp.
+        131026 | 131047 | 131051 | 131021 | 130472 | 131049 | 131050 => {
+            Outcome::Recipient { reason }
+        }
+        // Request, template, token, permission, account: fix and alert, no hot retry.
+        _ => Outcome::Config { reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures")
+            .join(name);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn success_fixture_gives_the_wamid() {
+        let o = classify(
+            200,
+            &fixture("meta_wa_send_success_docs_barokatu.json"),
+            None,
+        );
+        assert!(
+            matches!(o, Outcome::Sent { ref message_id } if message_id.starts_with("wamid.")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn real_131009_log_is_a_config_error() {
+        let o = classify(
+            400,
+            &fixture("meta_wa_send_error_131009_real_log.json"),
+            None,
+        );
+        assert_eq!(o.class(), "config", "{o:?}");
+        assert!(o.reason().contains("131009"));
+    }
+
+    #[test]
+    fn classes_follow_the_error_code_not_the_http_status() {
+        let err = |code: i64| {
+            format!(
+                r#"{{"error":{{"message":"m","type":"OAuthException","code":{code},"fbtrace_id":"x"}}}}"#
+            )
+        };
+        assert_eq!(classify(400, &err(131026), None).class(), "recipient");
+        assert_eq!(classify(400, &err(131047), None).class(), "recipient");
+        assert_eq!(classify(400, &err(130429), None).class(), "transient");
+        assert_eq!(classify(400, &err(131000), None).class(), "transient");
+        assert_eq!(classify(401, &err(190), None).class(), "config");
+        assert_eq!(classify(400, &err(132001), None).class(), "config");
+        assert_eq!(classify(400, &err(368), None).class(), "config");
+        match classify(400, &err(131056), None) {
+            Outcome::Transient { retry_after, .. } => {
+                assert!(retry_after >= Some(Duration::from_secs(6)))
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn bodies_without_meta_error_go_by_status() {
+        assert_eq!(
+            classify(503, "<html>down</html>", None).class(),
+            "transient"
+        );
+        assert_eq!(
+            classify(429, "", Some(Duration::from_secs(2))).class(),
+            "transient"
+        );
+        assert_eq!(classify(404, "not found", None).class(), "config");
+        assert_eq!(classify(200, "{}", None).class(), "uncertain");
+    }
+
+    #[test]
+    fn reasons_do_not_echo_phone_numbers() {
+        let body = r#"{"error":{"message":"(#131026) Message undeliverable to +79161234567","code":131026,"error_data":{"details":"79161234567 is not on WhatsApp"}}}"#;
+        let o = classify(400, body, None);
+        assert!(!o.reason().contains("9161234567"), "{}", o.reason());
+    }
+}

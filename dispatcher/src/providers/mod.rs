@@ -1,0 +1,203 @@
+//! Channel providers: each module sends one message and classifies the
+//! answer. A provider does not retry, fall back or deduplicate: the worker
+//! does that, once, for all of them. Adding a provider is adding a file here
+//! and a line in [`build`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use shared::phone::Phone;
+use shared::tenant::Channel;
+
+pub mod log;
+pub mod meta;
+pub mod smsru;
+
+/// What to send, already rendered.
+#[derive(Clone)]
+pub struct Message {
+    pub channel: Channel,
+    pub to: Address,
+    pub body: Body,
+    /// Stable per (event, channel): providers with an idempotency mechanism
+    /// of their own get it as a second guard behind ours.
+    pub idempotency_key: String,
+}
+
+#[derive(Clone)]
+pub enum Address {
+    Phone(Phone),
+    Email(String),
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Phone(p) => write!(f, "{p}"),
+            Address::Email(e) => f.write_str(&shared::mask::email(e)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Text(String),
+    /// A pre-approved WhatsApp template with positional body parameters.
+    Template {
+        name: String,
+        language: String,
+        params: Vec<String>,
+    },
+    Email {
+        subject: String,
+        html: String,
+        text: String,
+    },
+}
+
+/// The classified answer of one send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted by the provider, with its message id.
+    Sent { message_id: String },
+    /// Worth trying again (timeouts before the request went out, 5xx, 429,
+    /// codes the provider documents as temporary).
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// This recipient cannot get this message on this channel (no WhatsApp,
+    /// number in a stop-list, ...): no retry; the next channel may work.
+    Recipient { reason: String },
+    /// Our request or account is wrong (bad token, template missing, no
+    /// balance): no retry until someone fixes it; alert.
+    Config { reason: String },
+    /// The request may or may not have been delivered (e.g. a read timeout on
+    /// a provider without idempotency): retrying could send twice, so it
+    /// is not retried; an admin decides.
+    Uncertain { reason: String },
+}
+
+impl Outcome {
+    /// Short stable class name for metrics and DLQ headers.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Transient { .. } => "transient",
+            Outcome::Recipient { .. } => "recipient",
+            Outcome::Config { .. } => "config",
+            Outcome::Uncertain { .. } => "uncertain",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Transient { reason, .. }
+            | Outcome::Recipient { reason }
+            | Outcome::Config { reason }
+            | Outcome::Uncertain { reason } => reason,
+        }
+    }
+
+    pub fn transient(reason: impl Into<String>) -> Outcome {
+        Outcome::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+pub trait Provider: Send + Sync {
+    /// `meta`, `smsru`, ...: the key of its config section and metric label.
+    fn name(&self) -> &'static str;
+    fn channel(&self) -> Channel;
+    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("provider {provider}: {message}")]
+pub struct ConfigError {
+    pub provider: String,
+    pub message: String,
+}
+
+/// Builds a tenant's providers from its `providers` config sections.
+pub fn build(
+    sections: &BTreeMap<String, serde_json::Value>,
+    http: &reqwest::Client,
+) -> Result<Vec<Box<dyn Provider>>, ConfigError> {
+    let mut out: Vec<Box<dyn Provider>> = Vec::new();
+    for (name, section) in sections {
+        let err = |message: String| ConfigError {
+            provider: name.clone(),
+            message,
+        };
+        let p: Box<dyn Provider> = match name.as_str() {
+            "meta" => Box::new(meta::Meta::from_config(section, http.clone()).map_err(err)?),
+            "smsru" => Box::new(smsru::SmsRu::from_config(section, http.clone()).map_err(err)?),
+            other => {
+                return Err(err(format!(
+                    "unknown provider {other:?}; known: meta, smsru"
+                )));
+            }
+        };
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Parses a provider's config section with its own struct (unknown keys are
+/// an error, so a typo does not silently fall back to a default).
+pub(crate) fn section<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
+}
+
+/// A provider's answer trimmed and masked for logs and DLQ headers.
+pub(crate) fn excerpt(body: &str) -> String {
+    let trimmed: String = body.chars().take(300).collect();
+    shared::mask::text(&trimmed)
+}
+
+/// Classifies a transport error. `idempotent_retry` says whether the
+/// provider makes a repeated request harmless; without it, a timeout after
+/// the request went out is uncertain rather than transient.
+pub(crate) fn transport_error(e: &reqwest::Error, idempotent_retry: bool) -> Outcome {
+    if e.is_connect() {
+        return Outcome::transient(format!("connection failed: {}", short(e)));
+    }
+    if e.is_timeout() && !idempotent_retry {
+        return Outcome::Uncertain {
+            reason: "timed out after the request was sent".into(),
+        };
+    }
+    Outcome::transient(format!("request failed: {}", short(e)))
+}
+
+fn short(e: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL, which may carry credentials: cut it out.
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "<provider url>");
+    }
+    if let Some(cause) = std::error::Error::source(e) {
+        s = format!("{s}: {cause}");
+    }
+    s.chars().take(200).collect()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from these APIs).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_millis((s * 1000.0) as u64))
+}
+
+pub(crate) fn default_timeout_ms() -> u64 {
+    10_000
+}
