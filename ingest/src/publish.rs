@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use shared::Event;
 use shared::topology::{ROUTE_DISPATCH, Topology};
 use tokio::sync::{Notify, RwLock};
@@ -155,7 +154,7 @@ impl Broker {
                             ..BasicPublishOptions::default()
                         },
                         payload,
-                        properties(event),
+                        shared::topology::event_properties(event),
                     )
                     .await
                     .map_err(|_| PublishError::Channel)?;
@@ -264,29 +263,4 @@ impl Broker {
             next: AtomicUsize::new(0),
         })
     }
-}
-
-/// Persistent, with the event's identity in the properties and the routing
-/// facts in headers, so tools can filter without parsing bodies. No personal
-/// data goes into properties or headers.
-pub fn properties(event: &Event) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    let mut put = |k: &str, v: &str| {
-        headers.insert(
-            ShortString::from(k),
-            AMQPValue::LongString(LongString::from(v)),
-        );
-    };
-    put("x-tenant", &event.tenant);
-    put("x-source", event.source.as_str());
-    put("x-kind", event.kind.as_str());
-    headers.insert("x-schema".into(), AMQPValue::ShortUInt(event.schema));
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_message_id(event.id.to_string().into())
-        .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or_default())
-        .with_type(event.kind.as_str().into())
-        .with_app_id("vestnik-ingest".into())
-        .with_headers(headers)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 pub const ROUTE_DISPATCH: &str = "dispatch";
 pub const ROUTE_SECOND_ATTEMPT: &str = "second-attempt";
@@ -189,4 +189,29 @@ fn insert(args: &mut FieldTable, key: &str, value: AMQPValue) {
 
 fn insert_str(args: &mut FieldTable, key: &str, value: &str) {
     insert(args, key, AMQPValue::LongString(LongString::from(value)));
+}
+
+/// Persistent, with the event's identity in the properties and the routing
+/// facts in headers, so tools can filter without parsing bodies. No personal
+/// data goes into properties or headers.
+pub fn event_properties(event: &crate::Event) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut put = |k: &str, v: &str| {
+        headers.insert(
+            ShortString::from(k),
+            AMQPValue::LongString(LongString::from(v)),
+        );
+    };
+    put("x-tenant", &event.tenant);
+    put("x-source", event.source.as_str());
+    put("x-kind", event.kind.as_str());
+    headers.insert("x-schema".into(), AMQPValue::ShortUInt(event.schema));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.id.to_string().into())
+        .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or_default())
+        .with_type(event.kind.as_str().into())
+        .with_app_id("vestnik-ingest".into())
+        .with_headers(headers)
 }
