@@ -9,13 +9,22 @@
 //! - `failed:<dedup>:<channel>` = last failure class and reason.
 //!
 //! The claim is one Lua script (check done, take the lease) so two workers
-//! can never both decide to send. The done mark is written before the broker
+//! can never both decide to send.
+//!
+//! Connections: deadpool-redis creates and validates them, but checking one
+//! out per command would cost a PING round trip each (its recycle check).
+//! A `MultiplexedConnection` pipelines concurrent commands, so the store
+//! keeps a few checked out and shares them; a failed command drops its
+//! connection and the next command gets a fresh, validated one. The done mark is written before the broker
 //! ack, so a crash after sending but before the ack finds the mark on
 //! redelivery. Redis unreachable is an error the worker answers by not
 //! sending (fail closed).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, Script};
 use deadpool_redis::{Config, Pool, Runtime};
 use serde::{Deserialize, Serialize};
@@ -45,29 +54,40 @@ pub enum Claim {
     Busy,
 }
 
+/// Shared multiplexed connections checked out of the pool.
+const SHARED_CONNECTIONS: usize = 4;
+
+type Slot = Mutex<Option<(deadpool_redis::Connection, MultiplexedConnection)>>;
+
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    slots: Arc<Vec<Slot>>,
+    next: Arc<AtomicUsize>,
     prefix: String,
     lease_ttl: Duration,
     done_ttl: Duration,
     timeout: Duration,
 }
 
-const CLAIM: &str = r#"
+static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
+static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+
+const CLAIM_LUA: &str = r#"
 local done = redis.call('GET', KEYS[1])
 if done then return {'done', done} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'acquired', ''} end
 return {'busy', ''}
 "#;
 
-const MARK_SENT: &str = r#"
+const MARK_SENT_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
 
-const RELEASE: &str = r#"
+const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
@@ -96,6 +116,8 @@ impl Store {
             .map_err(|e| format!("redis pool: {e}"))?;
         Ok(Store {
             pool,
+            slots: Arc::new((0..SHARED_CONNECTIONS).map(|_| Mutex::new(None)).collect()),
+            next: Arc::new(AtomicUsize::new(0)),
             prefix: prefix.to_string(),
             lease_ttl,
             done_ttl,
@@ -107,24 +129,53 @@ impl Store {
         format!("{}:{kind}:{dedup_key}:{channel}", self.prefix)
     }
 
+    async fn connection(&self) -> Result<(usize, MultiplexedConnection), StoreError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Ok(slot) = self.slots[i].lock()
+            && let Some((_, c)) = slot.as_ref()
+        {
+            return Ok((i, c.clone()));
+        }
+        let checked_out = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let shared: MultiplexedConnection = (*checked_out).clone();
+        if let Ok(mut slot) = self.slots[i].lock() {
+            *slot = Some((checked_out, shared.clone()));
+        }
+        Ok((i, shared))
+    }
+
+    fn drop_connection(&self, i: usize) {
+        if let Ok(mut slot) = self.slots[i].lock() {
+            slot.take();
+        }
+    }
+
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            f(conn)
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))
+            let (i, conn) = self.connection().await?;
+            f(conn).await.map_err(|e| {
+                self.drop_connection(i);
+                StoreError::Unavailable(e.to_string())
+            })
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("timed out".into())))
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A connection that stopped answering is dropped with the rest.
+                for i in 0..self.slots.len() {
+                    self.drop_connection(i);
+                }
+                Err(StoreError::Unavailable("timed out".into()))
+            }
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -148,7 +199,7 @@ impl Store {
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let (state, value): (String, String) = self
             .run(|mut c| async move {
-                Script::new(CLAIM)
+                CLAIM
                     .key(done)
                     .key(lease)
                     .arg(token)
@@ -176,7 +227,7 @@ impl Store {
         let value = serde_json::to_string(sent).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
         self.run(|mut c| async move {
-            Script::new(MARK_SENT)
+            MARK_SENT
                 .key(done)
                 .key(lease)
                 .arg(token)
@@ -198,7 +249,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let lease = self.key("lease", dedup_key, channel);
         self.run(|mut c| async move {
-            Script::new(RELEASE)
+            RELEASE
                 .key(lease)
                 .arg(token)
                 .invoke_async::<i64>(&mut c)
