@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/services.sh
-cargo build --release --locked -p ingest
+cargo build --release --locked -p ingest -p dispatcher
 export VESTNIK_CONFIG=${VESTNIK_CONFIG:-deploy/local.toml}
 
 pids=()
@@ -15,5 +15,12 @@ stop() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wa
 trap stop EXIT INT TERM
 
 target/release/ingest & pids+=($!)
-echo "ingest on http://127.0.0.1:8080 (try: curl 'http://127.0.0.1:8080/api/webhook/booking?key=demo-webhook-key-change-me')" >&2
+target/release/dispatcher & pids+=($!)
+cat >&2 <<'MSG'
+ingest on http://127.0.0.1:8080, dispatcher health/metrics on http://127.0.0.1:9090
+No provider credentials are configured, so messages are written to the log. Try:
+  curl -X POST 'http://127.0.0.1:8080/api/webhook/rkeeper?key=demo-webhook-key-change-me' \
+       -H 'Content-Type: application/json' \
+       -d '{"order":{"id":"1","status":"Выполнен","client":{"phone":"8 916 123-45-67"}}}'
+MSG
 wait -n
