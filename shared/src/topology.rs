@@ -7,6 +7,7 @@
 //!                                      │   │ TTL expired      ▼ (poison) dead-lettered "dead"
 //!  dispatcher ──"second-attempt"──▶ {p}.second-attempt.<delay>s (quorum, x-message-ttl)
 //!  dispatcher ──"dead"────────────▶ {p}.dlq (quorum) ◀── admins list / replay
+//!  ingest ──"status"──────────────▶ {p}.statuses (quorum) ──▶ dispatcher (provider callbacks)
 //! ```
 //!
 //! The wait queue's name carries its delay: changing the configured delay
@@ -22,6 +23,7 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 pub const ROUTE_DISPATCH: &str = "dispatch";
 pub const ROUTE_SECOND_ATTEMPT: &str = "second-attempt";
 pub const ROUTE_DEAD: &str = "dead";
+pub const ROUTE_STATUS: &str = "status";
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -65,6 +67,11 @@ impl Topology {
 
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.prefix)
+    }
+
+    /// Provider delivery statuses (callbacks), normalised by ingest.
+    pub fn status_queue(&self) -> String {
+        format!("{}.statuses", self.prefix)
     }
 
     pub fn second_attempt_delay(&self) -> Duration {
