@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::consumer::{self, ConsumerSettings};
 use crate::health::Health;
 use crate::idempotency::Store;
+use crate::lookup::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::{self, Provider, log::LogOnly};
 use crate::templates::Templates;
@@ -64,17 +65,33 @@ pub fn build_worker(
     for t in &settings.tenants {
         let built = providers::build(&t.providers, &http)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
-        let mut by_channel: BTreeMap<Channel, Arc<dyn Provider>> = BTreeMap::new();
+        let mut by_channel: BTreeMap<Channel, Vec<Arc<dyn Provider>>> = BTreeMap::new();
         for p in built {
             by_channel
                 .entry(p.channel())
-                .or_insert_with(|| Arc::from(p));
+                .or_default()
+                .push(Arc::from(p));
         }
+        for (channel, name) in &t.provider_for {
+            if !by_channel
+                .get(channel)
+                .is_some_and(|l| l.iter().any(|p| p.name() == name))
+            {
+                return Err(StartError::Config(format!(
+                    "tenant {}: provider_for.{channel} = {name:?}, but no such {channel} provider is configured",
+                    t.id
+                )));
+            }
+        }
+        let lookups = Lookups::from_config(&t.lookup, &http)
+            .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
         tenants.insert(
             t.id.clone(),
             TenantRuntime {
                 policy: t.channels.clone(),
                 providers: by_channel,
+                provider_for: t.provider_for.clone(),
+                lookups,
             },
         );
     }
@@ -105,12 +122,21 @@ pub fn build_worker(
         templates,
         tenants,
         log_providers,
+        route_provider: route_provider(http.clone()),
         retry: d.retry.clone(),
         lease_ttl: Duration::from_secs(d.lease_ttl_secs),
         metrics: Metrics::new(),
         health: Health::new(),
         shutdown,
     })
+}
+
+/// Providers built from routing that came with a webhook (seed 000's
+/// Wazzup parameters in the booking URL).
+fn route_provider(
+    _http: reqwest::Client,
+) -> Box<dyn Fn(&shared::event::Route) -> Option<Arc<dyn Provider>> + Send + Sync> {
+    Box::new(move |_route| None)
 }
 
 pub async fn start(settings: Settings) -> Result<Running, StartError> {

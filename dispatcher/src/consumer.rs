@@ -20,6 +20,12 @@ use tokio::task::JoinSet;
 
 use crate::worker::{Settle, Worker};
 
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Event,
+    Status,
+}
+
 pub struct ConsumerSettings {
     pub url: String,
     pub prefetch: u16,
@@ -96,7 +102,7 @@ async fn session(
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let mut consumer = consuming
+    let events = consuming
         .basic_consume(
             worker.topology.dispatch_queue().as_str().into(),
             tag.into(),
@@ -105,6 +111,20 @@ async fn session(
         )
         .await
         .map_err(|e| e.to_string())?;
+    let status_tag = format!("{tag}-statuses");
+    let statuses = consuming
+        .basic_consume(
+            worker.topology.status_queue().as_str().into(),
+            status_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut consumer = futures_util::stream::select(
+        events.map(|d| (Kind::Event, d)),
+        statuses.map(|d| (Kind::Status, d)),
+    );
     worker.health.set_broker(true);
     worker.metrics.broker_up.set(1);
     tracing::info!(queue = %worker.topology.dispatch_queue(), prefetch = settings.prefetch, concurrency = settings.concurrency, "consuming");
@@ -118,9 +138,9 @@ async fn session(
             n = consumer.next() => n,
             _ = stopped(shutdown) => break Ok(()),
         };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => break Err(e.to_string()),
+        let (kind, delivery) = match next {
+            Some((k, Ok(d))) => (k, d),
+            Some((_, Err(e))) => break Err(e.to_string()),
             None => break Err("consumer cancelled by the broker".into()),
         };
         let permit = tokio::select! {
@@ -133,7 +153,10 @@ async fn session(
         let (worker, publisher) = (worker.clone(), publisher.clone());
         tasks.spawn(async move {
             worker.metrics.in_flight.inc();
-            let settle = worker.handle(&delivery, &publisher).await;
+            let settle = match kind {
+                Kind::Event => worker.handle(&delivery, &publisher).await,
+                Kind::Status => worker.handle_status(&delivery, &publisher).await,
+            };
             let r = match settle {
                 Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
                 Settle::Requeue => {

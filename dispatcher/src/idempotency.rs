@@ -6,7 +6,12 @@
 //! - `done:<dedup>:<channel>` = JSON with provider and message id, long TTL: sent;
 //! - `second:<dedup>:<channel>` = time of the first failure: the one second
 //!   attempt is scheduled (never two);
-//! - `failed:<dedup>:<channel>` = last failure class and reason.
+//! - `failed:<dedup>:<channel>` = last failure class and reason;
+//! - `retry:<dedup>:<channel>`: a provider reported the sent message failed
+//!   (callback); only the one second attempt may send past the done mark;
+//! - `msg:<provider>:<message id>` = what was sent (event, channel, attempt),
+//!   so a delivery-status callback can find its event;
+//! - `state:<provider>:<message id>` = the furthest delivery state seen.
 //!
 //! The claim is one Lua script (check done, take the lease) so two workers
 //! can never both decide to send.
@@ -44,6 +49,19 @@ pub struct Sent {
     pub at: chrono::DateTime<chrono::Utc>,
 }
 
+/// What a provider message id stands for (kept for its callbacks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentMessage {
+    pub dedup_key: String,
+    pub channel: Channel,
+    pub attempt: i64,
+    /// Channels that had already failed for this event.
+    #[serde(default)]
+    pub failed_channels: Vec<Channel>,
+    /// The event as consumed, to schedule its second attempt.
+    pub event: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The lease is ours: send.
@@ -73,16 +91,28 @@ pub struct Store {
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
+
+/// Moves a message's delivery state forward only (ranks in ARGV[1]); returns
+/// 1 when it moved, 0 for a stale or repeated callback.
+const ADVANCE_LUA: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local new = tonumber(ARGV[1])
+if new <= cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
 
 const CLAIM_LUA: &str = r#"
 local done = redis.call('GET', KEYS[1])
-if done then return {'done', done} end
+if done and not (ARGV[3] == '2' and redis.call('EXISTS', KEYS[3]) == 1) then return {'done', done} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'acquired', ''} end
 return {'busy', ''}
 "#;
 
 const MARK_SENT_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('DEL', KEYS[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
@@ -188,22 +218,27 @@ impl Store {
         .await
     }
 
+    /// `attempt` 2 may pass a done mark that a failure callback flagged for retry.
     pub async fn claim(
         &self,
         dedup_key: &str,
         channel: Channel,
         token: &str,
+        attempt: i64,
     ) -> Result<Claim, StoreError> {
         let done = self.key("done", dedup_key, channel);
         let lease = self.key("lease", dedup_key, channel);
+        let retry = self.key("retry", dedup_key, channel);
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let (state, value): (String, String) = self
             .run(|mut c| async move {
                 CLAIM
                     .key(done)
                     .key(lease)
+                    .key(retry)
                     .arg(token)
                     .arg(ttl_ms)
+                    .arg(attempt.to_string())
                     .invoke_async(&mut c)
                     .await
             })
@@ -224,12 +259,14 @@ impl Store {
     ) -> Result<(), StoreError> {
         let done = self.key("done", dedup_key, channel);
         let lease = self.key("lease", dedup_key, channel);
+        let retry = self.key("retry", dedup_key, channel);
         let value = serde_json::to_string(sent).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
         self.run(|mut c| async move {
             MARK_SENT
                 .key(done)
                 .key(lease)
+                .key(retry)
                 .arg(token)
                 .arg(value)
                 .arg(ttl)
@@ -320,6 +357,81 @@ impl Store {
                 .query_async::<String>(&mut c)
                 .await
                 .map(|_| ())
+        })
+        .await
+    }
+
+    /// Lets the one second attempt send although the first was accepted
+    /// (the provider reported it failed afterwards).
+    pub async fn allow_retry(&self, dedup_key: &str, channel: Channel) -> Result<(), StoreError> {
+        let key = self.key("retry", dedup_key, channel);
+        let ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg("1")
+                .arg("EX")
+                .arg(ttl)
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Remembers what a provider message id belongs to, for its callbacks.
+    pub async fn remember_message(
+        &self,
+        provider: &str,
+        message_id: &str,
+        sent: &SentMessage,
+    ) -> Result<(), StoreError> {
+        let key = format!("{}:msg:{provider}:{message_id}", self.prefix);
+        let value = serde_json::to_string(sent).unwrap_or_default();
+        let ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl)
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn sent_message(
+        &self,
+        provider: &str,
+        message_id: &str,
+    ) -> Result<Option<SentMessage>, StoreError> {
+        let key = format!("{}:msg:{provider}:{message_id}", self.prefix);
+        let v: Option<String> = self
+            .run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        Ok(v.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
+    /// Records a delivery state if it moves the message forward; false for a
+    /// stale (out of order) or repeated callback.
+    pub async fn advance_state(
+        &self,
+        provider: &str,
+        message_id: &str,
+        rank: u8,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{}:state:{provider}:{message_id}", self.prefix);
+        let ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            ADVANCE
+                .key(key)
+                .arg(rank)
+                .arg(ttl)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(|n| n == 1)
         })
         .await
     }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod consumer;
 pub mod health;
 pub mod idempotency;
+pub mod lookup;
 pub mod metrics;
 pub mod outbox;
 pub mod providers;

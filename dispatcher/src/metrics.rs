@@ -15,6 +15,8 @@ pub struct Metrics {
     pub second_attempts: IntCounter,
     pub dead_lettered: IntCounterVec,
     pub duplicates: IntCounter,
+    pub fallbacks: IntCounterVec,
+    pub statuses: IntCounterVec,
     pub redis_errors: IntCounter,
     pub in_flight: IntGauge,
     pub redis_up: IntGauge,
@@ -65,6 +67,16 @@ impl Metrics {
                 "Deliveries skipped because the message was already sent",
             )
             .expect("static metric definition"),
+            fallbacks: counter_vec(
+                "vestnik_dispatcher_fallbacks_total",
+                "Moves to the next channel, by the channel that failed",
+                &["from_channel"],
+            ),
+            statuses: counter_vec(
+                "vestnik_dispatcher_statuses_total",
+                "Provider delivery statuses (callbacks) by state and what they caused",
+                &["state", "outcome"],
+            ),
             redis_errors: IntCounter::new(
                 "vestnik_dispatcher_redis_errors_total",
                 "Failed Redis operations",
@@ -87,6 +99,8 @@ impl Metrics {
             Box::new(m.second_attempts.clone()),
             Box::new(m.dead_lettered.clone()),
             Box::new(m.duplicates.clone()),
+            Box::new(m.fallbacks.clone()),
+            Box::new(m.statuses.clone()),
             Box::new(m.redis_errors.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.redis_up.clone()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
-use shared::topology::{ROUTE_DEAD, ROUTE_SECOND_ATTEMPT, Topology};
+use shared::topology::{ROUTE_DEAD, ROUTE_DISPATCH, ROUTE_SECOND_ATTEMPT, Topology};
 
 pub const ATTEMPT: &str = "x-attempt";
 pub const FIRST_FAILURE_AT: &str = "x-first-failure-at";
@@ -17,6 +17,9 @@ pub const ATTEMPTS: &str = "x-dlq-attempts";
 pub const FAILED_AT: &str = "x-dlq-failed-at";
 pub const CHANNEL: &str = "x-dlq-channel";
 pub const PROVIDER: &str = "x-dlq-provider";
+/// Channels that already failed for this event (comma-separated): the
+/// worker routes to the next one (fallback).
+pub const FAILED_CHANNELS: &str = "x-failed-channels";
 
 #[derive(Debug, thiserror::Error)]
 #[error("publish to {route} not confirmed: {why}")]
@@ -44,6 +47,18 @@ pub async fn second_attempt(
     extra: Headers,
 ) -> Result<(), OutboxError> {
     publish(channel, topology, ROUTE_SECOND_ATTEMPT, body, props, extra).await
+}
+
+/// Back to the dispatch queue at once (fallback to the next channel after
+/// an asynchronous failure).
+pub async fn redispatch(
+    channel: &Channel,
+    topology: &Topology,
+    body: &[u8],
+    props: &BasicProperties,
+    extra: Headers,
+) -> Result<(), OutboxError> {
+    publish(channel, topology, ROUTE_DISPATCH, body, props, extra).await
 }
 
 pub async fn dead_letter(

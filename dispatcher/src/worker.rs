@@ -1,7 +1,10 @@
-//! One delivery, start to finish: decode → choose channel → claim
-//! (idempotency) → render → send with quick retries → record the outcome
-//! (sent mark, second attempt, or dead letter) → ack. Retry, fallback and
-//! idempotency live here, once; providers only send and classify.
+//! One delivery, start to finish: decode → look the phone up if the hook had
+//! none → choose the channels in the tenant's order → per channel: claim
+//! (idempotency) → render → send with quick retries → record the outcome →
+//! ack. A recipient-level failure moves on to the next channel at once
+//! (fallback); a transient one gets the one second attempt; what finally
+//! fails is dead-lettered. Retry, fallback and idempotency live here, once;
+//! providers only send and classify.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,13 +15,15 @@ use lapin::message::Delivery;
 use lapin::{BasicProperties, Channel as AmqpChannel};
 use shared::Event;
 use shared::config::QuickRetrySettings;
+use shared::status::{DeliveryState, StatusUpdate};
 use shared::tenant::{Channel, ChannelPolicy};
 use shared::topology::Topology;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::health::Health;
-use crate::idempotency::{Claim, Sent, Store, StoreError};
+use crate::idempotency::{Claim, Sent, SentMessage, Store, StoreError};
+use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Headers, header_int, header_str, int, text};
 use crate::providers::{Address, Message, Outcome, Provider};
@@ -35,7 +40,25 @@ pub enum Settle {
 
 pub struct TenantRuntime {
     pub policy: ChannelPolicy,
-    pub providers: BTreeMap<Channel, Arc<dyn Provider>>,
+    /// Configured providers per channel, in configuration order.
+    pub providers: BTreeMap<Channel, Vec<Arc<dyn Provider>>>,
+    /// Forced provider per channel (by name).
+    pub provider_for: BTreeMap<Channel, String>,
+    pub lookups: Lookups,
+}
+
+impl TenantRuntime {
+    fn provider(&self, channel: Channel) -> Option<Arc<dyn Provider>> {
+        let list = self.providers.get(&channel)?;
+        match self.provider_for.get(&channel) {
+            Some(name) => list.iter().find(|p| p.name() == name).cloned(),
+            None => list.first().cloned(),
+        }
+    }
+
+    fn has_any_provider(&self) -> bool {
+        self.providers.values().any(|l| !l.is_empty())
+    }
 }
 
 pub struct Worker {
@@ -45,6 +68,10 @@ pub struct Worker {
     pub tenants: HashMap<String, TenantRuntime>,
     /// Dev mode: where a channel goes when a tenant configured no provider at all.
     pub log_providers: BTreeMap<Channel, Arc<dyn Provider>>,
+    /// Builds a provider from routing that came with the webhook (seed 000's
+    /// Wazzup parameters), when the event carries one.
+    pub route_provider:
+        Box<dyn Fn(&shared::event::Route) -> Option<Arc<dyn Provider>> + Send + Sync>,
     pub retry: QuickRetrySettings,
     pub lease_ttl: Duration,
     pub metrics: Metrics,
@@ -60,19 +87,54 @@ struct Failure {
     provider: Option<&'static str>,
 }
 
+/// How one channel ended.
+enum ChannelEnd {
+    Settled(Settle),
+    /// This recipient cannot be reached here: try the next channel.
+    Fallback(Failure),
+}
+
+struct Candidate {
+    channel: Channel,
+    provider: Arc<dyn Provider>,
+    address: Address,
+}
+
+/// Which attempt this is on the current channel, and the channels that
+/// already failed before it.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    number: i64,
+    failed: &'a [Channel],
+}
+
+/// A delivery as the worker sees it.
+struct Job<'a> {
+    raw: &'a [u8],
+    props: &'a BasicProperties,
+    attempt: i64,
+    failed_channels: Vec<Channel>,
+    publisher: &'a AmqpChannel,
+}
+
 impl Worker {
     pub async fn handle(&self, delivery: &Delivery, publisher: &AmqpChannel) -> Settle {
         let props = &delivery.properties;
-        let attempt = header_int(props.headers().as_ref(), outbox::ATTEMPT)
-            .unwrap_or(1)
-            .clamp(1, 2);
+        let headers = props.headers().as_ref();
+        let job = Job {
+            raw: &delivery.data,
+            props,
+            attempt: header_int(headers, outbox::ATTEMPT)
+                .unwrap_or(1)
+                .clamp(1, 2),
+            failed_channels: header_str(headers, outbox::FAILED_CHANNELS)
+                .map(|s| parse_channels(&s))
+                .unwrap_or_default(),
+            publisher,
+        };
         let event = match Event::from_json(&delivery.data) {
             Ok(e) => e,
             Err(e) => {
-                self.metrics
-                    .dead_lettered
-                    .with_label_values(&["poison"])
-                    .inc();
                 tracing::error!(error = %shared::mask::text(&e.to_string()), "poison message: dead-lettered");
                 let f = Failure {
                     class: "poison",
@@ -80,25 +142,14 @@ impl Worker {
                     channel: None,
                     provider: None,
                 };
-                return self
-                    .dead_letter(publisher, &delivery.data, props, attempt, f)
-                    .await;
+                return self.dead_letter(&job, f).await;
             }
         };
-        let span = tracing::info_span!("event", event_id = %event.id, tenant = %event.tenant, kind = %event.kind, attempt);
-        self.handle_event(&event, &delivery.data, props, attempt, publisher)
-            .instrument(span)
-            .await
+        let span = tracing::info_span!("event", event_id = %event.id, tenant = %event.tenant, kind = %event.kind, attempt = job.attempt);
+        self.handle_event(event, &job).instrument(span).await
     }
 
-    async fn handle_event(
-        &self,
-        event: &Event,
-        raw: &[u8],
-        props: &BasicProperties,
-        attempt: i64,
-        publisher: &AmqpChannel,
-    ) -> Settle {
+    async fn handle_event(&self, mut event: Event, job: &Job<'_>) -> Settle {
         let fail = |class, reason: String| Failure {
             class,
             reason,
@@ -113,35 +164,100 @@ impl Worker {
                     event.tenant
                 ),
             );
-            return self.dead_letter(publisher, raw, props, attempt, f).await;
+            return self.dead_letter(job, f).await;
         };
-        let Some((channel, provider, address)) = self.route(event, tenant) else {
-            let reason = if event.lookup.is_some() {
-                "no phone or e-mail; the phone look-up is not available in this version"
-            } else {
-                "no phone or e-mail for any channel of the tenant's policy"
-            };
-            return self
-                .dead_letter(
-                    publisher,
-                    raw,
-                    props,
-                    attempt,
-                    fail("recipient", reason.into()),
-                )
-                .await;
-        };
-        let provider_name = provider.name();
 
-        // Claim: one message per (dedup key, channel).
+        // A hook without a phone: look it up in the tenant's CRM first.
+        if event.recipient.phone.is_none()
+            && let Some(lookup) = &event.lookup
+        {
+            match tenant.lookups.phone(lookup).await {
+                Ok(phone) => {
+                    tracing::info!(phone = %phone, "phone found by look-up");
+                    event.recipient.phone = Some(phone);
+                }
+                Err(LookupError::Transient(reason)) => {
+                    let at = Attempt {
+                        number: job.attempt,
+                        failed: &job.failed_channels,
+                    };
+                    return self
+                        .transient_failure(&event, job, at, None, "lookup", reason, None)
+                        .await;
+                }
+                Err(LookupError::NotFound(reason)) if event.recipient.email.is_none() => {
+                    return self
+                        .final_failure(
+                            &event,
+                            job,
+                            fail("recipient", format!("no phone: {reason}")),
+                        )
+                        .await;
+                }
+                Err(LookupError::NotFound(_)) => {}
+                Err(LookupError::Config(reason)) => {
+                    return self
+                        .final_failure(&event, job, fail("config", reason))
+                        .await;
+                }
+            }
+        }
+
+        let candidates = self.candidates(&event, tenant, &job.failed_channels);
+        if candidates.is_empty() {
+            let reason = if job.failed_channels.is_empty() {
+                "no channel of the tenant's policy can reach this recipient (phone or e-mail missing, or no provider)".to_string()
+            } else {
+                format!(
+                    "every channel failed ({})",
+                    join_channels(&job.failed_channels)
+                )
+            };
+            return self.dead_letter(job, fail("recipient", reason)).await;
+        }
+        let mut failed = job.failed_channels.clone();
+        let mut last = None;
+        for (i, c) in candidates.iter().enumerate() {
+            // The second attempt belongs to the first remaining channel only.
+            let attempt = if i == 0 { job.attempt } else { 1 };
+            match self.attempt_channel(&event, job, c, attempt, &failed).await {
+                ChannelEnd::Settled(s) => return s,
+                ChannelEnd::Fallback(f) => {
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[c.channel.as_str()])
+                        .inc();
+                    tracing::warn!(channel = %c.channel, reason = %f.reason, "channel failed for this recipient: falling back");
+                    failed.push(c.channel);
+                    last = Some(f);
+                }
+            }
+        }
+        let mut f = last.unwrap_or_else(|| fail("recipient", "no channel left".into()));
+        f.reason = format!(
+            "every channel failed ({}); last: {}",
+            join_channels(&failed),
+            f.reason
+        );
+        self.dead_letter(job, f).await
+    }
+
+    async fn attempt_channel(
+        &self,
+        event: &Event,
+        job: &Job<'_>,
+        c: &Candidate,
+        attempt: i64,
+        failed: &[Channel],
+    ) -> ChannelEnd {
+        let (channel, provider_name) = (c.channel, c.provider.name());
         let token = uuid::Uuid::now_v7().to_string();
-        let claimed = self.claim(&event.dedup_key, channel, &token).await;
-        match claimed {
-            None | Some(Claim::Busy) => return Settle::Requeue,
+        match self.claim(&event.dedup_key, channel, &token, attempt).await {
+            None | Some(Claim::Busy) => return ChannelEnd::Settled(Settle::Requeue),
             Some(Claim::AlreadySent(sent)) => {
                 self.metrics.duplicates.inc();
                 tracing::info!(channel = %channel, message_id = ?sent.map(|s| s.message_id), "already sent: not sending again");
-                return Settle::Ack;
+                return ChannelEnd::Settled(Settle::Ack);
             }
             Some(Claim::Acquired) => {}
         }
@@ -156,21 +272,19 @@ impl Worker {
                     channel: Some(channel),
                     provider: Some(provider_name),
                 };
-                return self
-                    .final_failure(event, raw, props, attempt, publisher, f)
-                    .await;
+                return ChannelEnd::Settled(self.final_failure(event, job, f).await);
             }
         };
         let message = Message {
             channel,
-            to: address,
+            to: c.address.clone(),
             body,
             idempotency_key: format!("{}/{}", event.dedup_key, channel),
         };
 
         let started = Instant::now();
         let outcome = self
-            .send_with_quick_retries(provider.as_ref(), &message)
+            .send_with_quick_retries(c.provider.as_ref(), &message)
             .await;
         self.metrics
             .attempt_seconds
@@ -190,32 +304,53 @@ impl Worker {
                     at: chrono::Utc::now(),
                 };
                 // The mark must be durable before the ack: hold until Redis takes it.
-                let marked = self
+                if self
                     .with_store(|| {
                         self.store
                             .mark_sent(&event.dedup_key, channel, &token, &sent)
                     })
-                    .await;
-                if marked.is_none() {
+                    .await
+                    .is_none()
+                {
                     // Shutting down with the send done but unrecorded: the lease
                     // (TTL) still blocks an immediate resend by another worker.
-                    return Settle::Requeue;
+                    return ChannelEnd::Settled(Settle::Requeue);
+                }
+                let remembered = SentMessage {
+                    dedup_key: event.dedup_key.clone(),
+                    channel,
+                    attempt,
+                    failed_channels: failed.to_vec(),
+                    event: String::from_utf8_lossy(job.raw).into_owned(),
+                };
+                if let Err(e) = self
+                    .store
+                    .remember_message(provider_name, &message_id, &remembered)
+                    .await
+                {
+                    // Only callbacks lose their event; the send itself is recorded.
+                    tracing::warn!(error = %e, "message id not remembered: its delivery callbacks will be ignored");
                 }
                 tracing::info!(channel = %channel, provider = provider_name, message_id = %message_id, "sent");
-                Settle::Ack
+                ChannelEnd::Settled(Settle::Ack)
             }
             Outcome::Transient { reason, .. } if attempt < 2 => {
-                self.schedule_second_attempt(
-                    event,
-                    raw,
-                    props,
-                    publisher,
-                    channel,
-                    provider_name,
-                    &token,
-                    reason,
-                )
-                .await
+                let at = Attempt {
+                    number: attempt,
+                    failed,
+                };
+                let settle = self
+                    .transient_failure(
+                        event,
+                        job,
+                        at,
+                        Some((channel, provider_name)),
+                        "transient",
+                        reason,
+                        Some(&token),
+                    )
+                    .await;
+                ChannelEnd::Settled(settle)
             }
             other => {
                 self.release(&event.dedup_key, channel, &token).await;
@@ -229,38 +364,66 @@ impl Worker {
                     channel: Some(channel),
                     provider: Some(provider_name),
                 };
-                self.final_failure(event, raw, props, attempt, publisher, f)
+                if self
+                    .with_store(|| {
+                        self.store
+                            .mark_failed(&event.dedup_key, channel, f.class, &f.reason)
+                    })
                     .await
+                    .is_none()
+                {
+                    return ChannelEnd::Settled(Settle::Requeue);
+                }
+                // The recipient cannot be reached here, or this channel has had
+                // its second attempt: the next channel may still reach them.
+                if matches!(other, Outcome::Recipient { .. } | Outcome::Transient { .. }) {
+                    ChannelEnd::Fallback(f)
+                } else {
+                    ChannelEnd::Settled(self.dead_letter(job, f).await)
+                }
             }
         }
     }
 
-    /// The first channel of the policy that can reach the recipient, with a
-    /// configured provider; the log provider only when the tenant configured
-    /// none of them (dev mode).
-    fn route(
+    /// The channels of the tenant's policy that can reach the recipient and
+    /// have a provider (routing from the webhook URL first, then a forced
+    /// provider, then the first configured); the log provider only when the
+    /// tenant configured none at all (dev mode).
+    fn candidates(
         &self,
         event: &Event,
         tenant: &TenantRuntime,
-    ) -> Option<(Channel, Arc<dyn Provider>, Address)> {
+        skip: &[Channel],
+    ) -> Vec<Candidate> {
         let address = |c: Channel| match c {
             Channel::Whatsapp | Channel::Sms => event.recipient.phone.clone().map(Address::Phone),
             Channel::Email => event.recipient.email.clone().map(Address::Email),
         };
-        let reachable: Vec<(Channel, Address)> = tenant
+        let routed = event.route.as_ref().and_then(|r| (self.route_provider)(r));
+        let dev_mode = !tenant.has_any_provider() && routed.is_none();
+        tenant
             .policy
             .for_kind(event.kind)
             .iter()
-            .filter_map(|c| address(*c).map(|a| (*c, a)))
-            .collect();
-        if let Some((c, p, a)) = reachable
-            .iter()
-            .find_map(|(c, a)| tenant.providers.get(c).map(|p| (*c, p.clone(), a.clone())))
-        {
-            return Some((c, p, a));
-        }
-        let (c, a) = reachable.into_iter().next()?;
-        Some((c, self.log_providers.get(&c)?.clone(), a))
+            .filter(|c| !skip.contains(c))
+            .filter_map(|&channel| {
+                let address = address(channel)?;
+                let provider = routed
+                    .clone()
+                    .filter(|p| p.channel() == channel)
+                    .or_else(|| tenant.provider(channel))
+                    .or_else(|| {
+                        dev_mode
+                            .then(|| self.log_providers.get(&channel).cloned())
+                            .flatten()
+                    })?;
+                Some(Candidate {
+                    channel,
+                    provider,
+                    address,
+                })
+            })
+            .collect()
     }
 
     async fn send_with_quick_retries(&self, provider: &dyn Provider, message: &Message) -> Outcome {
@@ -306,70 +469,88 @@ impl Worker {
         .unwrap_or_else(|o| o)
     }
 
+    /// A transient failure: the one second attempt when this was the first,
+    /// the DLQ otherwise (a look-up has no other channel to fall back to).
     #[allow(clippy::too_many_arguments)]
-    async fn schedule_second_attempt(
+    async fn transient_failure(
         &self,
         event: &Event,
-        raw: &[u8],
-        props: &BasicProperties,
-        publisher: &AmqpChannel,
-        channel: Channel,
-        provider: &'static str,
-        token: &str,
+        job: &Job<'_>,
+        at: Attempt<'_>,
+        sent_on: Option<(Channel, &'static str)>,
+        class: &'static str,
         reason: String,
+        token: Option<&str>,
     ) -> Settle {
-        let first = self
+        let channel = sent_on.map(|(c, _)| c);
+        let key_channel = channel.unwrap_or(Channel::Whatsapp);
+        let release = || async {
+            if let (Some(c), Some(t)) = (channel, token) {
+                self.release(&event.dedup_key, c, t).await;
+            }
+        };
+        if at.number >= 2 {
+            release().await;
+            let f = Failure {
+                class: if class == "lookup" {
+                    "lookup_failed"
+                } else {
+                    "second_attempt_failed"
+                },
+                reason,
+                channel,
+                provider: sent_on.map(|(_, p)| p),
+            };
+            return self.final_failure(event, job, f).await;
+        }
+        let Some(first) = self
             .with_store(|| {
                 self.store
-                    .schedule_second_attempt(&event.dedup_key, channel)
+                    .schedule_second_attempt(&event.dedup_key, key_channel)
             })
-            .await;
-        let Some(first) = first else {
-            self.release(&event.dedup_key, channel, token).await;
+            .await
+        else {
+            release().await;
             return Settle::Requeue;
         };
         if first {
-            let headers: Headers = vec![
+            let mut headers: Headers = vec![
                 (outbox::ATTEMPT, int(2)),
                 (
                     outbox::FIRST_FAILURE_AT,
                     text(chrono::Utc::now().to_rfc3339()),
                 ),
                 (outbox::ERROR, text(reason.clone())),
-                (outbox::PROVIDER, text(provider)),
+                (outbox::FAILED_CHANNELS, text(join_channels(at.failed))),
             ];
+            if let Some((_, p)) = sent_on {
+                headers.push((outbox::PROVIDER, text(p)));
+            }
             if let Err(e) =
-                outbox::second_attempt(publisher, &self.topology, raw, props, headers).await
+                outbox::second_attempt(job.publisher, &self.topology, job.raw, job.props, headers)
+                    .await
             {
                 tracing::error!(error = %e, "second attempt could not be scheduled; handing the event back");
                 let _ = self
                     .with_store(|| {
                         self.store
-                            .unschedule_second_attempt(&event.dedup_key, channel)
+                            .unschedule_second_attempt(&event.dedup_key, key_channel)
                     })
                     .await;
-                self.release(&event.dedup_key, channel, token).await;
+                release().await;
                 return Settle::Requeue;
             }
             self.metrics.second_attempts.inc();
-            tracing::warn!(channel = %channel, provider, reason = %reason,
+            tracing::warn!(channel = ?channel, class, reason = %reason,
                 delay_s = self.topology.second_attempt_delay().as_secs(), "first attempt failed: second attempt scheduled");
         } else {
-            tracing::info!(channel = %channel, "first attempt failed again, second attempt already scheduled");
+            tracing::info!(channel = ?channel, "first attempt failed again, second attempt already scheduled");
         }
-        self.release(&event.dedup_key, channel, token).await;
+        release().await;
         Settle::Ack
     }
 
-    async fn final_failure(
-        &self,
-        event: &Event,
-        raw: &[u8],
-        props: &BasicProperties,
-        attempt: i64,
-        publisher: &AmqpChannel,
-        f: Failure,
-    ) -> Settle {
+    async fn final_failure(&self, event: &Event, job: &Job<'_>, f: Failure) -> Settle {
         if let Some(channel) = f.channel
             && self
                 .with_store(|| {
@@ -381,24 +562,17 @@ impl Worker {
         {
             return Settle::Requeue;
         }
-        self.dead_letter(publisher, raw, props, attempt, f).await
+        self.dead_letter(job, f).await
     }
 
-    async fn dead_letter(
-        &self,
-        publisher: &AmqpChannel,
-        raw: &[u8],
-        props: &BasicProperties,
-        attempt: i64,
-        f: Failure,
-    ) -> Settle {
+    async fn dead_letter(&self, job: &Job<'_>, f: Failure) -> Settle {
         let mut headers: Headers = vec![
             (outbox::REASON, text(f.class)),
             (
                 outbox::ERROR,
                 text(f.reason.chars().take(500).collect::<String>()),
             ),
-            (outbox::ATTEMPTS, int(attempt)),
+            (outbox::ATTEMPTS, int(job.attempt)),
             (outbox::FAILED_AT, text(chrono::Utc::now().to_rfc3339())),
         ];
         if let Some(c) = f.channel {
@@ -407,14 +581,16 @@ impl Worker {
         if let Some(p) = f.provider {
             headers.push((outbox::PROVIDER, text(p)));
         }
-        if header_str(props.headers().as_ref(), outbox::FIRST_FAILURE_AT).is_none() && attempt == 1
+        if header_str(job.props.headers().as_ref(), outbox::FIRST_FAILURE_AT).is_none()
+            && job.attempt == 1
         {
             headers.push((
                 outbox::FIRST_FAILURE_AT,
                 text(chrono::Utc::now().to_rfc3339()),
             ));
         }
-        match outbox::dead_letter(publisher, &self.topology, raw, props, headers).await {
+        match outbox::dead_letter(job.publisher, &self.topology, job.raw, job.props, headers).await
+        {
             Ok(()) => {
                 self.metrics
                     .dead_lettered
@@ -430,13 +606,145 @@ impl Worker {
         }
     }
 
+    /// A provider's delivery status (callback). `failed` for a first attempt
+    /// schedules the one second attempt; for a second attempt it moves on to
+    /// the next channel. Out-of-order and repeated callbacks change nothing.
+    pub async fn handle_status(&self, delivery: &Delivery, publisher: &AmqpChannel) -> Settle {
+        let Ok(status) = StatusUpdate::from_json(&delivery.data) else {
+            tracing::error!("unreadable status update: dropped");
+            self.metrics
+                .statuses
+                .with_label_values(&["unknown", "unreadable"])
+                .inc();
+            return Settle::Ack;
+        };
+        let provider = status.provider.as_str();
+        let moved = self
+            .with_store(|| {
+                self.store
+                    .advance_state(provider, &status.message_id, status.state.rank())
+            })
+            .await;
+        let Some(moved) = moved else {
+            return Settle::Requeue;
+        };
+        if !moved {
+            self.metrics
+                .statuses
+                .with_label_values(&[status.state.as_str(), "stale"])
+                .inc();
+            return Settle::Ack;
+        }
+        let label = |outcome: &str| {
+            self.metrics
+                .statuses
+                .with_label_values(&[status.state.as_str(), outcome])
+                .inc()
+        };
+        if status.state != DeliveryState::Failed {
+            label("recorded");
+            return Settle::Ack;
+        }
+        let Some(sent) = self
+            .with_store(|| self.store.sent_message(provider, &status.message_id))
+            .await
+        else {
+            return Settle::Requeue;
+        };
+        let Some(sent) = sent else {
+            label("unknown_message");
+            tracing::warn!(
+                provider,
+                "failure reported for a message we do not know (expired or another deployment)"
+            );
+            return Settle::Ack;
+        };
+        let props = BasicProperties::default();
+        let reason = format!(
+            "{provider} reported failed{}{}",
+            status
+                .error_code
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default(),
+            status
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+        let span = tracing::info_span!("status", channel = %sent.channel, attempt = sent.attempt);
+        async {
+            if sent.attempt < 2 {
+                let Some(first) = self
+                    .with_store(|| self.store.schedule_second_attempt(&sent.dedup_key, sent.channel))
+                    .await
+                else {
+                    return Settle::Requeue;
+                };
+                if !first {
+                    label("second_attempt_already_scheduled");
+                    return Settle::Ack;
+                }
+                if self.with_store(|| self.store.allow_retry(&sent.dedup_key, sent.channel)).await.is_none() {
+                    return Settle::Requeue;
+                }
+                let headers: Headers = vec![
+                    (outbox::ATTEMPT, int(2)),
+                    (outbox::FIRST_FAILURE_AT, text(status.at.to_rfc3339())),
+                    (outbox::ERROR, text(reason.clone())),
+                    (outbox::PROVIDER, text(provider.to_string())),
+                    (outbox::FAILED_CHANNELS, text(join_channels(&sent.failed_channels))),
+                ];
+                if let Err(e) = outbox::second_attempt(publisher, &self.topology, sent.event.as_bytes(), &props, headers).await {
+                    tracing::error!(error = %e, "second attempt after a failure callback not scheduled; will retry");
+                    let _ = self
+                        .with_store(|| self.store.unschedule_second_attempt(&sent.dedup_key, sent.channel))
+                        .await;
+                    return Settle::Requeue;
+                }
+                self.metrics.second_attempts.inc();
+                label("second_attempt_scheduled");
+                tracing::warn!(reason = %reason, "delivery failed: second attempt scheduled");
+                Settle::Ack
+            } else {
+                let mut failed = sent.failed_channels.clone();
+                failed.push(sent.channel);
+                let _ = self
+                    .with_store(|| self.store.mark_failed(&sent.dedup_key, sent.channel, "second_attempt_failed", &reason))
+                    .await;
+                let headers: Headers = vec![
+                    (outbox::ATTEMPT, int(1)),
+                    (outbox::FAILED_CHANNELS, text(join_channels(&failed))),
+                    (outbox::ERROR, text(reason.clone())),
+                ];
+                if let Err(e) = outbox::redispatch(publisher, &self.topology, sent.event.as_bytes(), &props, headers).await {
+                    tracing::error!(error = %e, "fallback after a failed second attempt not published; will retry");
+                    return Settle::Requeue;
+                }
+                self.metrics.fallbacks.with_label_values(&[sent.channel.as_str()]).inc();
+                label("fallback");
+                tracing::warn!(reason = %reason, "second attempt failed: next channel");
+                Settle::Ack
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Claims the lease, waiting while another worker holds it (it is
     /// sending this very message: its outcome decides ours).
-    async fn claim(&self, dedup_key: &str, channel: Channel, token: &str) -> Option<Claim> {
+    async fn claim(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        token: &str,
+        attempt: i64,
+    ) -> Option<Claim> {
         let deadline = Instant::now() + self.lease_ttl + Duration::from_secs(5);
         loop {
             match self
-                .with_store(|| self.store.claim(dedup_key, channel, token))
+                .with_store(|| self.store.claim(dedup_key, channel, token, attempt))
                 .await?
             {
                 Claim::Busy if Instant::now() < deadline => {
@@ -489,4 +797,19 @@ impl Worker {
             }
         }
     }
+}
+
+fn parse_channels(s: &str) -> Vec<Channel> {
+    s.split(',')
+        .filter_map(|c| match c.trim() {
+            "whatsapp" => Some(Channel::Whatsapp),
+            "sms" => Some(Channel::Sms),
+            "email" => Some(Channel::Email),
+            _ => None,
+        })
+        .collect()
+}
+
+fn join_channels(c: &[Channel]) -> String {
+    c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
 }

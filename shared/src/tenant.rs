@@ -36,6 +36,15 @@ pub struct TenantConfig {
     /// module owns and validates the shape of its own section.
     #[serde(default)]
     pub providers: BTreeMap<String, serde_json::Value>,
+    /// Forces a provider for a channel (`whatsapp = "meta"`), as seed 001's
+    /// `sendWhatsapp(phone, text, "meta")`; without it the first configured
+    /// provider of the channel is used.
+    #[serde(default)]
+    pub provider_for: BTreeMap<Channel, String>,
+    /// CRM accounts used to look a phone up when a hook carries none
+    /// (`amocrm`, `yclients`); the dispatcher owns their shape.
+    #[serde(default)]
+    pub lookup: BTreeMap<String, serde_json::Value>,
 }
 
 /// Where a message can go.
@@ -320,6 +329,8 @@ mod tests {
             vars: BTreeMap::new(),
             templates: BTreeMap::new(),
             providers: BTreeMap::new(),
+            provider_for: BTreeMap::new(),
+            lookup: BTreeMap::new(),
         }
     }
 

@@ -129,6 +129,8 @@ impl Topology {
             ROUTE_DEAD,
         )
         .await?;
+        self.queue(channel, &self.status_queue(), quorum_args(), ROUTE_STATUS)
+            .await?;
         Ok(())
     }
 
@@ -167,6 +169,7 @@ impl Topology {
             self.dispatch_queue(),
             self.second_attempt_queue(),
             self.dead_letter_queue(),
+            self.status_queue(),
         ] {
             channel
                 .queue_delete(
