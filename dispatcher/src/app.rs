@@ -18,7 +18,7 @@ use crate::lookup::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::{self, Provider, log::LogOnly};
 use crate::templates::Templates;
-use crate::worker::{TenantRuntime, Worker};
+use crate::worker::{RouteProvider, TenantRuntime, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -133,9 +133,7 @@ pub fn build_worker(
 
 /// Providers built from routing that came with a webhook (seed 000's
 /// Wazzup parameters in the booking URL).
-fn route_provider(
-    _http: reqwest::Client,
-) -> Box<dyn Fn(&shared::event::Route) -> Option<Arc<dyn Provider>> + Send + Sync> {
+fn route_provider(_http: reqwest::Client) -> RouteProvider {
     Box::new(move |_route| None)
 }
 

@@ -61,6 +61,10 @@ impl TenantRuntime {
     }
 }
 
+/// Builds a provider from routing that came with a webhook (seed 000).
+pub type RouteProvider =
+    Box<dyn Fn(&shared::event::Route) -> Option<Arc<dyn Provider>> + Send + Sync>;
+
 pub struct Worker {
     pub topology: Topology,
     pub store: Store,
@@ -70,8 +74,7 @@ pub struct Worker {
     pub log_providers: BTreeMap<Channel, Arc<dyn Provider>>,
     /// Builds a provider from routing that came with the webhook (seed 000's
     /// Wazzup parameters), when the event carries one.
-    pub route_provider:
-        Box<dyn Fn(&shared::event::Route) -> Option<Arc<dyn Provider>> + Send + Sync>,
+    pub route_provider: RouteProvider,
     pub retry: QuickRetrySettings,
     pub lease_ttl: Duration,
     pub metrics: Metrics,
