@@ -1,0 +1,287 @@
+//! Channels working together: fallback from WhatsApp to SMS, delivery-status
+//! callbacks driving the second attempt and the fallback, and the CRM phone
+//! look-up for hooks without a phone.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Harness, Options, event, header, requests};
+use lapin::BasicProperties;
+use shared::EventKind;
+use shared::event::Lookup;
+use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION, StatusUpdate};
+use shared::topology::ROUTE_STATUS;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+fn meta_and_sms(fake: &MockServer) -> Options {
+    let mut o = Options::meta(fake);
+    o.providers.push_str(&format!(
+        "\n[tenants.providers.smsru]\nbase_url = \"{}\"\napi_id = \"test-api-id-0001\"\n",
+        fake.uri()
+    ));
+    o
+}
+
+fn sms_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "status": "OK", "status_code": 100,
+        "sms": {"79161234567": {"status": "OK", "status_code": 100, "sms_id": "000000-20000001"}}
+    }))
+}
+
+fn at(fake: &[Request], p: &str) -> usize {
+    fake.iter().filter(|r| r.url.path().ends_with(p)).count()
+}
+
+async fn publish_status(h: &Harness, provider: &str, message_id: &str, state: DeliveryState) {
+    let s = StatusUpdate {
+        schema: STATUS_SCHEMA_VERSION,
+        provider: provider.into(),
+        message_id: message_id.into(),
+        state,
+        at: chrono::Utc::now(),
+        received_at: chrono::Utc::now(),
+        error_code: (state == DeliveryState::Failed).then(|| "131026".into()),
+        error: None,
+    };
+    let conn = common::connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        h.topology.exchange().into(),
+        ROUTE_STATUS.into(),
+        Default::default(),
+        &s.to_json(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_whatsapp_falls_back_to_sms_exactly_once_each() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": {"message": "(#131026) Message undeliverable", "type": "OAuthException", "code": 131026, "fbtrace_id": "x"}
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(sms_ok())
+        .mount(&fake)
+        .await;
+    let h = Harness::start("fallback", &meta_and_sms(&fake)).await;
+    let e = event(
+        EventKind::OrderCompleted,
+        "org:o-fb:Delivered",
+        "+79161234567",
+    );
+    h.publish(&e).await;
+
+    let got = requests(&fake, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        (at(&got, "/messages"), at(&got, "/sms/send")),
+        (1, 1),
+        "one WhatsApp try, one SMS"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sms_mark = common::redis_get(&format!("{}:done:{}:sms", h.prefix, e.dedup_key))
+        .await
+        .expect("sms sent");
+    assert!(sms_mark.contains("000000-20000001"));
+    assert!(
+        common::redis_get(&format!("{}:done:{}:whatsapp", h.prefix, e.dedup_key))
+            .await
+            .is_none()
+    );
+
+    // The same webhook again: the SMS is not sent a second time.
+    let mut again = e.clone();
+    again.id = uuid::Uuid::now_v7();
+    h.publish(&again).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = fake.received_requests().await.unwrap_or_default();
+    assert_eq!(at(&got, "/sms/send"), 1, "SMS exactly once");
+    assert!(
+        h.dead_letters(1, Duration::from_millis(200))
+            .await
+            .is_empty()
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", h.running().addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"vestnik_dispatcher_fallbacks_total{from_channel="whatsapp"}"#),
+        "{metrics}"
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_callback_gives_a_second_attempt_then_falls_back() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.first"}]})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.second"}]})),
+        )
+        .with_priority(2)
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(sms_ok())
+        .mount(&fake)
+        .await;
+    let h = Harness::start("callback", &meta_and_sms(&fake)).await;
+    let e = event(
+        EventKind::OrderCompleted,
+        "org:o-cb:Delivered",
+        "+79161234567",
+    );
+    h.publish(&e).await;
+    assert_eq!(requests(&fake, 1, Duration::from_secs(10)).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meta reports the accepted message failed: the one second attempt, after the delay.
+    publish_status(&h, "meta", "wamid.first", DeliveryState::Sent).await;
+    publish_status(&h, "meta", "wamid.first", DeliveryState::Failed).await;
+    let failed_at = Instant::now();
+    // The same failure reported twice must not schedule two second attempts.
+    publish_status(&h, "meta", "wamid.first", DeliveryState::Failed).await;
+    let got = requests(&fake, 2, Duration::from_secs(15)).await;
+    assert_eq!(at(&got, "/messages"), 2, "second WhatsApp attempt");
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(1500),
+        "after the configured delay"
+    );
+
+    // It fails too: next channel.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_status(&h, "meta", "wamid.second", DeliveryState::Failed).await;
+    let got = requests(&fake, 3, Duration::from_secs(10)).await;
+    assert_eq!((at(&got, "/messages"), at(&got, "/sms/send")), (2, 1));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = fake.received_requests().await.unwrap_or_default();
+    assert_eq!(
+        (at(&got, "/messages"), at(&got, "/sms/send")),
+        (2, 1),
+        "nothing more: one second attempt, one SMS"
+    );
+
+    // A late 'delivered' for the first message changes nothing and is recorded.
+    publish_status(&h, "meta", "wamid.first", DeliveryState::Delivered).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.received_requests().await.unwrap_or_default().len(), 3);
+    assert!(
+        h.dead_letters(1, Duration::from_millis(200))
+            .await
+            .is_empty()
+    );
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amocrm_hook_without_phone_is_looked_up() {
+    let fake = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/leads/23802129"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": 23802129, "status_id": 142,
+            "_embedded": {"contacts": [{"id": 901, "is_main": false}, {"id": 555, "is_main": true}]}
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/v4/contacts/555"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "id": 555, "name": "Анна",
+            "custom_fields_values": [
+                {"field_id": 1, "field_name": "Email", "field_code": "EMAIL", "values": [{"value": "a@example.com"}]},
+                {"field_id": 2, "field_name": "Телефон", "field_code": "PHONE", "values": [{"value": "+7 495 123-45-67", "enum_code": "WORK"}, {"value": "8 (916) 765-43-21", "enum_code": "MOB"}]}
+            ]
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.lookup"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let mut o = Options::meta(&fake);
+    o.providers.push_str(&format!(
+        "\n[tenants.lookup.amocrm]\nbase_url = \"{}\"\naccess_token = \"amo-long-lived-token\"\n",
+        fake.uri()
+    ));
+    let h = Harness::start("lookup", &o).await;
+    let mut e = event(EventKind::DealWon, "29013640:23802129:142", "");
+    assert!(e.recipient.phone.is_none());
+    e.lookup = Some(Lookup::Amocrm {
+        account_id: Some("29013640".into()),
+        subdomain: Some("drvorobjev".into()),
+        lead_id: "23802129".into(),
+    });
+    h.publish(&e).await;
+
+    let got = requests(&fake, 3, Duration::from_secs(10)).await;
+    let send = got
+        .iter()
+        .find(|r| r.url.path().ends_with("/messages"))
+        .expect("a message was sent");
+    let body: serde_json::Value = send.body_json().unwrap();
+    assert_eq!(
+        body["to"], "+79167654321",
+        "the main contact's mobile, not the landline"
+    );
+    assert!(got.iter().any(|r| {
+        r.headers
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer amo-long-lived-token")
+    }));
+
+    // A lead with no phone anywhere is a recorded permanent outcome.
+    let mut none = event(EventKind::DealWon, "29013640:404:142", "");
+    none.lookup = Some(Lookup::Amocrm {
+        account_id: None,
+        subdomain: Some("drvorobjev".into()),
+        lead_id: "404".into(),
+    });
+    h.publish(&none).await;
+    let dead = h.dead_letters(1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0].1, "x-dlq-reason").as_deref(),
+        Some("recipient")
+    );
+    assert!(
+        header(&dead[0].1, "x-dlq-error")
+            .unwrap()
+            .contains("no phone")
+    );
+    h.finish().await;
+}
