@@ -285,3 +285,58 @@ async fn amocrm_hook_without_phone_is_looked_up() {
     );
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yclients_record_without_phone_is_looked_up() {
+    let fake = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/v1/record/358944/234961815"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "success": true,
+            "data": {"id": 234961815, "client": {"id": 86694283, "name": "Олеся", "phone": "+79999856814"}}
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.yc"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let mut o = Options::meta(&fake);
+    o.providers.push_str(&format!(
+        "\n[tenants.lookup.yclients]\nbase_url = \"{}\"\npartner_token = \"partner-token\"\nuser_token = \"user-token\"\n",
+        fake.uri()
+    ));
+    let h = Harness::start("lookup-yc", &o).await;
+    let mut e = event(EventKind::VisitCompleted, "358944:234961815:1", "");
+    e.lookup = Some(Lookup::Yclients {
+        company_id: "358944".into(),
+        record_id: "234961815".into(),
+    });
+    h.publish(&e).await;
+    let got = requests(&fake, 2, Duration::from_secs(10)).await;
+    let send = got
+        .iter()
+        .find(|r| r.url.path().ends_with("/messages"))
+        .expect("sent");
+    assert_eq!(
+        send.body_json::<serde_json::Value>().unwrap()["to"],
+        "+79999856814"
+    );
+    let lookup = got
+        .iter()
+        .find(|r| r.url.path().starts_with("/api/v1/record"))
+        .expect("looked up");
+    // One header value with a comma, as YCLIENTS documents it.
+    assert_eq!(
+        lookup
+            .headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("Bearer partner-token, User user-token")
+    );
+    h.finish().await;
+}
