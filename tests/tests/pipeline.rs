@@ -1,0 +1,325 @@
+//! The whole pipeline with the real binaries: `ingest` and `dispatcher`
+//! (built by `cargo build --workspace --bins`, which deploy/test.sh runs
+//! first) against the real RabbitMQ and Redis, with providers faked over
+//! HTTP. Driven only through public interfaces: webhooks in, provider
+//! requests out.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const KEY: &str = "e2e-webhook-key-000000001";
+
+fn bin(name: &str) -> PathBuf {
+    // target/debug/deps/pipeline-… → target/debug/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+struct Stack {
+    ingest: Child,
+    dispatcher: Child,
+    ingest_url: String,
+    prefix: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start(test: &str, fake: &MockServer) -> Stack {
+        let prefix = format!(
+            "e2e-{test}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ingest_port, health_port) = (free_port(), free_port());
+        let config = format!(
+            r#"
+[ingest]
+listen = "127.0.0.1:{ingest_port}"
+workers = 1
+[rabbitmq]
+prefix = "{prefix}"
+second_attempt_delay_secs = 2
+[redis]
+prefix = "{prefix}"
+[spool]
+dir = "{spool}"
+[dispatcher]
+listen = "127.0.0.1:{health_port}"
+[dispatcher.retry]
+retries = 1
+min_delay_ms = 10
+max_delay_ms = 20
+[log]
+level = "info"
+format = "json"
+
+[[tenants]]
+id = "acme"
+keys = ["{KEY}"]
+[tenants.channels]
+default = ["whatsapp", "sms"]
+[tenants.providers.meta]
+base_url = "{fake}/v21.0"
+phone_number_id = "1234567890"
+access_token = "EAA-e2e-token"
+[tenants.providers.smsru]
+base_url = "{fake}"
+api_id = "e2e-api-id"
+"#,
+            spool = dir.path().join("spool").display(),
+            fake = fake.uri(),
+        );
+        let cfg = dir.path().join("vestnik.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let spawn = |name: &str, log: &str| {
+            let log = std::fs::File::create(dir.path().join(log)).expect("log file");
+            Command::new(bin(name))
+                .env("VESTNIK_CONFIG", &cfg)
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::from(log.try_clone().expect("log")))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let ingest = spawn("ingest", "ingest.log");
+        let dispatcher = spawn("dispatcher", "dispatcher.log");
+        let stack = Stack {
+            ingest,
+            dispatcher,
+            ingest_url: format!("http://127.0.0.1:{ingest_port}"),
+            prefix,
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        for url in [
+            format!("{}/readyz", stack.ingest_url),
+            format!("http://127.0.0.1:{health_port}/readyz"),
+        ] {
+            let mut ok = false;
+            for _ in 0..150 {
+                if http.get(&url).send().await.is_ok_and(|r| r.status() == 200) {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(ok, "{url} never became ready");
+        }
+        stack
+    }
+
+    async fn post(&self, source: &str, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/api/webhook/{source}?key={KEY}",
+                self.ingest_url
+            ))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("ingest answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    fn logs(&self) -> String {
+        ["ingest.log", "dispatcher.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self._dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn stop(mut self) -> String {
+        for child in [&mut self.ingest, &mut self.dispatcher] {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        for child in [&mut self.ingest, &mut self.dispatcher] {
+            for _ in 0..100 {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(bin("drop_topology"))
+            .args(["amqp://guest:guest@127.0.0.1:5672/%2f", &self.prefix, "2"])
+            .status();
+        if let Ok(client) = redis::Client::open("redis://127.0.0.1:6379")
+            && let Ok(mut c) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}:*", self.prefix))
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+            }
+        }
+        self.logs()
+    }
+}
+
+async fn wait_requests(fake: &MockServer, n: usize) -> Vec<Request> {
+    for _ in 0..200 {
+        let got = fake.received_requests().await.unwrap_or_default();
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fake.received_requests().await.unwrap_or_default()
+}
+
+fn meta_bodies(got: &[Request]) -> Vec<serde_json::Value> {
+    got.iter()
+        .filter(|r| r.url.path().ends_with("/messages"))
+        .filter_map(|r| r.body_json().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_source_reaches_the_provider_once() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("sources", &fake).await;
+
+    let webhooks: [(&str, &str, &str, &str); 5] = [
+        (
+            "iiko",
+            "application/json",
+            r#"[{"eventType":"DeliveryOrderUpdate","eventTime":"2026-11-24 18:00:00.000","organizationId":"org-1","eventInfo":{"id":"o-1","creationStatus":"Success","order":{"id":"o-1","status":"Delivered","number":142,"phone":"+79160000001","customer":{"name":"Иван"}}}}]"#,
+            "+79160000001",
+        ),
+        (
+            "rkeeper",
+            "application/json",
+            r#"{"order":{"id":"rk-1","status":"Выполнен","customer":{"phone":"8 916 000-00-02","name":"Анна"}}}"#,
+            "+79160000002",
+        ),
+        (
+            "yclients",
+            "application/json",
+            r#"{"company_id":1,"resource":"record","resource_id":7,"status":"update","data":{"id":7,"company_id":1,"attendance":1,"client":{"name":"Олеся","phone":"+79160000003"}}}"#,
+            "+79160000003",
+        ),
+        (
+            "amocrm",
+            "application/x-www-form-urlencoded",
+            "leads%5Bstatus%5D%5B0%5D%5Bid%5D=5&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D=142&leads%5Bstatus%5D%5B0%5D%5Bmain_contact%5D%5Bphone%5D=79160000004&account%5Bid%5D=9",
+            "+79160000004",
+        ),
+        (
+            "booking",
+            "application/json",
+            r#"{"event":"CheckIn","case":{"id":"c-1","start":"2026-12-01T10:00:00+03:00","name":"Стрижка"},"client":{"name":"Пётр","phone":"+79160000005"}}"#,
+            "+79160000005",
+        ),
+    ];
+    for (source, ct, body, _) in &webhooks {
+        let (status, resp) = stack.post(source, ct, body).await;
+        assert_eq!(status, 202, "{source}: {resp}");
+    }
+    // The iiko webhook again (the POS retried): still one message.
+    let (status, _) = stack
+        .post(webhooks[0].0, webhooks[0].1, webhooks[0].2)
+        .await;
+    assert_eq!(status, 202);
+
+    let got = wait_requests(&fake, 5).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bodies = meta_bodies(&fake.received_requests().await.unwrap_or_default());
+    let mut to: Vec<String> = bodies
+        .iter()
+        .map(|b| b["to"].as_str().unwrap_or_default().to_string())
+        .collect();
+    to.sort();
+    let mut expected: Vec<String> = webhooks.iter().map(|w| w.3.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        to,
+        expected,
+        "one WhatsApp message per source, the duplicate not sent ({} requests)",
+        got.len()
+    );
+
+    let logs = stack.stop().await;
+    // No full phone number or key in any log line.
+    for secret in expected
+        .iter()
+        .map(|p| p.trim_start_matches('+').to_string())
+        .chain([KEY.to_string(), "EAA-e2e-token".into()])
+    {
+        assert!(!logs.contains(&secret), "{secret} appears in the logs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_unreachable_goes_by_sms_through_the_whole_stack() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": {"message": "(#131026) Message undeliverable", "code": 131026, "type": "OAuthException"}
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100,
+            "sms": {"79160000009": {"status": "OK", "status_code": 100, "sms_id": "e2e-sms-1"}}
+        })))
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("fallback", &fake).await;
+    let (status, resp) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            r#"{"order":{"id":"rk-9","status":"Доставлен","client":{"phone":"+79160000009"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    let got = wait_requests(&fake, 2).await;
+    let sms: Vec<&Request> = got.iter().filter(|r| r.url.path() == "/sms/send").collect();
+    assert_eq!(sms.len(), 1);
+    let form: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_bytes(&sms[0].body).unwrap();
+    assert_eq!(form["to"], "79160000009");
+    stack.stop().await;
+}
