@@ -1,16 +1,23 @@
-//! Message texts per tenant and event kind (minijinja), with a built-in
-//! review-request default per kind so a new tenant works at once. Every
-//! template is compiled at start-up: a broken template stops the dispatcher
-//! with a clear error instead of failing at send time.
+//! Message texts per tenant × event kind × channel × locale (minijinja),
+//! with built-in defaults so a new tenant works at once: Russian review
+//! requests for the order/visit/deal kinds and seed 000's formatted booking
+//! message (`booking.rs`) for the booking kinds. Every template is compiled
+//! at start-up: a broken template stops the dispatcher with an error naming
+//! tenant, kind, locale and part instead of failing at send time.
+//! docs/TEMPLATES.md describes the configuration and the context.
+
+mod booking;
+mod datetime;
 
 use std::collections::BTreeMap;
 
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{Environment, State, UndefinedBehavior};
 use serde_json::{Map, Value, json};
-use shared::event::{Event, EventKind};
-use shared::tenant::{Channel, TemplateConfig};
+use shared::event::{DateLocale, Event, EventKind, FormatOptions, HideFlag};
+use shared::tenant::{Channel, TemplateConfig, TemplateVariant};
 
 use crate::providers::Body;
+use datetime::{Clock, Style};
 
 const KINDS: [EventKind; 9] = [
     EventKind::OrderCompleted,
@@ -24,36 +31,20 @@ const KINDS: [EventKind; 9] = [
     EventKind::PaymentReceived,
 ];
 
-/// The built-in texts (Russian; a tenant overrides any of them).
-fn default_text(kind: EventKind) -> &'static str {
+/// The built-in texts of the non-booking kinds (Russian; a tenant overrides
+/// any of them). The booking kinds are formatted by [`booking::render`].
+fn default_text(kind: EventKind) -> Option<&'static str> {
     match kind {
-        EventKind::OrderCompleted => {
-            "{% if name %}{{ name }}, с{% else %}С{% endif %}пасибо за заказ{% if order_number %} №{{ order_number }}{% endif %}{% if brand %} в «{{ brand }}»{% endif %}! Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}"
-        }
-        EventKind::VisitCompleted => {
-            "{% if name %}{{ name }}, с{% else %}С{% endif %}пасибо за визит{% if brand %} в «{{ brand }}»{% endif %}{% if staff %}! Мастер: {{ staff }}{% endif %}. Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}"
-        }
-        EventKind::DealWon => {
-            "{% if name %}{{ name }}, с{% else %}С{% endif %}пасибо за покупку{% if brand %} в «{{ brand }}»{% endif %}! Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}"
-        }
-        EventKind::BookingCreated => {
-            "{% if message %}{{ message }}. {% endif %}Вы записаны{% if services %}: {{ services|join(', ') }}{% endif %}{% if starts_at %}, {{ starts_at }}{% endif %}{% if place %}, {{ place }}{% endif %}."
-        }
-        EventKind::BookingCancelled => {
-            "{% if message %}{{ message }}. {% endif %}Ваша запись{% if order_number %} №{{ order_number }}{% endif %}{% if starts_at %} на {{ starts_at }}{% endif %} отменена."
-        }
-        EventKind::BookingCompleted => {
-            "{% if message %}{{ message }}. {% endif %}Спасибо за визит! Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}"
-        }
-        EventKind::BookingTimeChanged => {
-            "{% if message %}{{ message }}. {% endif %}Время вашей записи{% if order_number %} №{{ order_number }}{% endif %} изменено{% if starts_at %}: {{ starts_at }}{% endif %}."
-        }
-        EventKind::BookingPlaceChanged => {
-            "{% if message %}{{ message }}. {% endif %}Место вашей записи{% if order_number %} №{{ order_number }}{% endif %} изменено{% if place %}: {{ place }}{% endif %}."
-        }
-        EventKind::PaymentReceived => {
-            "{% if message %}{{ message }}. {% endif %}Оплата{% if amount %} {{ amount }}{% if currency %} {{ currency }}{% endif %}{% endif %} получена. Спасибо!"
-        }
+        EventKind::OrderCompleted => Some(
+            "{% if name %}{{ name }}, с{% else %}С{% endif %}пасибо за заказ{% if order_number %} №{{ order_number }}{% endif %}{% if brand %} в «{{ brand }}»{% endif %}! Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}",
+        ),
+        EventKind::VisitCompleted => Some(
+            "{% if name %}{{ name }}, с{% else %}С{% endif %}пасибо за визит{% if brand %} в «{{ brand }}»{% endif %}{% if staff %}! Мастер: {{ staff }}{% endif %}. Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}",
+        ),
+        EventKind::DealWon => Some(
+            "{% if name %}{{ name }}, с{% else %}С{% endif %}пасибо за покупку{% if brand %} в «{{ brand }}»{% endif %}! Будем рады вашему отзыву{% if review_url %}: {{ review_url }}{% else %}.{% endif %}",
+        ),
+        _ => None,
     }
 }
 
@@ -64,19 +55,127 @@ pub enum TemplateError {
         name: String,
         source: minijinja::Error,
     },
+    #[error("template {name}: {reason}")]
+    Config { name: String, reason: String },
     #[error("template {name} rendered an empty message")]
     Empty { name: String },
 }
 
+/// An approved WhatsApp template: name, language and the compiled names of
+/// its body parameters.
+#[derive(Debug, Clone)]
+struct WhatsappCompiled {
+    name: String,
+    language: String,
+    params: Vec<String>,
+}
+
+/// One variant (the kind's default or one locale's) as compiled template names.
+#[derive(Debug, Default)]
+struct Variant {
+    text: Option<String>,
+    sms: Option<String>,
+    whatsapp_text: Option<String>,
+    whatsapp: Option<WhatsappCompiled>,
+    email_subject: Option<String>,
+    email_html: Option<String>,
+    email_text: Option<String>,
+}
+
+impl Variant {
+    /// Whether this variant has anything for the channel (then it is used whole).
+    fn covers(&self, channel: Channel) -> bool {
+        self.text.is_some()
+            || match channel {
+                Channel::Sms => self.sms.is_some(),
+                Channel::Whatsapp => self.whatsapp.is_some() || self.whatsapp_text.is_some(),
+                Channel::Email => {
+                    self.email_text.is_some()
+                        || self.email_subject.is_some()
+                        || self.email_html.is_some()
+                }
+            }
+    }
+
+    /// The channel's own text, else `text`.
+    fn text_for(&self, channel: Channel) -> Option<&String> {
+        let own = match channel {
+            Channel::Sms => self.sms.as_ref(),
+            Channel::Whatsapp => self.whatsapp_text.as_ref(),
+            Channel::Email => self.email_text.as_ref(),
+        };
+        own.or(self.text.as_ref())
+    }
+}
+
+/// A tenant's templates for one kind.
+#[derive(Debug)]
+struct KindTemplates {
+    locale: Option<DateLocale>,
+    base: Variant,
+    locales: Vec<(DateLocale, Variant)>,
+}
+
 pub struct Templates {
     env: Environment<'static>,
-    /// (tenant, kind) → the tenant's own template config.
-    whatsapp: BTreeMap<(String, EventKind), (String, String, usize)>,
+    kinds: BTreeMap<(String, EventKind), KindTemplates>,
     vars: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-fn name(tenant: &str, kind: EventKind, part: &str) -> String {
-    format!("{tenant}/{kind}/{part}")
+/// `acme/order_completed/sms` (the kind's default variant) or
+/// `acme/order_completed/en-US/sms` (a locale's).
+fn name(tenant: &str, kind: EventKind, locale: Option<DateLocale>, part: &str) -> String {
+    match locale {
+        Some(l) => format!("{tenant}/{kind}/{}/{part}", datetime::locale_tag(l)),
+        None => format!("{tenant}/{kind}/{part}"),
+    }
+}
+
+fn compile_variant(
+    env: &mut Environment<'static>,
+    tenant: &str,
+    kind: EventKind,
+    locale: Option<DateLocale>,
+    v: &TemplateVariant,
+) -> Result<Variant, TemplateError> {
+    let mut add = |part: &str, src: &Option<String>| -> Result<Option<String>, TemplateError> {
+        let Some(src) = src else { return Ok(None) };
+        let n = name(tenant, kind, locale, part);
+        env.add_template_owned(n.clone(), src.clone())
+            .map_err(|source| TemplateError::Invalid {
+                name: n.clone(),
+                source,
+            })?;
+        Ok(Some(n))
+    };
+    let mut out = Variant {
+        text: add("text", &v.text)?,
+        sms: add("sms", &v.sms)?,
+        whatsapp_text: add("whatsapp_text", &v.whatsapp_text)?,
+        whatsapp: None,
+        email_subject: add("email_subject", &v.email_subject)?,
+        email_html: add("email_html", &v.email_html)?,
+        email_text: add("email_text", &v.email_text)?,
+    };
+    if let Some(wa) = &v.whatsapp {
+        if wa.name.trim().is_empty() || wa.language.trim().is_empty() {
+            return Err(TemplateError::Config {
+                name: name(tenant, kind, locale, "whatsapp"),
+                reason: "a WhatsApp template needs a name and a language".into(),
+            });
+        }
+        let mut params = Vec::with_capacity(wa.params.len());
+        for (i, p) in wa.params.iter().enumerate() {
+            let part = format!("whatsapp.params[{i}]");
+            params.push(add(&part, &Some(p.clone()))?.unwrap_or_default());
+        }
+        out.whatsapp = Some(WhatsappCompiled {
+            name: wa.name.clone(),
+            language: wa.language.clone(),
+            params,
+        });
+    }
+    Ok(out)
 }
 
 impl Templates {
@@ -99,99 +198,117 @@ impl Templates {
                 minijinja::AutoEscape::None
             }
         });
-        let add = |env: &mut Environment<'static>, n: String, src: String| {
-            env.add_template_owned(n.clone(), src)
-                .map_err(|source| TemplateError::Invalid { name: n, source })
-        };
+        env.add_filter("datetime", datetime_filter);
         for kind in KINDS {
-            add(
-                &mut env,
-                name("_default", kind, "text"),
-                default_text(kind).to_string(),
-            )?;
+            if let Some(src) = default_text(kind) {
+                let n = name("_default", kind, None, "text");
+                env.add_template_owned(n.clone(), src.to_string())
+                    .map_err(|source| TemplateError::Invalid { name: n, source })?;
+            }
         }
-        let mut whatsapp = BTreeMap::new();
+        let mut kinds = BTreeMap::new();
         let mut vars = BTreeMap::new();
         for (tenant, templates, tenant_vars) in tenants {
             vars.insert(tenant.to_string(), tenant_vars.clone());
             for (kind, t) in templates {
-                if let Some(text) = &t.text {
-                    add(&mut env, name(tenant, *kind, "text"), text.clone())?;
+                let base = compile_variant(&mut env, tenant, *kind, None, &t.base())?;
+                let mut locales = Vec::with_capacity(t.locales.len());
+                for (locale, v) in &t.locales {
+                    locales.push((
+                        *locale,
+                        compile_variant(&mut env, tenant, *kind, Some(*locale), v)?,
+                    ));
                 }
-                if let Some(s) = &t.email_subject {
-                    add(&mut env, name(tenant, *kind, "email_subject"), s.clone())?;
-                }
-                if let Some(h) = &t.email_html {
-                    add(&mut env, name(tenant, *kind, "email_html"), h.clone())?;
-                }
-                if let Some(wa) = &t.whatsapp {
-                    for (i, p) in wa.params.iter().enumerate() {
-                        add(&mut env, name(tenant, *kind, &format!("wa{i}")), p.clone())?;
-                    }
-                    whatsapp.insert(
-                        (tenant.to_string(), *kind),
-                        (wa.name.clone(), wa.language.clone(), wa.params.len()),
-                    );
-                }
+                kinds.insert(
+                    (tenant.to_string(), *kind),
+                    KindTemplates {
+                        locale: t.locale,
+                        base,
+                        locales,
+                    },
+                );
             }
         }
-        Ok(Templates {
-            env,
-            whatsapp,
-            vars,
-        })
+        Ok(Templates { env, kinds, vars })
     }
 
-    /// The message body for this event on this channel.
+    /// The message body for this event on this channel, in the event's
+    /// locale (`format.date_locale`, else the kind's configured `locale`,
+    /// else ru-RU).
     pub fn render(&self, event: &Event, channel: Channel) -> Result<Body, TemplateError> {
-        let ctx = self.context(event);
-        let tenant = event.tenant.as_str();
+        let own = self.kinds.get(&(event.tenant.clone(), event.kind));
+        let format = match &event.format {
+            Some(f) => f.clone(),
+            None => FormatOptions {
+                date_locale: own.and_then(|k| k.locale).unwrap_or(DateLocale::RuRu),
+                ..FormatOptions::default()
+            },
+        };
+        let locale = format.date_locale;
+        let ctx = self.context(event, &format);
+        // The most specific variant that has anything for this channel.
+        let variant = own.and_then(|k| {
+            k.locales
+                .iter()
+                .find(|(l, _)| *l == locale)
+                .map(|(_, v)| v)
+                .into_iter()
+                .chain([&k.base])
+                .find(|v| v.covers(channel))
+        });
+
         if channel == Channel::Whatsapp
-            && let Some((tpl, language, n)) = self.whatsapp.get(&(tenant.to_string(), event.kind))
+            && let Some(wa) = variant.and_then(|v| v.whatsapp.as_ref())
         {
-            let mut params = Vec::with_capacity(*n);
-            for i in 0..*n {
-                params.push(self.render_one(&name(tenant, event.kind, &format!("wa{i}")), &ctx)?);
-            }
+            let params = wa
+                .params
+                .iter()
+                .map(|p| self.render_one(p, &ctx))
+                .collect::<Result<_, _>>()?;
             return Ok(Body::Template {
-                name: tpl.clone(),
-                language: language.clone(),
+                name: wa.name.clone(),
+                language: wa.language.clone(),
                 params,
             });
         }
-        let text_name = self.pick(tenant, event.kind, "text");
-        let text = self.render_one(&text_name, &ctx)?;
+
+        let (text, text_name) = match variant.and_then(|v| v.text_for(channel)) {
+            Some(n) => (self.render_one(n, &ctx)?, n.clone()),
+            None => self.builtin(event, &format, &ctx)?,
+        };
         if text.trim().is_empty() {
             return Err(TemplateError::Empty { name: text_name });
         }
-        if channel == Channel::Email {
-            let subject_name = name(tenant, event.kind, "email_subject");
-            let subject = if self.env.get_template(&subject_name).is_ok() {
-                self.render_one(&subject_name, &ctx)?
-            } else {
-                text.chars().take(60).collect()
-            };
-            let html_name = name(tenant, event.kind, "email_html");
-            let html = if self.env.get_template(&html_name).is_ok() {
-                self.render_one(&html_name, &ctx)?
-            } else {
-                format!("<p>{}</p>", minijinja::HtmlEscape(&text))
-            };
-            return Ok(Body::Email {
-                subject,
-                html,
-                text,
-            });
+        if channel != Channel::Email {
+            return Ok(Body::Text(text));
         }
-        Ok(Body::Text(text))
+        let subject = match variant.and_then(|v| v.email_subject.as_ref()) {
+            Some(n) => self.render_one(n, &ctx)?,
+            None => default_subject(&text),
+        };
+        let html = match variant.and_then(|v| v.email_html.as_ref()) {
+            Some(n) => self.render_one(n, &ctx)?,
+            None => text_to_html(&text),
+        };
+        Ok(Body::Email {
+            subject,
+            html,
+            text,
+        })
     }
 
-    fn pick(&self, tenant: &str, kind: EventKind, part: &str) -> String {
-        let own = name(tenant, kind, part);
-        if self.env.get_template(&own).is_ok() {
-            own
+    /// The built-in text and the name errors carry.
+    fn builtin(
+        &self,
+        e: &Event,
+        format: &FormatOptions,
+        ctx: &Value,
+    ) -> Result<(String, String), TemplateError> {
+        let n = name("_default", e.kind, None, "text");
+        if booking::is_booking_kind(e.kind) {
+            Ok((booking::render(e, format, self.vars.get(&e.tenant)), n))
         } else {
-            name("_default", kind, part)
+            Ok((self.render_one(&n, ctx)?, n))
         }
     }
 
@@ -206,8 +323,10 @@ impl Templates {
     }
 
     /// What templates see: the event's parameters flat, the tenant's vars
-    /// flat (event values win) and under `vars`, and the URL's formatting.
-    fn context(&self, e: &Event) -> Value {
+    /// flat (event values win) and under `vars`, seed 000's formatting
+    /// resolved (locale, zone, names, hide flags) and the times formatted
+    /// for the customer. docs/TEMPLATES.md lists every field.
+    fn context(&self, e: &Event, f: &FormatOptions) -> Value {
         let mut m = Map::new();
         if let Some(vars) = self.vars.get(&e.tenant) {
             for (k, v) in vars {
@@ -216,8 +335,12 @@ impl Templates {
             m.insert("vars".into(), json!(vars));
         }
         let p = &e.params;
+        let clock = Clock::new(f.date_locale, &f.time_zone, &f.time_zone_name);
         let fmt_time =
             |t: &chrono::DateTime<chrono::FixedOffset>| t.format("%d.%m.%Y %H:%M").to_string();
+        let local = |t: &chrono::DateTime<chrono::FixedOffset>| clock.format(t, Style::Full);
+        let iso = |t: &chrono::DateTime<chrono::FixedOffset>| t.to_rfc3339();
+        let names = booking::names(e, f);
         let mut put = |k: &str, v: Value| {
             if !v.is_null() {
                 m.insert(k.to_string(), v);
@@ -237,7 +360,25 @@ impl Templates {
             "previous_starts_at",
             json!(p.previous_starts_at.as_ref().map(fmt_time)),
         );
+        put("starts_at_local", json!(p.starts_at.as_ref().map(local)));
+        put(
+            "previous_starts_at_local",
+            json!(p.previous_starts_at.as_ref().map(local)),
+        );
+        put("starts_at_iso", json!(p.starts_at.as_ref().map(iso)));
+        put(
+            "previous_starts_at_iso",
+            json!(p.previous_starts_at.as_ref().map(iso)),
+        );
         put("duration_minutes", json!(p.duration_minutes));
+        put(
+            "duration",
+            json!(
+                p.duration_minutes
+                    .filter(|m| *m > 0)
+                    .map(|m| datetime::duration(m, f.date_locale))
+            ),
+        );
         put("staff", json!(p.staff));
         if !p.services.is_empty() {
             put("services", json!(p.services));
@@ -245,11 +386,109 @@ impl Templates {
         put("description", json!(p.description));
         put("url", json!(p.url));
         put("extra", json!(p.extra));
-        if let Some(f) = &e.format {
-            put("message", json!(f.message));
+        put("message", json!(f.message));
+        put("locale", json!(datetime::locale_tag(f.date_locale)));
+        put("time_zone", json!(f.time_zone));
+        put("time_zone_name", json!(f.time_zone_name));
+        put("case_type_name", json!(names.case_type));
+        put("detail_section_name", json!(names.detail_section));
+        put("resource_name", json!(names.resource));
+        let hide: Map<String, Value> = HideFlag::ALL
+            .iter()
+            .map(|flag| {
+                let key = flag.param().trim_start_matches("hide_").to_string();
+                (key, json!(booking::hidden(f, *flag)))
+            })
+            .collect();
+        put("hide", Value::Object(hide));
+        if booking::is_booking_kind(e.kind) {
+            put(
+                "formatted",
+                json!(booking::render(e, f, self.vars.get(&e.tenant))),
+            );
         }
         Value::Object(m)
     }
+}
+
+/// `{{ starts_at_iso|datetime }}`, `|datetime("date")`, `|datetime("time")`,
+/// `|datetime("datetime")` (no zone name) or a strftime pattern
+/// (`|datetime("%d.%m.%Y %H:%M")`), in the event's locale and time zone.
+/// An empty or undefined value gives an empty string.
+fn datetime_filter(
+    state: &State,
+    value: minijinja::Value,
+    style: Option<String>,
+) -> Result<String, minijinja::Error> {
+    use minijinja::ErrorKind::InvalidOperation;
+    let Some(raw) = value.as_str().map(str::trim).filter(|s| !s.is_empty()) else {
+        if value.is_undefined() || value.is_none() || value.as_str().is_some() {
+            return Ok(String::new());
+        }
+        return Err(minijinja::Error::new(
+            InvalidOperation,
+            format!("datetime expects an RFC 3339 string (e.g. starts_at_iso), got {value}"),
+        ));
+    };
+    let t = chrono::DateTime::parse_from_rfc3339(raw).map_err(|e| {
+        minijinja::Error::new(
+            InvalidOperation,
+            format!("datetime: {raw:?} is not RFC 3339 ({e}); use starts_at_iso"),
+        )
+    })?;
+    let lookup = |k: &str| {
+        state
+            .lookup(k)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let locale = DateLocale::parse(&lookup("locale")).unwrap_or(DateLocale::RuRu);
+    let clock = Clock::new(locale, &lookup("time_zone"), &lookup("time_zone_name"));
+    let style = style.unwrap_or_else(|| "full".into());
+    match Style::parse(&style) {
+        Some(s) => Ok(clock.format(&t, s)),
+        None if style.contains('%') => clock
+            .strftime(&t, &style)
+            .map_err(|e| minijinja::Error::new(InvalidOperation, e)),
+        None => Err(minijinja::Error::new(
+            InvalidOperation,
+            format!("datetime style {style:?}: use full, datetime, date, time or a %-pattern"),
+        )),
+    }
+}
+
+/// The text's first line, cut at a word before 80 characters (with `…`).
+fn default_subject(text: &str) -> String {
+    const MAX: usize = 80;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    if line.chars().count() <= MAX {
+        return line.to_string();
+    }
+    let head: String = line.chars().take(MAX - 1).collect();
+    let cut = match head.rfind(char::is_whitespace) {
+        Some(i) if i > 0 => head[..i].trim_end(),
+        _ => head.as_str(),
+    };
+    format!("{cut}…")
+}
+
+/// The plain text as HTML: paragraphs at blank lines, `<br>` at single breaks.
+fn text_to_html(text: &str) -> String {
+    text.split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let lines: Vec<String> = p
+                .lines()
+                .map(|l| minijinja::HtmlEscape(l).to_string())
+                .collect();
+            format!("<p>{}</p>", lines.join("<br>"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]
@@ -351,5 +590,690 @@ mod tests {
             .err()
             .expect("refused");
         assert!(err.to_string().contains("acme/deal_won/text"), "{err}");
+    }
+
+    // ---- per channel × locale selection -------------------------------------
+
+    fn text_of(b: Body) -> String {
+        match b {
+            Body::Text(s) => s,
+            Body::Email { text, .. } => text,
+            b => panic!("expected text, got {b:?}"),
+        }
+    }
+
+    fn with_locale(mut e: Event, locale: DateLocale) -> Event {
+        e.format = Some(FormatOptions {
+            date_locale: locale,
+            ..FormatOptions::default()
+        });
+        e
+    }
+
+    fn wa(name: &str, language: &str, params: &[&str]) -> WhatsappTemplate {
+        WhatsappTemplate {
+            name: name.into(),
+            language: language.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    fn selection_config() -> BTreeMap<EventKind, TemplateConfig> {
+        BTreeMap::from([(
+            EventKind::OrderCompleted,
+            TemplateConfig {
+                text: Some("ru text {{ order_number }}".into()),
+                sms: Some("ru sms {{ order_number }}".into()),
+                whatsapp: Some(wa("review_ru", "ru", &["{{ name }}"])),
+                email_subject: Some("ru subject".into()),
+                email_text: Some("ru email text".into()),
+                locale: Some(DateLocale::EnUs),
+                locales: vec![(
+                    DateLocale::EnUs,
+                    TemplateVariant {
+                        text: Some("en text {{ order_number }}".into()),
+                        email_html: Some("<b>{{ name }}</b>".into()),
+                        ..TemplateVariant::default()
+                    },
+                )],
+                ..TemplateConfig::default()
+            },
+        )])
+    }
+
+    #[test]
+    fn the_default_variant_serves_its_own_locale_per_channel() {
+        let cfg = selection_config();
+        let vars = BTreeMap::new();
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let ru = with_locale(event(EventKind::OrderCompleted), DateLocale::RuRu);
+        assert_eq!(
+            t.render(&ru, Channel::Sms).unwrap(),
+            Body::Text("ru sms 142".into())
+        );
+        assert_eq!(
+            t.render(&ru, Channel::Whatsapp).unwrap(),
+            Body::Template {
+                name: "review_ru".into(),
+                language: "ru".into(),
+                params: vec!["Иван".into()],
+            }
+        );
+        assert_eq!(
+            t.render(&ru, Channel::Email).unwrap(),
+            Body::Email {
+                subject: "ru subject".into(),
+                html: "<p>ru email text</p>".into(),
+                text: "ru email text".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_locale_variant_wins_over_the_default_variant_on_every_channel() {
+        let cfg = selection_config();
+        let vars = BTreeMap::new();
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let en = with_locale(event(EventKind::OrderCompleted), DateLocale::EnUs);
+        // The en-US variant has only `text` (and email_html): it serves SMS and
+        // WhatsApp whole, rather than the Russian sms text or WhatsApp template.
+        assert_eq!(
+            t.render(&en, Channel::Sms).unwrap(),
+            Body::Text("en text 142".into())
+        );
+        assert_eq!(
+            t.render(&en, Channel::Whatsapp).unwrap(),
+            Body::Text("en text 142".into())
+        );
+        assert_eq!(
+            t.render(&en, Channel::Email).unwrap(),
+            Body::Email {
+                subject: "en text 142".into(),
+                html: "<b>Иван</b>".into(),
+                text: "en text 142".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn events_without_a_locale_use_the_kinds_configured_locale() {
+        let mut cfg = selection_config();
+        let vars = BTreeMap::new();
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let plain = event(EventKind::OrderCompleted);
+        assert!(plain.format.is_none());
+        assert_eq!(
+            text_of(t.render(&plain, Channel::Sms).unwrap()),
+            "en text 142"
+        );
+        // Without a configured locale: ru-RU, the default variant.
+        cfg.get_mut(&EventKind::OrderCompleted).unwrap().locale = None;
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        assert_eq!(
+            text_of(t.render(&plain, Channel::Sms).unwrap()),
+            "ru sms 142"
+        );
+    }
+
+    #[test]
+    fn a_locale_variant_with_its_own_whatsapp_template_and_channel_texts() {
+        let cfg = BTreeMap::from([(
+            EventKind::DealWon,
+            TemplateConfig {
+                text: Some("ru".into()),
+                locales: vec![(
+                    DateLocale::EnUs,
+                    TemplateVariant {
+                        sms: Some("en sms".into()),
+                        whatsapp: Some(wa("review_en", "en_US", &["{{ locale }}"])),
+                        ..TemplateVariant::default()
+                    },
+                )],
+                ..TemplateConfig::default()
+            },
+        )]);
+        let vars = BTreeMap::new();
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let en = with_locale(event(EventKind::DealWon), DateLocale::EnUs);
+        assert_eq!(
+            t.render(&en, Channel::Whatsapp).unwrap(),
+            Body::Template {
+                name: "review_en".into(),
+                language: "en_US".into(),
+                params: vec!["en-US".into()],
+            }
+        );
+        assert_eq!(text_of(t.render(&en, Channel::Sms).unwrap()), "en sms");
+        // The en-US variant has nothing for e-mail: the default variant serves it.
+        assert_eq!(text_of(t.render(&en, Channel::Email).unwrap()), "ru");
+        // Another tenant is not affected: built-in default.
+        let mut other = en.clone();
+        other.tenant = "other".into();
+        assert!(text_of(t.render(&other, Channel::Sms).unwrap()).contains("спасибо за покупку"));
+    }
+
+    #[test]
+    fn a_broken_template_in_any_variant_is_refused_with_its_name() {
+        let broken = || Some("{% if x %}unclosed".to_string());
+        let cases: Vec<(TemplateConfig, &str)> = vec![
+            (
+                TemplateConfig {
+                    sms: broken(),
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/sms",
+            ),
+            (
+                TemplateConfig {
+                    whatsapp_text: broken(),
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/whatsapp_text",
+            ),
+            (
+                TemplateConfig {
+                    email_text: broken(),
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/email_text",
+            ),
+            (
+                TemplateConfig {
+                    email_html: broken(),
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/email_html",
+            ),
+            (
+                TemplateConfig {
+                    whatsapp: Some(wa("n", "ru", &["{{ name }}", "{{ name"])),
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/whatsapp.params[1]",
+            ),
+            (
+                TemplateConfig {
+                    text: Some("fine".into()),
+                    locales: vec![(
+                        DateLocale::EnUs,
+                        TemplateVariant {
+                            sms: broken(),
+                            ..TemplateVariant::default()
+                        },
+                    )],
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/en-US/sms",
+            ),
+            (
+                TemplateConfig {
+                    locales: vec![(
+                        DateLocale::RuRu,
+                        TemplateVariant {
+                            email_subject: broken(),
+                            ..TemplateVariant::default()
+                        },
+                    )],
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/ru-RU/email_subject",
+            ),
+            (
+                TemplateConfig {
+                    locales: vec![(
+                        DateLocale::EnUs,
+                        TemplateVariant {
+                            whatsapp: Some(wa("", "en", &[])),
+                            ..TemplateVariant::default()
+                        },
+                    )],
+                    ..TemplateConfig::default()
+                },
+                "acme/deal_won/en-US/whatsapp",
+            ),
+        ];
+        let vars = BTreeMap::new();
+        for (cfg, expected) in cases {
+            let templates = BTreeMap::from([(EventKind::DealWon, cfg)]);
+            let err = Templates::new([("acme", &templates, &vars)])
+                .err()
+                .unwrap_or_else(|| panic!("{expected} accepted"));
+            assert!(err.to_string().contains(expected), "{expected}: {err}");
+        }
+    }
+
+    // ---- seed 000 booking formatting ---------------------------------------
+
+    /// The booking source's documented example (docs/SOURCES.md) as an event.
+    fn booking(kind: EventKind, format: FormatOptions) -> Event {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        let mut e = event(kind);
+        e.source = shared::SourceId::Booking;
+        e.params = Params {
+            order_number: Some("1001".into()),
+            starts_at: Some(at("2026-12-01T10:00:00+03:00")),
+            previous_starts_at: Some(at("2026-11-30T12:00:00+03:00")),
+            place: Some("ул. Ленина, 1".into()),
+            previous_place: Some("ул. Мира, 5".into()),
+            duration_minutes: Some(90),
+            services: vec!["Мастер Анна".into(), "Кресло 2".into()],
+            staff: Some("Мастер Анна, Кресло 2".into()),
+            description: Some("Мужская стрижка и укладка".into()),
+            url: Some("https://torrow.net/case/c-1001".into()),
+            amount: Some("1500.00".into()),
+            currency: Some("RUB".into()),
+            extra: BTreeMap::from([
+                ("case_type".into(), "booking".into()),
+                ("case_name".into(), "Стрижка".into()),
+                ("service_name".into(), "Салон «Берёза»".into()),
+                (
+                    "service_url".into(),
+                    "https://torrow.net/service/s-1".into(),
+                ),
+                ("resource_descriptions".into(), "Топ-стилист\n".into()),
+                ("contact_info".into(), "+7 495 000-00-00".into()),
+            ]),
+        };
+        e.format = Some(format);
+        e
+    }
+
+    fn builtin(e: &Event) -> String {
+        text_of(
+            Templates::new([])
+                .unwrap()
+                .render(e, Channel::Whatsapp)
+                .unwrap(),
+        )
+    }
+
+    fn yekaterinburg_en() -> FormatOptions {
+        FormatOptions {
+            time_zone: "Asia/Yekaterinburg".into(),
+            date_locale: DateLocale::EnUs,
+            time_zone_name: "YEKT".into(),
+            ..FormatOptions::default()
+        }
+    }
+
+    #[test]
+    fn acceptance_time_change_in_yekaterinburg_in_english() {
+        let e = booking(EventKind::BookingTimeChanged, yekaterinburg_en());
+        let s = builtin(&e);
+        assert!(
+            s.contains("New time: December 1, 2026, 12:00 PM (YEKT)"),
+            "{s}"
+        );
+        assert!(s.starts_with("Time changed: booking #1001"), "{s}");
+        assert!(!s.contains("Мск") && !s.contains("10:00"), "{s}");
+        assert_eq!(
+            s,
+            "Time changed: booking #1001 “Стрижка”.\n\
+             New time: December 1, 2026, 12:00 PM (YEKT)\n\
+             Previous time: November 30, 2026, 2:00 PM (YEKT)\n\
+             \n\
+             Booking details:\n\
+             Service: Салон «Берёза»\n\
+             Services/resources:\n\
+             • Мастер Анна — Топ-стилист\n\
+             • Кресло 2\n\
+             Duration: 1 h 30 min\n\
+             Address: ул. Ленина, 1\n\
+             Description: Мужская стрижка и укладка\n\
+             Link: https://torrow.net/case/c-1001\n\
+             Service link: https://torrow.net/service/s-1"
+        );
+    }
+
+    #[test]
+    fn acceptance_time_change_with_the_russian_defaults() {
+        let e = booking(EventKind::BookingTimeChanged, FormatOptions::default());
+        let s = builtin(&e);
+        assert!(s.contains("1 декабря 2026"), "{s}");
+        assert!(
+            s.contains("Новое время: 1 декабря 2026, 10:00 (Мск)"),
+            "{s}"
+        );
+        assert_eq!(
+            s,
+            "Изменено время: запись №1001 «Стрижка».\n\
+             Новое время: 1 декабря 2026, 10:00 (Мск)\n\
+             Прежнее время: 30 ноября 2026, 12:00 (Мск)\n\
+             \n\
+             Детали записи:\n\
+             Услуга: Салон «Берёза»\n\
+             Услуги/ресурсы:\n\
+             • Мастер Анна — Топ-стилист\n\
+             • Кресло 2\n\
+             Длительность: 1 ч 30 мин\n\
+             Адрес: ул. Ленина, 1\n\
+             Описание: Мужская стрижка и укладка\n\
+             Ссылка: https://torrow.net/case/c-1001\n\
+             Ссылка на услугу: https://torrow.net/service/s-1"
+        );
+    }
+
+    /// Each flag's part, and a text that only that part contains.
+    const FLAG_PARTS: [(HideFlag, &str); 8] = [
+        (HideFlag::DetailSection, "Детали записи"),
+        (HideFlag::ResourceDescription, "Топ-стилист"),
+        (HideFlag::OrderDuration, "Длительность: 1 ч 30 мин"),
+        (HideFlag::Address, "Адрес: ул. Ленина, 1"),
+        (HideFlag::ServiceName, "Услуга: Салон «Берёза»"),
+        (HideFlag::OrderDescription, "Мужская стрижка и укладка"),
+        (HideFlag::Url, "https://torrow.net/"),
+        (HideFlag::ContactInfo, "+7 495 000-00-00"),
+    ];
+
+    /// Everything shown, then one flag on.
+    fn flags(on: Option<HideFlag>) -> FormatOptions {
+        let mut f = FormatOptions::default();
+        for flag in HideFlag::ALL {
+            f.hide.insert(flag, Some(flag) == on);
+        }
+        f
+    }
+
+    #[test]
+    fn every_hide_flag_hides_only_its_part() {
+        let all = builtin(&booking(EventKind::BookingCreated, flags(None)));
+        for (_, part) in FLAG_PARTS {
+            assert!(
+                all.contains(part),
+                "{part} missing with every flag off:\n{all}"
+            );
+        }
+        for (flag, part) in FLAG_PARTS {
+            let s = builtin(&booking(EventKind::BookingCreated, flags(Some(flag))));
+            assert!(!s.contains(part), "{flag:?} on, {part} still shown:\n{s}");
+            for (other, other_part) in FLAG_PARTS {
+                let inside_section = other != HideFlag::ContactInfo;
+                if other == flag || (flag == HideFlag::DetailSection && inside_section) {
+                    continue;
+                }
+                assert!(s.contains(other_part), "{flag:?} on hid {other_part}:\n{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn hide_detail_section_removes_every_detail_line_and_hide_url_both_links() {
+        let s = builtin(&booking(
+            EventKind::BookingCreated,
+            flags(Some(HideFlag::DetailSection)),
+        ));
+        assert_eq!(
+            s,
+            "Подтверждено: запись №1001 «Стрижка» на 1 декабря 2026, 10:00 (Мск).\n\
+             \n\
+             Контакты: +7 495 000-00-00"
+        );
+        let s = builtin(&booking(
+            EventKind::BookingCreated,
+            flags(Some(HideFlag::Url)),
+        ));
+        assert!(!s.contains("Ссылка"), "{s}");
+    }
+
+    #[test]
+    fn contact_info_is_hidden_by_default() {
+        assert!(FormatOptions::default().hide[&HideFlag::ContactInfo]);
+        let s = builtin(&booking(
+            EventKind::BookingCreated,
+            FormatOptions::default(),
+        ));
+        assert!(
+            !s.contains("+7 495 000-00-00") && !s.contains("Контакты"),
+            "{s}"
+        );
+        // Shown when asked for; the tenant's var serves when the event has none.
+        let mut shown = FormatOptions::default();
+        shown.hide.insert(HideFlag::ContactInfo, false);
+        let mut e = booking(EventKind::BookingCreated, shown);
+        e.params.extra.remove("contact_info");
+        let vars = BTreeMap::from([("contact_info".to_string(), "info@salon.example".to_string())]);
+        let none = BTreeMap::new();
+        let t = Templates::new([("acme", &none, &vars)]).unwrap();
+        let s = text_of(t.render(&e, Channel::Sms).unwrap());
+        assert!(s.ends_with("Контакты: info@salon.example"), "{s}");
+    }
+
+    #[test]
+    fn resource_descriptions_pair_with_resources_only_when_aligned() {
+        let mut e = booking(EventKind::BookingCreated, FormatOptions::default());
+        // The booking source today skips resources without a description.
+        e.params
+            .extra
+            .insert("resource_descriptions".into(), "Топ-стилист".into());
+        let s = builtin(&e);
+        assert!(
+            s.contains("Услуги/ресурсы:\n• Мастер Анна\n• Кресло 2\nТоп-стилист"),
+            "{s}"
+        );
+        e.params.extra.remove("resource_descriptions");
+        let s = builtin(&e);
+        assert!(s.contains("Услуги/ресурсы: Мастер Анна, Кресло 2\n"), "{s}");
+    }
+
+    #[test]
+    fn names_default_by_case_type_and_the_urls_overrides_win() {
+        let cases = [
+            ("order", "заказ №1001", "Детали заказа:"),
+            ("booking", "запись №1001", "Детали записи:"),
+            (
+                "event",
+                "участие в мероприятии №1001",
+                "Детали мероприятия:",
+            ),
+            ("", "запись №1001", "Детали записи:"),
+        ];
+        for (case_type, subject, section) in cases {
+            let mut e = booking(EventKind::BookingCancelled, FormatOptions::default());
+            e.params.extra.insert("case_type".into(), case_type.into());
+            let s = builtin(&e);
+            assert!(
+                s.starts_with(&format!("Отменено: {subject}")),
+                "{case_type}: {s}"
+            );
+            assert!(s.contains(section), "{case_type}: {s}");
+            assert!(s.contains("Услуги/ресурсы:"), "{s}");
+        }
+        let en = builtin(&booking(EventKind::BookingCancelled, yekaterinburg_en()));
+        assert!(
+            en.contains("Booking details:") && en.contains("Services/resources:"),
+            "{en}"
+        );
+
+        let f = FormatOptions {
+            case_type_name: Some("визит".into()),
+            detail_section_name: Some("Подробности".into()),
+            resource_name: Some("Мастера".into()),
+            ..FormatOptions::default()
+        };
+        let s = builtin(&booking(EventKind::BookingCancelled, f));
+        assert!(s.starts_with("Отменено: визит №1001"), "{s}");
+        assert!(s.contains("\nПодробности:\n"), "{s}");
+        assert!(s.contains("\nМастера:\n• Мастер Анна"), "{s}");
+        assert!(
+            !s.contains("Детали записи") && !s.contains("Услуги/ресурсы"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn message_first_and_each_kinds_sentence() {
+        let f = FormatOptions {
+            message: Some("Вы записаны на услугу".into()),
+            hide: HideFlag::ALL.iter().map(|f| (*f, true)).collect(),
+            ..FormatOptions::default()
+        };
+        let cases = [
+            (
+                EventKind::BookingCreated,
+                "Подтверждено: запись №1001 «Стрижка» на 1 декабря 2026, 10:00 (Мск).",
+            ),
+            (
+                EventKind::BookingCancelled,
+                "Отменено: запись №1001 «Стрижка» на 1 декабря 2026, 10:00 (Мск).",
+            ),
+            (
+                EventKind::BookingCompleted,
+                "Завершено: запись №1001 «Стрижка». Спасибо!",
+            ),
+            (
+                EventKind::BookingPlaceChanged,
+                "Изменено место: запись №1001 «Стрижка» на 1 декабря 2026, 10:00 (Мск).\n\
+                 Новый адрес: ул. Ленина, 1\n\
+                 Прежний адрес: ул. Мира, 5",
+            ),
+            (
+                EventKind::PaymentReceived,
+                "Получена оплата 1500.00 RUB: запись №1001 «Стрижка».",
+            ),
+        ];
+        for (kind, sentence) in cases {
+            let s = builtin(&booking(kind, f.clone()));
+            assert_eq!(s, format!("Вы записаны на услугу\n{sentence}"), "{kind}");
+        }
+        let en = builtin(&booking(EventKind::PaymentReceived, yekaterinburg_en()));
+        assert!(
+            en.starts_with("Payment received 1500.00 RUB: booking #1001"),
+            "{en}"
+        );
+    }
+
+    #[test]
+    fn booking_completed_asks_for_a_review_when_the_tenant_has_a_url() {
+        let none = BTreeMap::new();
+        let vars = BTreeMap::from([("review_url".to_string(), "https://r.example/x".to_string())]);
+        let t = Templates::new([("acme", &none, &vars)]).unwrap();
+        let e = booking(EventKind::BookingCompleted, FormatOptions::default());
+        let s = text_of(t.render(&e, Channel::Sms).unwrap());
+        assert!(
+            s.contains("\nБудем рады вашему отзыву: https://r.example/x\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn booking_email_gets_a_first_line_subject_and_paragraph_html() {
+        let mut e = booking(EventKind::BookingCreated, FormatOptions::default());
+        e.params.description = Some("<b>кофе</b> & чай".into());
+        let Body::Email {
+            subject,
+            html,
+            text,
+        } = Templates::new([])
+            .unwrap()
+            .render(&e, Channel::Email)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            subject,
+            "Подтверждено: запись №1001 «Стрижка» на 1 декабря 2026, 10:00 (Мск)."
+        );
+        let long = format!("{} конец", "слово ".repeat(20));
+        let subject = default_subject(&format!("\n{long}\nвторая строка"));
+        assert!(
+            subject.starts_with("слово слово") && subject.ends_with("слово…"),
+            "{subject}"
+        );
+        assert!(subject.chars().count() <= 80, "{subject}");
+        assert_eq!(default_subject("коротко\nещё"), "коротко");
+        assert!(text.contains("<b>кофе</b> & чай"), "{text}");
+        assert!(html.starts_with("<p>Подтверждено"), "{html}");
+        assert!(
+            html.contains("</p>\n<p>Детали записи:<br>Услуга:"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;b&gt;кофе&lt;&#x2f;b&gt; &amp; чай"),
+            "{html}"
+        );
+    }
+
+    // ---- context fields and the datetime filter ----------------------------
+
+    #[test]
+    fn tenant_templates_see_local_times_names_and_flags() {
+        let cfg = BTreeMap::from([(
+            EventKind::BookingTimeChanged,
+            TemplateConfig {
+                text: Some(
+                    "{{ starts_at_local }} | {{ previous_starts_at_local }} | \
+                     {{ starts_at_iso|datetime('date') }} | {{ starts_at_iso|datetime('time') }} | \
+                     {{ starts_at_iso|datetime('%d.%m.%Y %H:%M') }} | {{ starts_at }} | \
+                     {{ duration }} | {{ case_type_name }} | {{ detail_section_name }} | \
+                     {{ resource_name }} | {{ locale }} | {{ time_zone }} | \
+                     {{ 'url hidden' if hide.url }}/{{ 'address hidden' if hide.address }} | {{ missing|datetime }}."
+                        .into(),
+                ),
+                ..TemplateConfig::default()
+            },
+        )]);
+        let vars = BTreeMap::new();
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let mut f = yekaterinburg_en();
+        f.hide.insert(HideFlag::Url, true);
+        let s = text_of(
+            t.render(&booking(EventKind::BookingTimeChanged, f), Channel::Sms)
+                .unwrap(),
+        );
+        assert_eq!(
+            s,
+            "December 1, 2026, 12:00 PM (YEKT) | November 30, 2026, 2:00 PM (YEKT) | \
+             December 1, 2026 | 12:00 PM | 01.12.2026 12:00 | 01.12.2026 10:00 | \
+             1 h 30 min | booking | Booking details | Services/resources | en-US | \
+             Asia/Yekaterinburg | url hidden/ | ."
+        );
+        let ru = text_of(
+            t.render(
+                &booking(EventKind::BookingTimeChanged, FormatOptions::default()),
+                Channel::Sms,
+            )
+            .unwrap(),
+        );
+        assert!(
+            ru.starts_with("1 декабря 2026, 10:00 (Мск) | 30 ноября 2026, 12:00 (Мск) | 1 декабря 2026 | 10:00 |"),
+            "{ru}"
+        );
+    }
+
+    #[test]
+    fn a_tenant_template_can_wrap_the_formatted_booking_message() {
+        let cfg = BTreeMap::from([(
+            EventKind::BookingCreated,
+            TemplateConfig {
+                text: Some("{{ brand }}\n{{ formatted }}".into()),
+                ..TemplateConfig::default()
+            },
+        )]);
+        let vars = BTreeMap::from([("brand".to_string(), "Берёза".to_string())]);
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let e = booking(EventKind::BookingCreated, FormatOptions::default());
+        let s = text_of(t.render(&e, Channel::Sms).unwrap());
+        assert_eq!(s, format!("Берёза\n{}", builtin(&e)));
+    }
+
+    #[test]
+    fn the_datetime_filter_refuses_what_is_not_a_time() {
+        let cfg = BTreeMap::from([(
+            EventKind::BookingCreated,
+            TemplateConfig {
+                text: Some("{{ starts_at|datetime }}".into()),
+                sms: Some("{{ starts_at_iso|datetime('weekday') }}".into()),
+                ..TemplateConfig::default()
+            },
+        )]);
+        let vars = BTreeMap::new();
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let e = booking(EventKind::BookingCreated, FormatOptions::default());
+        // `starts_at` is the legacy dd.mm.yyyy text, not RFC 3339.
+        let err = t.render(&e, Channel::Whatsapp).unwrap_err();
+        assert!(err.to_string().contains("starts_at_iso"), "{err}");
+        let err = t.render(&e, Channel::Sms).unwrap_err();
+        assert!(err.to_string().contains("weekday"), "{err}");
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::event::EventKind;
+use crate::event::{DateLocale, EventKind};
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,19 +102,102 @@ impl ChannelPolicy {
     }
 }
 
-/// A message template for one event kind. Text is minijinja over the
+/// The message texts for one event kind. Text is minijinja over the
 /// event's fields; see docs/TEMPLATES.md.
+///
+/// The fields at this level are the kind's default variant; `locales` holds
+/// variants for one locale each. For a channel, the event's locale variant is
+/// used when it has anything for that channel, else this default variant,
+/// else the built-in text. Inside a variant a channel's own field
+/// (`sms`, `whatsapp_text`, `email_text`, `whatsapp`) beats `text`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateConfig {
-    /// SMS and WhatsApp free-form text.
+    /// Free text for every channel (SMS, WhatsApp free text, e-mail text part).
     pub text: Option<String>,
+    /// SMS text instead of `text`.
+    pub sms: Option<String>,
+    /// WhatsApp free text instead of `text`.
+    pub whatsapp_text: Option<String>,
     /// WhatsApp through an approved Meta template instead of free text
     /// (required outside the 24-hour customer window).
     pub whatsapp: Option<WhatsappTemplate>,
-    /// E-mail subject and HTML body (text falls back to `text`).
+    /// E-mail subject (default: the start of the text) and HTML body
+    /// (default: the text, escaped).
     pub email_subject: Option<String>,
     pub email_html: Option<String>,
+    /// E-mail plain-text part instead of `text`.
+    pub email_text: Option<String>,
+    /// The locale of events that carry none (events without seed 000
+    /// formatting options); `ru-RU` when not set.
+    #[serde(default, deserialize_with = "de_opt_locale")]
+    pub locale: Option<DateLocale>,
+    /// Variants per locale: `[tenants.templates.<kind>.locales.en-US]`.
+    #[serde(default, deserialize_with = "de_locales")]
+    pub locales: Vec<(DateLocale, TemplateVariant)>,
+}
+
+/// The texts of one locale; the same fields and rules as [`TemplateConfig`].
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateVariant {
+    pub text: Option<String>,
+    pub sms: Option<String>,
+    pub whatsapp_text: Option<String>,
+    pub whatsapp: Option<WhatsappTemplate>,
+    pub email_subject: Option<String>,
+    pub email_html: Option<String>,
+    pub email_text: Option<String>,
+}
+
+impl TemplateConfig {
+    /// The default variant (the fields outside `locales`).
+    pub fn base(&self) -> TemplateVariant {
+        TemplateVariant {
+            text: self.text.clone(),
+            sms: self.sms.clone(),
+            whatsapp_text: self.whatsapp_text.clone(),
+            whatsapp: self.whatsapp.clone(),
+            email_subject: self.email_subject.clone(),
+            email_html: self.email_html.clone(),
+            email_text: self.email_text.clone(),
+        }
+    }
+
+    pub fn variant(&self, locale: DateLocale) -> Option<&TemplateVariant> {
+        self.locales
+            .iter()
+            .find(|(l, _)| *l == locale)
+            .map(|(_, v)| v)
+    }
+}
+
+fn parse_locale<E: serde::de::Error>(s: &str) -> Result<DateLocale, E> {
+    DateLocale::parse(s)
+        .ok_or_else(|| E::custom(format!("locale {s:?} is not supported; use ru-RU or en-US")))
+}
+
+fn de_opt_locale<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DateLocale>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_locale(&s))
+        .transpose()
+}
+
+fn de_locales<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(DateLocale, TemplateVariant)>, D::Error> {
+    let map = BTreeMap::<String, TemplateVariant>::deserialize(d)?;
+    let mut out: Vec<(DateLocale, TemplateVariant)> = Vec::with_capacity(map.len());
+    for (key, variant) in map {
+        let locale = parse_locale(&key)?;
+        if out.iter().any(|(l, _)| *l == locale) {
+            return Err(serde::de::Error::custom(format!(
+                "locale {key:?} is given twice (another spelling of the same locale)"
+            )));
+        }
+        out.push((locale, variant));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -365,6 +448,83 @@ mod tests {
             .is_err()
         );
         assert!(Tenants::new(vec![cfg("bad id", &["k0000000000000001"])]).is_err());
+    }
+
+    fn templates_from_toml(body: &str) -> Result<BTreeMap<EventKind, TemplateConfig>, String> {
+        let text = format!("[[tenants]]\nid = \"acme\"\nkeys = [\"acme-key-000000001\"]\n{body}");
+        crate::config::Settings::from_toml(&text)
+            .map(|mut s| s.tenants.remove(0).templates)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn templates_per_channel_and_locale_parse_from_toml() {
+        let t = templates_from_toml(
+            r#"
+[tenants.templates.order_completed]
+text = "base"
+sms = "base sms"
+whatsapp_text = "base wa"
+email_text = "base email"
+email_subject = "subject"
+locale = "en-US"
+whatsapp = { name = "review", params = ["{{ name }}"] }
+
+[tenants.templates.order_completed.locales.en-US]
+text = "english"
+whatsapp = { name = "review_en", language = "en_US" }
+"#,
+        )
+        .unwrap();
+        let c = &t[&EventKind::OrderCompleted];
+        assert_eq!(c.text.as_deref(), Some("base"));
+        assert_eq!(c.sms.as_deref(), Some("base sms"));
+        assert_eq!(c.whatsapp_text.as_deref(), Some("base wa"));
+        assert_eq!(c.email_text.as_deref(), Some("base email"));
+        assert_eq!(c.locale, Some(DateLocale::EnUs));
+        assert_eq!(c.whatsapp.as_ref().unwrap().language, "ru");
+        let en = c.variant(DateLocale::EnUs).expect("en-US variant");
+        assert_eq!(en.text.as_deref(), Some("english"));
+        let wa = en.whatsapp.as_ref().unwrap();
+        assert_eq!(
+            (wa.name.as_str(), wa.language.as_str()),
+            ("review_en", "en_US")
+        );
+        assert!(c.variant(DateLocale::RuRu).is_none());
+        assert_eq!(c.base().sms.as_deref(), Some("base sms"));
+    }
+
+    #[test]
+    fn the_old_template_shape_still_parses() {
+        let t = templates_from_toml(
+            r#"
+[tenants.templates.deal_won]
+text = "t"
+email_subject = "s"
+email_html = "<p>h</p>"
+whatsapp = { name = "n", language = "ru", params = ["{{ name }}"] }
+"#,
+        )
+        .unwrap();
+        let c = &t[&EventKind::DealWon];
+        assert_eq!(c.email_html.as_deref(), Some("<p>h</p>"));
+        assert!(c.locales.is_empty());
+        assert_eq!(c.locale, None);
+    }
+
+    #[test]
+    fn unknown_locales_and_fields_are_refused() {
+        let err =
+            templates_from_toml("[tenants.templates.deal_won.locales.fr-FR]\ntext = \"bonjour\"\n")
+                .unwrap_err();
+        assert!(err.contains("fr-FR"), "{err}");
+        let err =
+            templates_from_toml("[tenants.templates.deal_won]\nlocale = \"de\"\n").unwrap_err();
+        assert!(err.contains("\"de\""), "{err}");
+        let err =
+            templates_from_toml("[tenants.templates.deal_won.locales.en-US]\ntelegram = \"x\"\n")
+                .unwrap_err();
+        assert!(err.contains("telegram"), "{err}");
     }
 
     #[test]
