@@ -76,7 +76,7 @@ pub const STATUS_RECORD_TAG: &[u8] = b"status:";
 
 /// What a spool record holds, by its tag.
 pub enum SpoolRecord {
-    Event(Event),
+    Event(Box<Event>),
     Status(StatusUpdate),
 }
 
@@ -94,7 +94,7 @@ impl SpoolRecord {
                 .map(|u| (SpoolRecord::Status(u), json))
                 .map_err(|e| format!("not a status update: {e}")),
             None => Event::from_json(record)
-                .map(|e| (SpoolRecord::Event(e), record))
+                .map(|e| (SpoolRecord::Event(Box::new(e)), record))
                 .map_err(|e| e.to_string()),
         }
     }
