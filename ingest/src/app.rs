@@ -9,6 +9,7 @@ use shared::event::FormatOptions;
 use shared::topology::Topology;
 use shared::{SourceId, Tenants};
 
+use crate::callbacks::Callbacks;
 use crate::durable::{self, Durable};
 use crate::metrics::Metrics;
 use crate::publish::Broker;
@@ -18,6 +19,7 @@ use crate::spool::Spool;
 pub struct AppState {
     pub tenants: Tenants,
     pub sources: Registry,
+    pub callbacks: Callbacks,
     pub durable: Durable,
     pub metrics: Metrics,
     pub max_body: usize,
@@ -83,6 +85,11 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     if tenants.is_empty() {
         tracing::warn!("no tenants configured: every webhook will be refused with 401");
     }
+    let callbacks = Callbacks::new(&settings.callbacks).map_err(StartError::Config)?;
+    tracing::info!(
+        configured = ?callbacks.configured(),
+        "provider status callbacks"
+    );
     let topology = Topology::from_settings(&settings.rabbitmq);
     let broker = Broker::start(
         &settings.rabbitmq.url,
@@ -106,6 +113,7 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     let state = web::Data::new(AppState {
         tenants,
         sources: Registry::new(),
+        callbacks,
         durable: Durable::new(
             broker.clone(),
             spool.clone(),

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use shared::Event;
+use shared::status::StatusUpdate;
 
 use crate::metrics::Metrics;
-use crate::publish::Broker;
+use crate::publish::{Broker, Outgoing};
 use crate::spool::{Drain, Spool, SpoolError};
 
 #[derive(Clone)]
@@ -67,9 +68,84 @@ impl Durable {
     }
 }
 
+/// Spool records are an event's JSON as it is (records written before
+/// statuses existed stay readable), or this tag followed by a provider
+/// status update's JSON, which the drain publishes to the `status` route.
+/// JSON never starts with this tag.
+pub const STATUS_RECORD_TAG: &[u8] = b"status:";
+
+/// What a spool record holds, by its tag.
+pub enum SpoolRecord {
+    Event(Box<Event>),
+    Status(StatusUpdate),
+}
+
+impl SpoolRecord {
+    pub fn status_bytes(update: &StatusUpdate) -> Vec<u8> {
+        let mut record = STATUS_RECORD_TAG.to_vec();
+        record.extend_from_slice(&update.to_json());
+        record
+    }
+
+    /// The record and the payload to publish (without the tag).
+    pub fn decode(record: &[u8]) -> Result<(SpoolRecord, &[u8]), String> {
+        match record.strip_prefix(STATUS_RECORD_TAG) {
+            Some(json) => StatusUpdate::from_json(json)
+                .map(|u| (SpoolRecord::Status(u), json))
+                .map_err(|e| format!("not a status update: {e}")),
+            None => Event::from_json(record)
+                .map(|e| (SpoolRecord::Event(Box::new(e)), record))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl Durable {
+    /// Makes providers' status updates durable: all confirmed by the broker
+    /// on the `status` route, or else all fsynced in the spool (tagged, so
+    /// the drain sends them to the same route). A partial publish followed
+    /// by spooling repeats a few updates, which the dispatcher absorbs (a
+    /// status never regresses).
+    pub async fn store_statuses(&self, updates: &[StatusUpdate]) -> Result<DurableIn, SpoolError> {
+        let payloads: Vec<Vec<u8>> = updates.iter().map(StatusUpdate::to_json).collect();
+        let refs: Vec<(&StatusUpdate, &[u8])> = updates
+            .iter()
+            .zip(&payloads)
+            .map(|(u, p)| (u, p.as_slice()))
+            .collect();
+        match self
+            .broker
+            .publish_statuses(&refs, self.publish_timeout)
+            .await
+        {
+            Ok(()) => Ok(DurableIn::Broker),
+            Err(e) => {
+                self.metrics
+                    .publish_failures
+                    .with_label_values(&[e.label()])
+                    .inc();
+                tracing::debug!(
+                    statuses = updates.len(),
+                    reason = e.label(),
+                    "status publish failed, spooling"
+                );
+                let appends = updates
+                    .iter()
+                    .map(|u| self.spool.append(SpoolRecord::status_bytes(u)));
+                for r in futures_util::future::join_all(appends).await {
+                    r.inspect_err(|err| {
+                        tracing::error!(error = %err, "status update could not be spooled");
+                    })?;
+                }
+                Ok(DurableIn::Spool)
+            }
+        }
+    }
+}
+
 const DRAIN_BATCH: usize = 256;
 
-/// Moves spooled events to the broker in order. Publishes a batch, waits for
+/// Moves spooled events (and status updates) to the broker in order. Publishes a batch, waits for
 /// every confirm, then moves the cursor; on any failure the batch is tried
 /// again (the dispatcher's idempotency absorbs the repeats).
 pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Duration) {
@@ -98,24 +174,23 @@ pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Dura
         }
         // Only our own serialisation is ever spooled; a record that does not
         // read back is logged and skipped rather than blocking the spool.
-        let events: Vec<(Event, &[u8])> = batch
+        let messages: Vec<Outgoing<'_>> = batch
             .records
             .iter()
-            .filter_map(|payload| match Event::from_json(payload) {
-                Ok(e) => Some((e, payload.as_slice())),
+            .filter_map(|record| match SpoolRecord::decode(record) {
+                Ok((SpoolRecord::Event(e), payload)) => Some(Outgoing::event(&e, payload)),
+                Ok((SpoolRecord::Status(u), payload)) => Some(Outgoing::status(&u, payload)),
                 Err(e) => {
                     tracing::error!(error = %e, "spool: unreadable record skipped");
                     None
                 }
             })
             .collect();
-        let refs: Vec<(&Event, &[u8])> = events.iter().map(|(e, p)| (e, *p)).collect();
         let all_ok = broker
-            .publish_all(&refs, publish_timeout.max(Duration::from_secs(5)))
+            .publish_messages(&messages, publish_timeout.max(Duration::from_secs(5)))
             .await
             .is_ok();
-        drop(refs);
-        drop(events);
+        drop(messages);
         if all_ok {
             let n = batch.records.len();
             if let Err(e) = drain.commit(batch) {
@@ -136,5 +211,33 @@ pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Dura
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION};
+
+    #[test]
+    fn status_records_are_tagged_and_decode_to_their_payload() {
+        let u = StatusUpdate {
+            schema: STATUS_SCHEMA_VERSION,
+            provider: "meta".into(),
+            message_id: "wamid.1".into(),
+            state: DeliveryState::Read,
+            at: chrono::Utc::now(),
+            received_at: chrono::Utc::now(),
+            error_code: None,
+            error: None,
+        };
+        let record = SpoolRecord::status_bytes(&u);
+        assert!(record.starts_with(STATUS_RECORD_TAG));
+        let (decoded, payload) = SpoolRecord::decode(&record).unwrap();
+        assert!(matches!(decoded, SpoolRecord::Status(d) if d == u));
+        assert_eq!(payload, u.to_json().as_slice());
+        // An untagged record is an event; a status without the tag is not one.
+        assert!(SpoolRecord::decode(&u.to_json()).is_err());
+        assert!(SpoolRecord::decode(b"status:{}").is_err());
     }
 }

@@ -15,6 +15,11 @@ pub struct Metrics {
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
     pub broker_up: IntGauge,
+    /// Provider callback requests by provider and outcome.
+    pub callbacks: IntCounterVec,
+    /// What callback bodies carried, by provider and item (`status`,
+    /// `inbound_message`, `error`, `ignored_status`).
+    pub callback_items: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +72,22 @@ impl Metrics {
             "1 when the broker connection is up",
         )
         .expect("static metric definition");
+        let callbacks = IntCounterVec::new(
+            Opts::new(
+                "vestnik_ingest_callbacks_total",
+                "Provider delivery-status callbacks by provider and outcome",
+            ),
+            &["provider", "outcome"],
+        )
+        .expect("static metric definition");
+        let callback_items = IntCounterVec::new(
+            Opts::new(
+                "vestnik_ingest_callback_items_total",
+                "Items in provider callbacks by provider and item kind",
+            ),
+            &["provider", "item"],
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_seconds.clone()),
@@ -75,6 +96,8 @@ impl Metrics {
             Box::new(spool_records.clone()),
             Box::new(spool_bytes.clone()),
             Box::new(broker_up.clone()),
+            Box::new(callbacks.clone()),
+            Box::new(callback_items.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -87,6 +110,8 @@ impl Metrics {
             spool_records,
             spool_bytes,
             broker_up,
+            callbacks,
+            callback_items,
         }
     }
 

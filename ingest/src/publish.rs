@@ -1,4 +1,5 @@
-//! Publishing normalised events to RabbitMQ with publisher confirms.
+//! Publishing normalised events (route `dispatch`) and provider delivery
+//! statuses (route `status`) to RabbitMQ with publisher confirms.
 //!
 //! A supervisor task keeps one connection with a few confirm-mode channels,
 //! declares the topology on every (re)connect and reconnects with backoff
@@ -11,10 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use shared::Event;
-use shared::topology::{ROUTE_DISPATCH, Topology};
+use shared::status::StatusUpdate;
+use shared::topology::{ROUTE_DISPATCH, ROUTE_STATUS, Topology};
 use tokio::sync::{Notify, RwLock};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +47,57 @@ impl PublishError {
             PublishError::Channel => "channel_error",
         }
     }
+}
+
+/// One message to publish: its route, properties and bytes.
+pub struct Outgoing<'a> {
+    route: &'static str,
+    properties: BasicProperties,
+    payload: &'a [u8],
+}
+
+impl<'a> Outgoing<'a> {
+    /// A Vestnik event for the dispatcher (route `dispatch`).
+    pub fn event(event: &Event, payload: &'a [u8]) -> Self {
+        Outgoing {
+            route: ROUTE_DISPATCH,
+            properties: shared::topology::event_properties(event),
+            payload,
+        }
+    }
+
+    /// A provider's delivery status (route `status`, queue `<prefix>.statuses`).
+    pub fn status(update: &StatusUpdate, payload: &'a [u8]) -> Self {
+        Outgoing {
+            route: ROUTE_STATUS,
+            properties: status_properties(update),
+            payload,
+        }
+    }
+}
+
+/// Persistent; provider, state and schema in headers so tools can filter
+/// without parsing. The provider's message id is not personal data, but a
+/// recipient never appears here (a StatusUpdate has none).
+fn status_properties(update: &StatusUpdate) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (k, v) in [
+        ("x-provider", update.provider.as_str()),
+        ("x-state", update.state.as_str()),
+    ] {
+        headers.insert(
+            ShortString::from(k),
+            AMQPValue::LongString(LongString::from(v)),
+        );
+    }
+    headers.insert("x-schema".into(), AMQPValue::ShortUInt(update.schema));
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_timestamp(u64::try_from(update.received_at.timestamp()).unwrap_or_default())
+        .with_type("status".into())
+        .with_app_id("vestnik-ingest".into())
+        .with_headers(headers)
 }
 
 struct Link {
@@ -136,6 +192,34 @@ impl Broker {
         events: &[(&Event, &[u8])],
         timeout: Duration,
     ) -> Result<(), PublishError> {
+        let messages: Vec<Outgoing<'_>> = events
+            .iter()
+            .map(|(event, payload)| Outgoing::event(event, payload))
+            .collect();
+        self.publish_messages(&messages, timeout).await
+    }
+
+    /// Publishes providers' status updates to the `status` route, with the
+    /// same confirms as events. All or error.
+    pub async fn publish_statuses(
+        &self,
+        updates: &[(&StatusUpdate, &[u8])],
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        let messages: Vec<Outgoing<'_>> = updates
+            .iter()
+            .map(|(update, payload)| Outgoing::status(update, payload))
+            .collect();
+        self.publish_messages(&messages, timeout).await
+    }
+
+    /// Publishes messages (any routes) in order on one channel, pipelined,
+    /// then waits for every confirm: acked and routed, or an error.
+    pub async fn publish_messages(
+        &self,
+        messages: &[Outgoing<'_>],
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
         let link = self.inner.link.read().await.clone();
         let Some(link) = link else {
             return Err(PublishError::Disconnected);
@@ -143,18 +227,18 @@ impl Broker {
         let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[i];
         let result = tokio::time::timeout(timeout, async {
-            let mut confirms = Vec::with_capacity(events.len());
-            for (event, payload) in events {
+            let mut confirms = Vec::with_capacity(messages.len());
+            for message in messages {
                 let confirm = channel
                     .basic_publish(
                         self.inner.topology.exchange().into(),
-                        ROUTE_DISPATCH.into(),
+                        message.route.into(),
                         BasicPublishOptions {
                             mandatory: true,
                             ..BasicPublishOptions::default()
                         },
-                        payload,
-                        shared::topology::event_properties(event),
+                        message.payload,
+                        message.properties.clone(),
                     )
                     .await
                     .map_err(|_| PublishError::Channel)?;
@@ -251,6 +335,7 @@ impl Broker {
         let setup = conn.create_channel().await?;
         self.inner.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
+        ensure_status_queue(&conn, &self.inner.topology).await?;
         let mut channels = Vec::with_capacity(self.inner.channels);
         for _ in 0..self.inner.channels {
             let ch = conn.create_channel().await?;
@@ -263,4 +348,58 @@ impl Broker {
             next: AtomicUsize::new(0),
         })
     }
+}
+
+/// `Topology::declare` does not declare `<prefix>.statuses` yet (it only
+/// names it), and a status published with `mandatory` to an unbound route
+/// would come back unroutable forever. Until the shared topology declares
+/// it, ingest makes sure the queue exists and is bound: if it is already
+/// there (declared by the topology or the dispatcher, with whatever
+/// arguments) it is only bound; otherwise it is declared as a durable quorum
+/// queue like the topology's others.
+async fn ensure_status_queue(conn: &Connection, topology: &Topology) -> lapin::Result<()> {
+    let name = topology.status_queue();
+    let probe = conn.create_channel().await?;
+    let exists = probe
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    // A failed passive declare (404) closes the channel: use a fresh one.
+    let ch = if exists {
+        probe
+    } else {
+        let ch = conn.create_channel().await?;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        ch.queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await?;
+        ch
+    };
+    ch.queue_bind(
+        name.as_str().into(),
+        topology.exchange().into(),
+        ROUTE_STATUS.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = ch.close(200, "status queue declared".into()).await;
+    Ok(())
 }

@@ -14,6 +14,7 @@ use shared::SourceId;
 use crate::accept::{self, Context};
 use crate::app::AppState;
 use crate::auth;
+use crate::callbacks::{self, CallbackError, Provider};
 use crate::params;
 use crate::problem::Problem;
 use crate::sources::{Body, ContentKind, Item};
@@ -23,6 +24,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/webhook/{source}")
             .route(web::post().to(webhook))
             .route(web::get().to(check))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(Problem::MethodNotAllowed)
+            })),
+    )
+    .service(
+        web::resource("/api/callback/meta")
+            .route(web::get().to(meta_verify))
+            .route(web::post().to(meta_callback))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(Problem::MethodNotAllowed)
+            })),
+    )
+    .service(
+        web::resource("/api/callback/{provider}")
+            .route(web::post().to(status_callback))
             .default_service(web::to(|| async {
                 Err::<HttpResponse, _>(Problem::MethodNotAllowed)
             })),
@@ -175,6 +191,74 @@ async fn handle_webhook(
             .json(json!({"status": "queued", "events": queued, "ignored": ignored})),
         "queued",
     ))
+}
+
+/// Meta's subscription handshake: the challenge, verbatim, as text/plain.
+async fn meta_verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CallbackError> {
+    let result = callbacks::meta::verify_subscription(&state.callbacks, req.query_string()).map(
+        |challenge| {
+            let resp = HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .insert_header(("X-Content-Type-Options", "nosniff"))
+                .body(challenge);
+            (resp, "verified")
+        },
+    );
+    callbacks::finish(&state.metrics, Provider::Meta, result)
+}
+
+/// Meta: the signature covers the raw body, so it is read first.
+async fn meta_callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CallbackError> {
+    let result = async {
+        let cb = &state.callbacks;
+        callbacks::meta::ensure_configured(cb)?;
+        let body = read_body(&req, payload, state.max_body).await?;
+        callbacks::meta::authenticate(cb, &req, &body)?;
+        let parsed = callbacks::meta::parse(&body, Provider::Meta, chrono::Utc::now())
+            .map_err(CallbackError::Malformed)?;
+        callbacks::accept(&state, Provider::Meta, parsed).await
+    }
+    .await;
+    callbacks::finish(&state.metrics, Provider::Meta, result)
+}
+
+/// 360dialog and Wazzup: credentials are in the headers or URL, checked
+/// before the body is read.
+async fn status_callback(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CallbackError> {
+    let provider = match path.as_str() {
+        "dialog360" => Provider::Dialog360,
+        "wazzup" => Provider::Wazzup,
+        _ => return Err(Problem::NotFound.into()),
+    };
+    let result = async {
+        let cb = &state.callbacks;
+        match provider {
+            Provider::Wazzup => callbacks::wazzup::authenticate(cb, &req)?,
+            _ => callbacks::dialog360::authenticate(cb, &req)?,
+        }
+        let body = read_body(&req, payload, state.max_body).await?;
+        let now = chrono::Utc::now();
+        let parsed = match provider {
+            Provider::Wazzup => callbacks::wazzup::parse(&body, now),
+            _ => callbacks::meta::parse(&body, provider, now),
+        }
+        .map_err(CallbackError::Malformed)?;
+        callbacks::accept(&state, provider, parsed).await
+    }
+    .await;
+    callbacks::finish(&state.metrics, provider, result)
 }
 
 fn content_kind(req: &HttpRequest, accepted: &[ContentKind]) -> Result<ContentKind, Problem> {

@@ -26,6 +26,8 @@ pub struct Settings {
     #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
+    pub callbacks: CallbackSettings,
+    #[serde(default)]
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -200,6 +202,97 @@ impl Default for LogSettings {
     }
 }
 
+/// Providers' delivery-status callbacks (`/api/callback/{meta,dialog360,wazzup}`).
+/// Every list takes several values so a secret can be rotated without
+/// downtime. An endpoint whose secrets are empty is not configured: it
+/// answers 503 `callback_not_configured` (see docs/CALLBACKS.md).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbackSettings {
+    /// Meta: the "Verify token" typed into the app dashboard; the GET
+    /// verification echoes `hub.challenge` only when it matches.
+    pub meta_verify_token: String,
+    /// Meta: app secrets; `X-Hub-Signature-256` must match one of them.
+    pub meta_app_secrets: Vec<String>,
+    /// 360dialog: the custom header registered with the webhook URL.
+    pub dialog360_header: String,
+    /// 360dialog: accepted values of that header (or of `?key=`).
+    pub dialog360_secrets: Vec<String>,
+    /// Wazzup24: accepted `Authorization: Bearer <crmKey>` / `?key=` values.
+    pub wazzup_keys: Vec<String>,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        CallbackSettings {
+            meta_verify_token: String::new(),
+            meta_app_secrets: Vec::new(),
+            dialog360_header: "X-Vestnik-Secret".into(),
+            dialog360_secrets: Vec::new(),
+            wazzup_keys: Vec::new(),
+        }
+    }
+}
+
+/// Secrets are never printed, only how many there are.
+impl std::fmt::Debug for CallbackSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallbackSettings")
+            .field("meta_verify_token_set", &!self.meta_verify_token.is_empty())
+            .field("meta_app_secrets", &self.meta_app_secrets.len())
+            .field("dialog360_header", &self.dialog360_header)
+            .field("dialog360_secrets", &self.dialog360_secrets.len())
+            .field("wazzup_keys", &self.wazzup_keys.len())
+            .finish()
+    }
+}
+
+/// Secrets we choose ourselves must not be guessable.
+const MIN_CALLBACK_SECRET: usize = 16;
+
+impl CallbackSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.meta_app_secrets.iter().any(|s| s.trim().is_empty()) {
+            return invalid("callbacks.meta_app_secrets must not contain empty values".into());
+        }
+        for (key, list) in [
+            ("dialog360_secrets", &self.dialog360_secrets),
+            ("wazzup_keys", &self.wazzup_keys),
+        ] {
+            if list.iter().any(|s| s.chars().count() < MIN_CALLBACK_SECRET) {
+                return invalid(format!(
+                    "callbacks.{key}: every value must be at least {MIN_CALLBACK_SECRET} characters"
+                ));
+            }
+        }
+        let h = &self.dialog360_header;
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return invalid(
+                "callbacks.dialog360_header must be an HTTP header name (letters, digits, '-')"
+                    .into(),
+            );
+        }
+        let reserved = [
+            "authorization",
+            "content-type",
+            "content-length",
+            "host",
+            "cookie",
+        ];
+        if reserved.contains(&h.to_ascii_lowercase().as_str()) {
+            return invalid(format!(
+                "callbacks.dialog360_header must be a custom header, not {h:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -290,6 +383,7 @@ impl Settings {
                 "spool.segment_bytes must be >= 4096 and <= spool.max_bytes".into(),
             ));
         }
+        self.callbacks.validate()?;
         crate::tenant::Tenants::new(self.tenants.clone()).map_err(ConfigError::Invalid)?;
         Ok(())
     }
@@ -319,6 +413,31 @@ mod tests {
     fn unknown_keys_are_an_error_not_silently_ignored() {
         let err = Settings::from_toml("[ingest]\nlisten_port = 1\n").unwrap_err();
         assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn callbacks_default_to_off_with_the_documented_header() {
+        let s = Settings::from_toml("").unwrap();
+        assert!(s.callbacks.meta_app_secrets.is_empty());
+        assert!(s.callbacks.meta_verify_token.is_empty());
+        assert_eq!(s.callbacks.dialog360_header, "X-Vestnik-Secret");
+    }
+
+    #[test]
+    fn callback_secrets_are_checked_and_never_printed() {
+        let s = Settings::from_toml(
+            "[callbacks]\nmeta_app_secrets = [\"app-secret-one\"]\nwazzup_keys = [\"wazzup-key-0000000001\"]\n",
+        )
+        .unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("app-secret-one"), "{debug}");
+        assert!(!debug.contains("wazzup-key-0000000001"), "{debug}");
+        let err = Settings::from_toml("[callbacks]\nwazzup_keys = [\"short\"]\n").unwrap_err();
+        assert!(err.to_string().contains("wazzup_keys"), "{err}");
+        let err = Settings::from_toml("[callbacks]\ndialog360_header = \"X Bad\"\n").unwrap_err();
+        assert!(err.to_string().contains("dialog360_header"), "{err}");
+        let err = Settings::from_toml("[callbacks]\nmeta_secret = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("meta_secret"), "{err}");
     }
 
     #[test]

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ingest::app::{self, Running};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use shared::Event;
 use shared::config::Settings;
+use shared::status::StatusUpdate;
 use shared::topology::Topology;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
@@ -116,8 +117,33 @@ impl Harness {
     }
 
     pub async fn start_on(prefix: &str, amqp: &str, spool_dir: tempfile::TempDir) -> Harness {
+        Self::start_on_with(prefix, amqp, spool_dir, "").await
+    }
+
+    /// Like [`start_via`](Self::start_via), with extra TOML (e.g. a
+    /// `[callbacks]` section) appended to the settings.
+    pub async fn start_with(test: &str, amqp: &str, extra: &str) -> Harness {
+        let prefix = unique_prefix(test);
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let h = Self::start_on_with(&prefix, amqp, spool_dir, extra).await;
+        assert!(
+            h.running()
+                .broker
+                .wait_until_up(Duration::from_secs(10))
+                .await,
+            "RabbitMQ on 127.0.0.1:5672 is not reachable"
+        );
+        h
+    }
+
+    pub async fn start_on_with(
+        prefix: &str,
+        amqp: &str,
+        spool_dir: tempfile::TempDir,
+        extra: &str,
+    ) -> Harness {
         init_logs();
-        let s = settings(prefix, amqp, spool_dir.path(), "");
+        let s = settings(prefix, amqp, spool_dir.path(), extra);
         let topology = Topology::from_settings(&s.rabbitmq);
         let running = app::start(s, false).await.expect("ingest starts");
         Harness {
@@ -234,12 +260,57 @@ pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Ve
     out
 }
 
+/// Reads (and acks) provider status updates from `<prefix>.statuses` until
+/// `n` arrived or the timeout passed.
+pub async fn take_statuses(topology: &Topology, n: usize, timeout: Duration) -> Vec<StatusUpdate> {
+    let conn = connect().await;
+    let mut ch = conn.create_channel().await.expect("channel");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n && tokio::time::Instant::now() < deadline {
+        match ch
+            .basic_get(
+                topology.status_queue().as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+        {
+            Ok(Some(msg)) => {
+                assert_eq!(msg.delivery.routing_key.as_str(), "status");
+                let update = StatusUpdate::from_json(&msg.delivery.data)
+                    .expect("a status update on the statuses queue");
+                msg.delivery
+                    .ack(BasicAckOptions::default())
+                    .await
+                    .expect("ack");
+                out.push(update);
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ch = conn.create_channel().await.expect("channel");
+            }
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    out
+}
+
+/// Messages waiting in `<prefix>.statuses`.
+pub async fn status_depth(topology: &Topology) -> u32 {
+    depth(&topology.status_queue()).await
+}
+
 pub async fn queue_depth(topology: &Topology) -> u32 {
+    depth(&topology.dispatch_queue()).await
+}
+
+async fn depth(queue: &str) -> u32 {
     let conn = connect().await;
     let ch = conn.create_channel().await.expect("channel");
     let q = ch
         .queue_declare(
-            topology.dispatch_queue().as_str().into(),
+            queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
@@ -247,7 +318,7 @@ pub async fn queue_depth(topology: &Topology) -> u32 {
             FieldTable::default(),
         )
         .await
-        .expect("dispatch queue exists");
+        .unwrap_or_else(|e| panic!("queue {queue} exists: {e}"));
     let _ = conn.close(200, "done".into()).await;
     q.message_count()
 }
@@ -255,6 +326,15 @@ pub async fn queue_depth(topology: &Topology) -> u32 {
 pub async fn delete_topology(topology: &Topology) {
     let conn = connect().await;
     let ch = conn.create_channel().await.expect("channel");
+    // The statuses queue is not (yet) part of Topology::delete; its own
+    // channel, so a failure here cannot close the one used below.
+    let status_ch = conn.create_channel().await.expect("channel");
+    let _ = status_ch
+        .queue_delete(
+            topology.status_queue().as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await;
     let _ = topology.delete(&ch).await;
     let _ = conn.close(200, "done".into()).await;
 }
