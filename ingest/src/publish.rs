@@ -12,9 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use shared::Event;
@@ -335,7 +333,6 @@ impl Broker {
         let setup = conn.create_channel().await?;
         self.inner.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;
-        ensure_status_queue(&conn, &self.inner.topology).await?;
         let mut channels = Vec::with_capacity(self.inner.channels);
         for _ in 0..self.inner.channels {
             let ch = conn.create_channel().await?;
@@ -348,58 +345,4 @@ impl Broker {
             next: AtomicUsize::new(0),
         })
     }
-}
-
-/// `Topology::declare` does not declare `<prefix>.statuses` yet (it only
-/// names it), and a status published with `mandatory` to an unbound route
-/// would come back unroutable forever. Until the shared topology declares
-/// it, ingest makes sure the queue exists and is bound: if it is already
-/// there (declared by the topology or the dispatcher, with whatever
-/// arguments) it is only bound; otherwise it is declared as a durable quorum
-/// queue like the topology's others.
-async fn ensure_status_queue(conn: &Connection, topology: &Topology) -> lapin::Result<()> {
-    let name = topology.status_queue();
-    let probe = conn.create_channel().await?;
-    let exists = probe
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_ok();
-    // A failed passive declare (404) closes the channel: use a fresh one.
-    let ch = if exists {
-        probe
-    } else {
-        let ch = conn.create_channel().await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
-        ch.queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
-        .await?;
-        ch
-    };
-    ch.queue_bind(
-        name.as_str().into(),
-        topology.exchange().into(),
-        ROUTE_STATUS.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let _ = ch.close(200, "status queue declared".into()).await;
-    Ok(())
 }

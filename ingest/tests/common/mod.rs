@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ingest::app::{self, Running};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use shared::Event;
@@ -326,15 +326,6 @@ async fn depth(queue: &str) -> u32 {
 pub async fn delete_topology(topology: &Topology) {
     let conn = connect().await;
     let ch = conn.create_channel().await.expect("channel");
-    // The statuses queue is not (yet) part of Topology::delete; its own
-    // channel, so a failure here cannot close the one used below.
-    let status_ch = conn.create_channel().await.expect("channel");
-    let _ = status_ch
-        .queue_delete(
-            topology.status_queue().as_str().into(),
-            QueueDeleteOptions::default(),
-        )
-        .await;
     let _ = topology.delete(&ch).await;
     let _ = conn.close(200, "done".into()).await;
 }
