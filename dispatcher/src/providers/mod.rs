@@ -11,9 +11,13 @@ use futures_util::future::BoxFuture;
 use shared::phone::Phone;
 use shared::tenant::Channel;
 
+pub mod dialog360;
+pub mod exolve;
 pub mod log;
 pub mod meta;
+pub mod resend;
 pub mod smsru;
+pub mod wazzup;
 
 /// What to send, already rendered.
 #[derive(Clone)]
@@ -135,12 +139,18 @@ pub fn build(
             provider: name.clone(),
             message,
         };
+        let http = http.clone();
         let p: Box<dyn Provider> = match name.as_str() {
-            "meta" => Box::new(meta::Meta::from_config(section, http.clone()).map_err(err)?),
-            "smsru" => Box::new(smsru::SmsRu::from_config(section, http.clone()).map_err(err)?),
+            "dialog360" => Box::new(dialog360::Dialog360::from_config(section, http).map_err(err)?),
+            "exolve" => Box::new(exolve::Exolve::from_config(section, http).map_err(err)?),
+            "meta" => Box::new(meta::Meta::from_config(section, http).map_err(err)?),
+            "resend" => Box::new(resend::Resend::from_config(section, http).map_err(err)?),
+            "smsru" => Box::new(smsru::SmsRu::from_config(section, http).map_err(err)?),
+            "wazzup" => Box::new(wazzup::Wazzup::from_config(section, http).map_err(err)?),
             other => {
                 return Err(err(format!(
-                    "unknown provider {other:?}; known: meta, smsru"
+                    "unknown provider {other:?}; known: {}",
+                    KNOWN.join(", ")
                 )));
             }
         };
@@ -148,6 +158,9 @@ pub fn build(
     }
     Ok(out)
 }
+
+/// The provider names [`build`] knows, i.e. the config section names.
+pub const KNOWN: &[&str] = &["dialog360", "exolve", "meta", "resend", "smsru", "wazzup"];
 
 /// Parses a provider's config section with its own struct (unknown keys are
 /// an error, so a typo does not silently fall back to a default).
