@@ -13,11 +13,14 @@ use shared::tenant::Channel;
 
 pub mod dialog360;
 pub mod exolve;
+pub mod limit;
 pub mod log;
 pub mod meta;
 pub mod resend;
 pub mod smsru;
 pub mod wazzup;
+
+pub use limit::{Limited, RateLimit};
 
 /// What to send, already rendered.
 #[derive(Clone)]
@@ -121,6 +124,21 @@ pub trait Provider: Send + Sync {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome>;
 }
 
+/// So a built `Box<dyn Provider>` can be wrapped (e.g. in [`Limited`]).
+impl<P: Provider + ?Sized> Provider for Box<P> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn channel(&self) -> Channel {
+        (**self).channel()
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
+        (**self).send(message)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("provider {provider}: {message}")]
 pub struct ConfigError {
@@ -128,7 +146,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Builds a tenant's providers from its `providers` config sections.
+/// Builds a tenant's providers from its `providers` config sections, each
+/// behind its client-side rate limit (the section's `rate_limit` key or the
+/// provider's default, see [`limit`]).
 pub fn build(
     sections: &BTreeMap<String, serde_json::Value>,
     http: &reqwest::Client,
@@ -139,6 +159,8 @@ pub fn build(
             provider: name.clone(),
             message,
         };
+        let (section, rate_limit) = limit::split_section(name, section).map_err(err)?;
+        let section = &section;
         let http = http.clone();
         let p: Box<dyn Provider> = match name.as_str() {
             "dialog360" => Box::new(dialog360::Dialog360::from_config(section, http).map_err(err)?),
@@ -154,7 +176,10 @@ pub fn build(
                 )));
             }
         };
-        out.push(p);
+        out.push(match rate_limit {
+            Some(l) => Box::new(Limited::new(p, &l)),
+            None => p,
+        });
     }
     Ok(out)
 }
