@@ -7,6 +7,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
+use shared::phone::Phone;
 use shared::tenant::Channel;
 
 use super::{
@@ -59,41 +60,9 @@ impl Meta {
                 reason: "WhatsApp needs a phone number".into(),
             };
         };
-        let body = match &m.body {
-            Body::Text(text) => json!({
-                "messaging_product": "whatsapp",
-                "recipient_type": "individual",
-                "to": phone.e164(),
-                "type": "text",
-                "text": {"preview_url": false, "body": text},
-            }),
-            Body::Template {
-                name,
-                language,
-                params,
-            } => {
-                let parameters: Vec<_> = params
-                    .iter()
-                    .map(|p| json!({"type": "text", "text": p}))
-                    .collect();
-                let components = if parameters.is_empty() {
-                    json!([])
-                } else {
-                    json!([{"type": "body", "parameters": parameters}])
-                };
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "to": phone.e164(),
-                    "type": "template",
-                    "template": {"name": name, "language": {"code": language}, "components": components},
-                })
-            }
-            Body::Email { .. } => {
-                return Outcome::Config {
-                    reason: "an e-mail body cannot go to WhatsApp".into(),
-                };
-            }
+        let body = match cloud_api_body(phone, &m.body) {
+            Ok(b) => b,
+            Err(o) => return o,
         };
         let response = match self
             .http
@@ -112,6 +81,45 @@ impl Meta {
         let wait = retry_after(response.headers());
         let text = response.text().await.unwrap_or_default();
         classify(status.as_u16(), &text, wait)
+    }
+}
+
+/// The Cloud API request body for one message (providers.md B1); 360dialog
+/// sends the same body (B2), so both build it here.
+pub(crate) fn cloud_api_body(phone: &Phone, body: &Body) -> Result<serde_json::Value, Outcome> {
+    match body {
+        Body::Text(text) => Ok(json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": phone.e164(),
+            "type": "text",
+            "text": {"preview_url": false, "body": text},
+        })),
+        Body::Template {
+            name,
+            language,
+            params,
+        } => {
+            let parameters: Vec<_> = params
+                .iter()
+                .map(|p| json!({"type": "text", "text": p}))
+                .collect();
+            let components = if parameters.is_empty() {
+                json!([])
+            } else {
+                json!([{"type": "body", "parameters": parameters}])
+            };
+            Ok(json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": phone.e164(),
+                "type": "template",
+                "template": {"name": name, "language": {"code": language}, "components": components},
+            }))
+        }
+        Body::Email { .. } => Err(Outcome::Config {
+            reason: "an e-mail body cannot go to WhatsApp".into(),
+        }),
     }
 }
 

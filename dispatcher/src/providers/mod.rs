@@ -11,9 +11,16 @@ use futures_util::future::BoxFuture;
 use shared::phone::Phone;
 use shared::tenant::Channel;
 
+pub mod dialog360;
+pub mod exolve;
+pub mod limit;
 pub mod log;
 pub mod meta;
+pub mod resend;
 pub mod smsru;
+pub mod wazzup;
+
+pub use limit::{Limited, RateLimit};
 
 /// What to send, already rendered.
 #[derive(Clone)]
@@ -117,6 +124,21 @@ pub trait Provider: Send + Sync {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome>;
 }
 
+/// So a built `Box<dyn Provider>` can be wrapped (e.g. in [`Limited`]).
+impl<P: Provider + ?Sized> Provider for Box<P> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+
+    fn channel(&self) -> Channel {
+        (**self).channel()
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
+        (**self).send(message)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("provider {provider}: {message}")]
 pub struct ConfigError {
@@ -124,7 +146,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Builds a tenant's providers from its `providers` config sections.
+/// Builds a tenant's providers from its `providers` config sections, each
+/// behind its client-side rate limit (the section's `rate_limit` key or the
+/// provider's default, see [`limit`]).
 pub fn build(
     sections: &BTreeMap<String, serde_json::Value>,
     http: &reqwest::Client,
@@ -135,19 +159,33 @@ pub fn build(
             provider: name.clone(),
             message,
         };
+        let (section, rate_limit) = limit::split_section(name, section).map_err(err)?;
+        let section = &section;
+        let http = http.clone();
         let p: Box<dyn Provider> = match name.as_str() {
-            "meta" => Box::new(meta::Meta::from_config(section, http.clone()).map_err(err)?),
-            "smsru" => Box::new(smsru::SmsRu::from_config(section, http.clone()).map_err(err)?),
+            "dialog360" => Box::new(dialog360::Dialog360::from_config(section, http).map_err(err)?),
+            "exolve" => Box::new(exolve::Exolve::from_config(section, http).map_err(err)?),
+            "meta" => Box::new(meta::Meta::from_config(section, http).map_err(err)?),
+            "resend" => Box::new(resend::Resend::from_config(section, http).map_err(err)?),
+            "smsru" => Box::new(smsru::SmsRu::from_config(section, http).map_err(err)?),
+            "wazzup" => Box::new(wazzup::Wazzup::from_config(section, http).map_err(err)?),
             other => {
                 return Err(err(format!(
-                    "unknown provider {other:?}; known: meta, smsru"
+                    "unknown provider {other:?}; known: {}",
+                    KNOWN.join(", ")
                 )));
             }
         };
-        out.push(p);
+        out.push(match rate_limit {
+            Some(l) => Box::new(Limited::new(p, &l)),
+            None => p,
+        });
     }
     Ok(out)
 }
+
+/// The provider names [`build`] knows, i.e. the config section names.
+pub const KNOWN: &[&str] = &["dialog360", "exolve", "meta", "resend", "smsru", "wazzup"];
 
 /// Parses a provider's config section with its own struct (unknown keys are
 /// an error, so a typo does not silently fall back to a default).
