@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -16,6 +16,8 @@ use crate::health::Health;
 use crate::idempotency::Store;
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
+use crate::providers::limit::{Limited, RateLimit};
+use crate::providers::wazzup::Wazzup;
 use crate::providers::{self, Provider, log::LogOnly};
 use crate::templates::Templates;
 use crate::worker::{RouteProvider, TenantRuntime, Worker};
@@ -72,6 +74,9 @@ pub fn build_worker(
                 .or_default()
                 .push(Arc::from(p));
         }
+        for list in by_channel.values_mut() {
+            list.sort_by_key(|p| providers::auto_rank(p.name()));
+        }
         for (channel, name) in &t.provider_for {
             if !by_channel
                 .get(channel)
@@ -122,7 +127,7 @@ pub fn build_worker(
         templates,
         tenants,
         log_providers,
-        route_provider: route_provider(http.clone()),
+        route_provider: route_provider(http.clone(), d.wazzup_base_url.clone()),
         retry: d.retry.clone(),
         lease_ttl: Duration::from_secs(d.lease_ttl_secs),
         metrics: Metrics::new(),
@@ -132,9 +137,28 @@ pub fn build_worker(
 }
 
 /// Providers built from routing that came with a webhook (seed 000's
-/// Wazzup parameters in the booking URL).
-fn route_provider(_http: reqwest::Client) -> RouteProvider {
-    Box::new(move |_route| None)
+/// Wazzup parameters in the booking URL): one per account, kept, so its rate
+/// limit holds across events.
+fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
+    type Accounts = Mutex<HashMap<(String, String, String), Arc<dyn Provider>>>;
+    let accounts: Accounts = Mutex::new(HashMap::new());
+    Box::new(move |route| {
+        let shared::event::Route::Wazzup {
+            api_key,
+            channel_id,
+            chat_type,
+        } = route;
+        let key = (api_key.clone(), channel_id.clone(), chat_type.clone());
+        let mut accounts = accounts.lock().ok()?;
+        let provider = accounts.entry(key).or_insert_with(|| {
+            let wazzup = Wazzup::for_route(&base_url, api_key, channel_id, chat_type, http.clone());
+            match RateLimit::default_for("wazzup") {
+                Some(limit) => Arc::new(Limited::new(wazzup, &limit)),
+                None => Arc::new(wazzup),
+            }
+        });
+        Some(provider.clone())
+    })
 }
 
 pub async fn start(settings: Settings) -> Result<Running, StartError> {

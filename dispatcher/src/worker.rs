@@ -278,6 +278,12 @@ impl Worker {
                 return ChannelEnd::Settled(self.final_failure(event, job, f).await);
             }
         };
+        if *self.shutdown.borrow() {
+            // Shutting down: start no new send (one cut short by the shutdown
+            // timeout could reach the customer without being recorded).
+            self.release(&event.dedup_key, channel, &token).await;
+            return ChannelEnd::Settled(Settle::Requeue);
+        }
         let message = Message {
             channel,
             to: c.address.clone(),

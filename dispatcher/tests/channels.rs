@@ -340,3 +340,56 @@ async fn yclients_record_without_phone_is_looked_up() {
     );
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn booking_url_routing_sends_through_its_wazzup_account() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/message"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(serde_json::json!({"messageId": "f2b5a3c4-0000-4000-8000-000000000001", "chatId": "79161234567"})))
+        .mount(&fake)
+        .await;
+    let mut o = Options::meta(&fake);
+    o.providers = String::new(); // the tenant has no account of its own: the URL brings one
+    o.dispatcher_extra = format!("wazzup_base_url = \"{}\"", fake.uri());
+    let h = Harness::start("route", &o).await;
+    let mut e = event(
+        EventKind::BookingTimeChanged,
+        "c-1001:UpdateCaseTime:2026-12-01T10:00:00+03:00",
+        "+79161234567",
+    );
+    e.source = shared::SourceId::Booking;
+    e.params.starts_at = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00+03:00").ok();
+    e.format = Some(shared::event::FormatOptions {
+        time_zone: "Asia/Yekaterinburg".into(),
+        date_locale: shared::event::DateLocale::EnUs,
+        time_zone_name: "YEKT".into(),
+        ..Default::default()
+    });
+    e.route = Some(shared::event::Route::Wazzup {
+        api_key: "f8f1955587ac6d7894cee95f92dcaca4".into(),
+        channel_id: "3349fab8-b01b-4232-b9cb-a15ec3acc053".into(),
+        chat_type: "whatsapp".into(),
+    });
+    h.publish(&e).await;
+    let got = requests(&fake, 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(
+        r.headers
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or_default()),
+        Some("Bearer f8f1955587ac6d7894cee95f92dcaca4")
+    );
+    let body: serde_json::Value = r.body_json().unwrap();
+    assert_eq!(body["channelId"], "3349fab8-b01b-4232-b9cb-a15ec3acc053");
+    assert_eq!(body["chatType"], "whatsapp");
+    assert_eq!(body["chatId"], "79161234567");
+    assert_eq!(body["crmMessageId"], format!("{}/whatsapp", e.dedup_key));
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains("12:00 PM") && text.contains("YEKT") && text.contains("December 1, 2026"),
+        "{text}"
+    );
+    h.finish().await;
+}

@@ -144,6 +144,9 @@ pub struct DispatcherSettings {
     /// On SIGTERM: how long in-flight events may take before they are handed back.
     pub shutdown_timeout_secs: u64,
     pub retry: QuickRetrySettings,
+    /// Wazzup API used for accounts that come with a webhook URL (seed 000's
+    /// `key_api`/`channel_id`/`chat_type`) rather than tenant config.
+    pub wazzup_base_url: String,
 }
 
 impl Default for DispatcherSettings {
@@ -156,6 +159,7 @@ impl Default for DispatcherSettings {
             lease_ttl_secs: 120,
             shutdown_timeout_secs: 30,
             retry: QuickRetrySettings::default(),
+            wazzup_base_url: "https://api.wazzup24.com".into(),
         }
     }
 }

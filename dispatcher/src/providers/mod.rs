@@ -184,6 +184,17 @@ pub fn build(
     Ok(out)
 }
 
+/// "Auto" provider choice when a tenant configured several for one channel
+/// and forced none (`provider_for`): the official API first.
+pub const AUTO_ORDER: &[&str] = &["meta", "wazzup", "dialog360", "smsru", "exolve", "resend"];
+
+pub fn auto_rank(name: &str) -> usize {
+    AUTO_ORDER
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(AUTO_ORDER.len())
+}
+
 /// The provider names [`build`] knows, i.e. the config section names.
 pub const KNOWN: &[&str] = &["dialog360", "exolve", "meta", "resend", "smsru", "wazzup"];
 

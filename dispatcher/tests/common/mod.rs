@@ -48,6 +48,8 @@ pub struct Options {
     pub providers: String,
     pub delay_secs: u64,
     pub extra: String,
+    /// Extra keys of the `[dispatcher]` table.
+    pub dispatcher_extra: String,
 }
 
 impl Options {
@@ -67,6 +69,7 @@ timeout_ms = 2000
             ),
             delay_secs: 2,
             extra: String::new(),
+            dispatcher_extra: String::new(),
         }
     }
 }
@@ -90,6 +93,7 @@ prefetch = 16
 concurrency = 8
 lease_ttl_secs = 5
 shutdown_timeout_secs = 5
+{dispatcher_extra}
 [dispatcher.retry]
 retries = 2
 min_delay_ms = 10
@@ -108,6 +112,7 @@ default = {channels}
         channels = o.channels,
         providers = o.providers,
         extra = o.extra,
+        dispatcher_extra = o.dispatcher_extra,
     );
     Settings::from_toml(&toml).expect("test settings are valid")
 }
