@@ -208,9 +208,12 @@ fn item(hook: &Hook) -> Result<Item, ParseError> {
     params.staff = (!params.services.is_empty()).then(|| params.services.join(", "));
 
     let service = case.and_then(|c| c.service.as_ref());
+    // One line per named resource (empty when it has no description), so the
+    // message can pair each description with its resource.
     let descriptions: Vec<String> = resources
         .iter()
-        .filter_map(|r| text(r.description.as_deref()))
+        .filter(|r| text(r.name.as_deref()).is_some())
+        .map(|r| text(r.description.as_deref()).unwrap_or_default())
         .collect();
     let extra = [
         ("case_type", case.and_then(|c| text(c.kind.as_deref()))),
@@ -222,7 +225,10 @@ fn item(hook: &Hook) -> Result<Item, ParseError> {
         ("service_url", service.and_then(|s| text(s.url.as_deref()))),
         (
             "resource_descriptions",
-            (!descriptions.is_empty()).then(|| descriptions.join("\n")),
+            descriptions
+                .iter()
+                .any(|d| !d.is_empty())
+                .then(|| descriptions.join("\n")),
         ),
         (
             "payment_id",
@@ -361,7 +367,8 @@ mod tests {
         assert_eq!(p.extra["case_type"], "booking");
         assert_eq!(p.extra["case_name"], "Стрижка");
         assert_eq!(p.extra["service_name"], "Салон «Берёза»");
-        assert_eq!(p.extra["resource_descriptions"], "Топ-стилист");
+        // One line per resource: "Кресло 2" has no description.
+        assert_eq!(p.extra["resource_descriptions"], "Топ-стилист\n");
         assert_eq!(p.extra["event_id"], "evt-42");
     }
 
