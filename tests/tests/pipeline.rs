@@ -72,6 +72,9 @@ max_delay_ms = 20
 [log]
 level = "info"
 format = "json"
+[callbacks]
+meta_verify_token = "e2e-verify-token"
+meta_app_secrets = ["e2e-meta-app-secret-0001"]
 
 [[tenants]]
 id = "acme"
@@ -321,5 +324,129 @@ async fn whatsapp_unreachable_goes_by_sms_through_the_whole_stack() {
     let form: std::collections::HashMap<String, String> =
         serde_urlencoded::from_bytes(&sms[0].body).unwrap();
     assert_eq!(form["to"], "79160000009");
+    stack.stop().await;
+}
+
+fn meta_status_body(wamid: &str, status: &str) -> String {
+    let mut st = serde_json::json!({"id": wamid, "status": status, "timestamp": "1764007200", "recipient_id": "79160000007"});
+    if status == "failed" {
+        st["errors"] = serde_json::json!([{"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable"}]);
+    }
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1234567890"},
+            "statuses": [st]
+        }}]}]
+    })
+    .to_string()
+}
+
+fn sign(secret: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn meta_callback(stack: &Stack, body: &str, signature: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/api/callback/meta", stack.ingest_url))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("ingest answers")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_failed_callback_second_attempt_then_sms_through_the_whole_stack() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e-1"}]})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e-2"}]})),
+        )
+        .with_priority(2)
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100,
+            "sms": {"79160000007": {"status": "OK", "status_code": 100, "sms_id": "e2e-sms-7"}}
+        })))
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("callback", &fake).await;
+    let (status, resp) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            r#"{"order":{"id":"rk-7","status":"Выполнен","client":{"phone":"+79160000007"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    assert_eq!(wait_requests(&fake, 1).await.len(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A forged callback is refused and changes nothing.
+    let forged = meta_status_body("wamid.e2e-1", "failed");
+    assert_eq!(
+        meta_callback(&stack, &forged, &sign("not-the-app-secret", &forged)).await,
+        401
+    );
+
+    // Meta reports the accepted message failed: second attempt after the delay (2 s here).
+    let body = meta_status_body("wamid.e2e-1", "failed");
+    assert_eq!(
+        meta_callback(&stack, &body, &sign("e2e-meta-app-secret-0001", &body)).await,
+        200
+    );
+    let notified = std::time::Instant::now();
+    let got = wait_requests(&fake, 2).await;
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.url.path().ends_with("/messages"))
+            .count(),
+        2
+    );
+    assert!(
+        notified.elapsed() >= Duration::from_millis(1500),
+        "the second attempt waited for the delay"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The second attempt fails too: SMS.
+    let body = meta_status_body("wamid.e2e-2", "failed");
+    assert_eq!(
+        meta_callback(&stack, &body, &sign("e2e-meta-app-secret-0001", &body)).await,
+        200
+    );
+    let got = wait_requests(&fake, 3).await;
+    let sms = got.iter().filter(|r| r.url.path() == "/sms/send").count();
+    assert_eq!(sms, 1, "fallback to SMS after the second failure");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fake.received_requests().await.unwrap_or_default().len(),
+        3,
+        "nothing more was sent"
+    );
     stack.stop().await;
 }
