@@ -113,6 +113,7 @@ return {'busy', ''}
 const MARK_SENT_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
@@ -250,26 +251,33 @@ impl Store {
         })
     }
 
+    /// Records the send (done mark, lease released, retry flag cleared) and
+    /// what its provider message id stands for, in one round trip.
     pub async fn mark_sent(
         &self,
         dedup_key: &str,
         channel: Channel,
         token: &str,
         sent: &Sent,
+        message: &SentMessage,
     ) -> Result<(), StoreError> {
         let done = self.key("done", dedup_key, channel);
         let lease = self.key("lease", dedup_key, channel);
         let retry = self.key("retry", dedup_key, channel);
+        let msg = format!("{}:msg:{}:{}", self.prefix, sent.provider, sent.message_id);
         let value = serde_json::to_string(sent).unwrap_or_default();
+        let remembered = serde_json::to_string(message).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
         self.run(|mut c| async move {
             MARK_SENT
                 .key(done)
                 .key(lease)
                 .key(retry)
+                .key(msg)
                 .arg(token)
                 .arg(value)
                 .arg(ttl)
+                .arg(remembered)
                 .invoke_async::<i64>(&mut c)
                 .await
                 .map(|_| ())
@@ -370,29 +378,6 @@ impl Store {
             redis::cmd("SET")
                 .arg(key)
                 .arg("1")
-                .arg("EX")
-                .arg(ttl)
-                .query_async::<String>(&mut c)
-                .await
-                .map(|_| ())
-        })
-        .await
-    }
-
-    /// Remembers what a provider message id belongs to, for its callbacks.
-    pub async fn remember_message(
-        &self,
-        provider: &str,
-        message_id: &str,
-        sent: &SentMessage,
-    ) -> Result<(), StoreError> {
-        let key = format!("{}:msg:{provider}:{message_id}", self.prefix);
-        let value = serde_json::to_string(sent).unwrap_or_default();
-        let ttl = self.done_ttl.as_secs();
-        self.run(|mut c| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
                 .arg("EX")
                 .arg(ttl)
                 .query_async::<String>(&mut c)

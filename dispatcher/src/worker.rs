@@ -312,19 +312,6 @@ impl Worker {
                     event_id: event.id.to_string(),
                     at: chrono::Utc::now(),
                 };
-                // The mark must be durable before the ack: hold until Redis takes it.
-                if self
-                    .with_store(|| {
-                        self.store
-                            .mark_sent(&event.dedup_key, channel, &token, &sent)
-                    })
-                    .await
-                    .is_none()
-                {
-                    // Shutting down with the send done but unrecorded: the lease
-                    // (TTL) still blocks an immediate resend by another worker.
-                    return ChannelEnd::Settled(Settle::Requeue);
-                }
                 let remembered = SentMessage {
                     dedup_key: event.dedup_key.clone(),
                     channel,
@@ -332,13 +319,18 @@ impl Worker {
                     failed_channels: failed.to_vec(),
                     event: String::from_utf8_lossy(job.raw).into_owned(),
                 };
-                if let Err(e) = self
-                    .store
-                    .remember_message(provider_name, &message_id, &remembered)
+                // The mark must be durable before the ack: hold until Redis takes it.
+                if self
+                    .with_store(|| {
+                        self.store
+                            .mark_sent(&event.dedup_key, channel, &token, &sent, &remembered)
+                    })
                     .await
+                    .is_none()
                 {
-                    // Only callbacks lose their event; the send itself is recorded.
-                    tracing::warn!(error = %e, "message id not remembered: its delivery callbacks will be ignored");
+                    // Shutting down with the send done but unrecorded: the lease
+                    // (TTL) still blocks an immediate resend by another worker.
+                    return ChannelEnd::Settled(Settle::Requeue);
                 }
                 tracing::info!(channel = %channel, provider = provider_name, message_id = %message_id, "sent");
                 ChannelEnd::Settled(Settle::Ack)
