@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 deploy/services.sh
+deploy/clean-test-leftovers.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
