@@ -393,3 +393,136 @@ async fn booking_url_routing_sends_through_its_wazzup_account() {
     );
     h.finish().await;
 }
+
+/// Each provider of issue 4 through the whole worker (RabbitMQ, Redis,
+/// idempotency, templates): the right request at its fake, and the event
+/// marked sent with the provider's own message id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_sends_through_the_worker() {
+    struct Case {
+        name: &'static str,
+        channel: &'static str,
+        section: &'static str,
+        path: &'static str,
+        answer: ResponseTemplate,
+        message_id: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "dialog360",
+            channel: "whatsapp",
+            section: "api_key = \"d360-key-0000000001\"",
+            path: "/messages",
+            answer: ResponseTemplate::new(200).set_body_json(serde_json::json!({"messaging_product": "whatsapp", "messages": [{"id": "wamid.d360"}]})),
+            message_id: "wamid.d360",
+        },
+        Case {
+            name: "wazzup",
+            channel: "whatsapp",
+            section: "api_key = \"wazzup-key-00000001\"\nchannel_id = \"3349fab8-b01b-4232-b9cb-a15ec3acc053\"",
+            path: "/v3/message",
+            answer: ResponseTemplate::new(201).set_body_json(serde_json::json!({"messageId": "wz-0001", "chatId": "79161234567"})),
+            message_id: "wz-0001",
+        },
+        Case {
+            name: "exolve",
+            channel: "sms",
+            section: "api_key = \"exolve-key-0000001\"\nsender = \"79990000000\"",
+            path: "/messaging/v1/SendSMS",
+            answer: ResponseTemplate::new(200).set_body_json(serde_json::json!({"message_id": "ex-0001"})),
+            message_id: "ex-0001",
+        },
+        Case {
+            name: "resend",
+            channel: "email",
+            section: "api_key = \"re_test_key_000001\"\nfrom = \"Demo <noreply@example.com>\"",
+            path: "/emails",
+            answer: ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "rs-0001"})),
+            message_id: "rs-0001",
+        },
+    ];
+    for case in cases {
+        let fake = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(case.path))
+            .respond_with(case.answer)
+            .mount(&fake)
+            .await;
+        let mut o = Options::meta(&fake);
+        o.channels = match case.channel {
+            "whatsapp" => r#"["whatsapp"]"#,
+            "sms" => r#"["sms"]"#,
+            _ => r#"["email"]"#,
+        };
+        o.providers = format!(
+            "[tenants.providers.{}]\nbase_url = \"{}\"\n{}\nrate_limit = false\n",
+            case.name,
+            fake.uri(),
+            case.section
+        );
+        let h = Harness::start(&format!("prov-{}", case.name), &o).await;
+        let mut e = event(
+            EventKind::OrderCompleted,
+            &format!("org:o-{}:Delivered", case.name),
+            "+79161234567",
+        );
+        e.recipient.email = Some("ivan@example.com".into());
+        h.publish(&e).await;
+        let got = requests(&fake, 1, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 1, "{}: one request", case.name);
+        let body: serde_json::Value = got[0].body_json().unwrap_or_default();
+        match case.name {
+            "dialog360" => {
+                assert_eq!(
+                    got[0]
+                        .headers
+                        .get("d360-api-key")
+                        .map(|v| v.to_str().unwrap_or_default()),
+                    Some("d360-key-0000000001")
+                );
+                assert_eq!(body["to"], "+79161234567");
+            }
+            "wazzup" => {
+                assert_eq!(body["chatId"], "79161234567");
+                assert_eq!(
+                    body["crmMessageId"],
+                    format!("{}/whatsapp", e.dedup_key),
+                    "Wazzup's own idempotency as a second guard"
+                );
+            }
+            "exolve" => {
+                assert_eq!(body["number"], "79990000000", "number is the sender");
+                assert_eq!(
+                    body["destination"], "79161234567",
+                    "destination is the recipient"
+                );
+            }
+            _ => {
+                assert_eq!(body["to"][0], "ivan@example.com");
+                assert!(
+                    got[0].headers.get("idempotency-key").is_some(),
+                    "Resend's Idempotency-Key as a second guard"
+                );
+                assert!(
+                    body["html"].as_str().unwrap_or_default().contains("142"),
+                    "{body}"
+                );
+            }
+        }
+        let mut mark = None;
+        for _ in 0..50 {
+            mark = common::redis_get(&format!(
+                "{}:done:{}:{}",
+                h.prefix, e.dedup_key, case.channel
+            ))
+            .await;
+            if mark.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mark = mark.unwrap_or_else(|| panic!("{}: not marked sent", case.name));
+        assert!(mark.contains(case.message_id), "{}: {mark}", case.name);
+        h.finish().await;
+    }
+}
