@@ -209,6 +209,22 @@ impl Store {
         }
     }
 
+    /// `SET key value EX <done TTL>`: marks that live as long as the done mark.
+    async fn set_for_done_ttl(&self, key: String, value: String) -> Result<(), StoreError> {
+        let ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl)
+                .query_async::<String>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(|mut c| async move {
             redis::cmd("PING")
@@ -355,36 +371,14 @@ impl Store {
         let key = self.key("failed", dedup_key, channel);
         let value = serde_json::json!({"class": class, "reason": reason, "at": chrono::Utc::now()})
             .to_string();
-        let ttl = self.done_ttl.as_secs();
-        self.run(|mut c| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("EX")
-                .arg(ttl)
-                .query_async::<String>(&mut c)
-                .await
-                .map(|_| ())
-        })
-        .await
+        self.set_for_done_ttl(key, value).await
     }
 
     /// Lets the one second attempt send although the first was accepted
     /// (the provider reported it failed afterwards).
     pub async fn allow_retry(&self, dedup_key: &str, channel: Channel) -> Result<(), StoreError> {
         let key = self.key("retry", dedup_key, channel);
-        let ttl = self.done_ttl.as_secs();
-        self.run(|mut c| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg("1")
-                .arg("EX")
-                .arg(ttl)
-                .query_async::<String>(&mut c)
-                .await
-                .map(|_| ())
-        })
-        .await
+        self.set_for_done_ttl(key, "1".into()).await
     }
 
     pub async fn sent_message(

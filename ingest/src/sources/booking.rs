@@ -13,7 +13,9 @@ use serde_json::Value;
 use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string};
+use super::{
+    Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string, json_object,
+};
 
 pub struct Booking;
 
@@ -27,17 +29,7 @@ impl Source for Booking {
     }
 
     fn parse(&self, body: Body<'_>, _tenant: &Tenant) -> Result<Vec<Item>, ParseError> {
-        let bytes = match body {
-            Body::Json(b) => b,
-            Body::Form(_) => return Err(malformed("expected a JSON body, got a form")),
-        };
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            let why = match serde_json::from_slice::<Value>(bytes) {
-                Err(e) => describe(&e),
-                Ok(_) => "not an object".to_string(),
-            };
-            return Err(malformed(&format!("expected a JSON object: {why}")));
-        }
+        let bytes = json_object(body).map_err(|why| malformed(&why))?;
         let hook: Hook = serde_json::from_slice(bytes)
             .map_err(|e| malformed(&format!("not a booking event: {}", describe(&e))))?;
         Ok(vec![item(&hook)?])

@@ -170,6 +170,23 @@ pub(crate) fn decimal(f: f64) -> String {
     s.strip_suffix(".00").map(str::to_string).unwrap_or(s)
 }
 
+/// The bytes of a body that must be one JSON object, or what is wrong with
+/// it (for sources that send one event per request).
+pub(crate) fn json_object(body: Body<'_>) -> Result<&[u8], String> {
+    let bytes = match body {
+        Body::Json(b) => b,
+        Body::Form(_) => return Err("expected a JSON body, got a form".into()),
+    };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let why = match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Err(e) => describe(&e),
+            Ok(_) => "not an object".to_string(),
+        };
+        return Err(format!("expected a JSON object: {why}"));
+    }
+    Ok(bytes)
+}
+
 /// What is wrong with a JSON body, by kind and position only: serde_json's
 /// own messages can quote payload values (phones, e-mails).
 pub(crate) fn describe(e: &serde_json::Error) -> String {
