@@ -8,6 +8,16 @@ cd "$(dirname "$0")/.."
 deploy/services.sh
 deploy/clean-test-leftovers.sh
 
+echo "== docker-compose config (no Docker engine needed)"
+if ! command -v docker-compose >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+fi
+if command -v docker-compose >/dev/null; then
+  docker-compose -f docker-compose.yml config -q
+else
+  echo "docker-compose not installed (and not root): compose file not validated" >&2
+fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
