@@ -227,7 +227,7 @@ pub async fn connect() -> Connection {
 /// Reads (and acks) events from the dispatch queue until `n` arrived or the
 /// timeout passed.
 pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Vec<Event> {
-    let conn = connect().await;
+    let mut conn = connect().await;
     let mut ch = conn.create_channel().await.expect("channel");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
@@ -250,8 +250,12 @@ pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Ve
             }
             Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(_) => {
-                // Queue not declared yet (404 closes the channel): open a new one.
+                // Queue not declared yet: the 404 closes the channel, and for a
+                // moment a new one on the same connection can fail too, so
+                // start over on a fresh connection.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = conn.close(200, "retry".into()).await;
+                conn = connect().await;
                 ch = conn.create_channel().await.expect("channel");
             }
         }
@@ -263,7 +267,7 @@ pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Ve
 /// Reads (and acks) provider status updates from `<prefix>.statuses` until
 /// `n` arrived or the timeout passed.
 pub async fn take_statuses(topology: &Topology, n: usize, timeout: Duration) -> Vec<StatusUpdate> {
-    let conn = connect().await;
+    let mut conn = connect().await;
     let mut ch = conn.create_channel().await.expect("channel");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
@@ -287,7 +291,10 @@ pub async fn take_statuses(topology: &Topology, n: usize, timeout: Duration) -> 
             }
             Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(_) => {
+                // As in take_events: a fresh connection after a 404.
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = conn.close(200, "retry".into()).await;
+                conn = connect().await;
                 ch = conn.create_channel().await.expect("channel");
             }
         }
