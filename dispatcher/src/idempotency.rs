@@ -415,6 +415,23 @@ impl Store {
         .await
     }
 
+    /// Forgets a scheduled second attempt and a retry flag, so a replayed
+    /// event gets the whole ladder again (the done mark stays: a channel
+    /// that succeeded is never sent twice).
+    pub async fn reset_ladder(&self, dedup_key: &str, channel: Channel) -> Result<(), StoreError> {
+        let second = self.key("second", dedup_key, channel);
+        let retry = self.key("retry", dedup_key, channel);
+        self.run(|mut c| async move {
+            redis::cmd("DEL")
+                .arg(second)
+                .arg(retry)
+                .query_async::<i64>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// The done mark, if any (admin tools and tests).
     pub async fn sent(
         &self,

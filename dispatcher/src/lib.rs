@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod consumer;
+pub mod dlq;
 pub mod health;
 pub mod idempotency;
 pub mod lookup;

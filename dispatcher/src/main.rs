@@ -1,33 +1,115 @@
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
+use dispatcher::dlq::{Dlq, Entry, Filter};
 use shared::config::Settings;
+use shared::topology::Topology;
 
-fn usage() -> &'static str {
-    "usage: dispatcher [--config FILE] [--check-config]\n\
-     Configuration: FILE (or $VESTNIK_CONFIG), overridden by VESTNIK_* variables;\n\
-     see deploy/vestnik.example.toml."
+/// Vestnik dispatcher: turns events into messages. With no command it runs
+/// the workers; `dlq` is the admins' dead-letter queue tool.
+#[derive(Parser)]
+#[command(name = "dispatcher", version)]
+struct Cli {
+    /// Config file (else $VESTNIK_CONFIG); VESTNIK_* variables override it.
+    /// Every key: deploy/vestnik.example.toml.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Build every provider and compile every template, then exit.
+    #[arg(long)]
+    check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the workers (the default).
+    Run,
+    /// Inspect, replay or purge the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        op: DlqOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqOp {
+    /// List dead letters (id, tenant, source, kind, masked recipient, reason, attempts, age).
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter: its failure and the full event.
+    Show { id: String },
+    /// Send dead letters through the pipeline again (idempotent: what was
+    /// sent is not sent twice). Needs a filter or --all.
+    Replay {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        all: bool,
+        /// Show what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters for good. Needs a filter or --all.
+    Purge {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long)]
+        all: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct FilterArgs {
+    /// Event id.
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    /// iiko, rkeeper, yclients, amocrm, booking.
+    #[arg(long)]
+    source: Option<String>,
+    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed.
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only letters dead-lettered at least this many seconds ago.
+    #[arg(long, value_name = "SECS")]
+    older_than: Option<u64>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> Filter {
+        Filter {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            source: self.source.clone(),
+            reason: self.reason.clone(),
+            older_than: self.older_than.map(std::time::Duration::from_secs),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.id.is_none()
+            && self.tenant.is_none()
+            && self.source.is_none()
+            && self.reason.is_none()
+            && self.older_than.is_none()
+    }
 }
 
 fn main() -> ExitCode {
-    let mut config: Option<PathBuf> = None;
-    let mut check_only = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" | "-c" => config = args.next().map(PathBuf::from),
-            "--check-config" => check_only = true,
-            "--help" | "-h" => {
-                println!("{}", usage());
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}\n{}", usage());
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let settings = match Settings::load(config.as_deref()) {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -44,7 +126,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if check_only {
+    if cli.check_config {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let checked =
             runtime.block_on(async { dispatcher::app::build_worker(&settings, rx).map(|_| ()) });
@@ -62,21 +144,194 @@ fn main() -> ExitCode {
             }
         };
     }
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => runtime.block_on(run(settings)),
+        Command::Dlq { op } => runtime.block_on(dlq(settings, op)),
+    }
+}
+
+async fn run(settings: Settings) -> ExitCode {
     shared::telemetry::init(&settings.log);
-    runtime.block_on(async move {
-        let running = match dispatcher::app::start(settings).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "dispatcher cannot start");
-                return ExitCode::FAILURE;
+    let running = match dispatcher::app::start(settings).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "dispatcher cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("signal received: stopping");
+    running.stop().await;
+    tracing::info!("dispatcher stopped");
+    ExitCode::SUCCESS
+}
+
+async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
+    let topology = Topology::from_settings(&settings.rabbitmq);
+    let dlq = match Dlq::connect(&settings.rabbitmq.url, topology).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match op {
+        DlqOp::List { filter, json } => match dlq.list(&filter.filter()).await {
+            Ok(entries) => {
+                print_entries(&entries, json);
+                ExitCode::SUCCESS
             }
-        };
-        wait_for_signal().await;
-        tracing::info!("signal received: stopping");
-        running.stop().await;
-        tracing::info!("dispatcher stopped");
-        ExitCode::SUCCESS
-    })
+            Err(e) => fail(e),
+        },
+        DlqOp::Show { id } => match dlq.show(&id).await {
+            Ok(Some((entry, event))) => {
+                let out = serde_json::json!({"failure": entry, "event": mask_event(event)});
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!("no dead letter with id {id}");
+                ExitCode::from(1)
+            }
+            Err(e) => fail(e),
+        },
+        DlqOp::Replay {
+            filter,
+            all,
+            dry_run,
+        } => {
+            if filter.is_empty() && !all {
+                eprintln!(
+                    "replay needs a filter (--id, --tenant, --source, --reason, --older-than) or --all"
+                );
+                return ExitCode::from(2);
+            }
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            let store = match dispatcher::app::build_worker(&settings, rx) {
+                Ok(w) => w.store,
+                Err(e) => return fail(e),
+            };
+            let bar = indicatif::ProgressBar::new(0);
+            let report = dlq
+                .replay(&filter.filter(), &store, dry_run, |done, total| {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                })
+                .await;
+            bar.finish_and_clear();
+            match report {
+                Ok(r) => {
+                    let verb = if dry_run { "would replay" } else { "replayed" };
+                    println!(
+                        "{verb} {}, skipped {} (poison), failed {}",
+                        r.replayed, r.skipped, r.failed
+                    );
+                    if r.failed > 0 {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+        DlqOp::Purge { filter, all, yes } => {
+            if filter.is_empty() && !all {
+                eprintln!(
+                    "purge needs a filter (--id, --tenant, --source, --reason, --older-than) or --all"
+                );
+                return ExitCode::from(2);
+            }
+            let matching = match dlq.list(&filter.filter()).await {
+                Ok(m) => m.len(),
+                Err(e) => return fail(e),
+            };
+            if !yes && !confirm(&format!("delete {matching} dead letters for good?")) {
+                println!("nothing deleted");
+                return ExitCode::SUCCESS;
+            }
+            match dlq.purge(&filter.filter()).await {
+                Ok(n) => {
+                    println!("purged {n}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+    };
+    dlq.close().await;
+    code
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::FAILURE
+}
+
+fn print_entries(entries: &[Entry], json: bool) {
+    if json {
+        for e in entries {
+            println!("{}", serde_json::to_string(e).unwrap_or_default());
+        }
+        return;
+    }
+    println!(
+        "{:<36}  {:<10}  {:<8}  {:<21}  {:<14}  {:<22}  {:>3}  {:>8}",
+        "ID", "TENANT", "SOURCE", "KIND", "RECIPIENT", "REASON", "ATT", "AGE"
+    );
+    for e in entries {
+        let age = e.age_secs.map(human_age).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<36}  {:<10}  {:<8}  {:<21}  {:<14}  {:<22}  {:>3}  {:>8}",
+            e.id, e.tenant, e.source, e.kind, e.recipient, e.reason, e.attempts, age
+        );
+    }
+    println!("{} dead letters", entries.len());
+}
+
+fn human_age(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Phones, e-mails and route keys masked in `dlq show` output.
+fn mask_event(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(r) = v.get_mut("recipient") {
+        if let Some(p) = r
+            .get("phone")
+            .and_then(|p| p.as_str())
+            .map(shared::mask::phone)
+        {
+            r["phone"] = p.into();
+        }
+        if let Some(m) = r
+            .get("email")
+            .and_then(|m| m.as_str())
+            .map(shared::mask::email)
+        {
+            r["email"] = m.into();
+        }
+    }
+    if let Some(k) = v
+        .get("route")
+        .and_then(|r| r.get("api_key"))
+        .and_then(|k| k.as_str())
+        .map(shared::mask::secret)
+    {
+        v["route"]["api_key"] = k.into();
+    }
+    v
+}
+
+fn confirm(question: &str) -> bool {
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && matches!(answer.trim(), "y" | "Y" | "yes")
 }
 
 async fn wait_for_signal() {

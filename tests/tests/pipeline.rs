@@ -40,6 +40,7 @@ struct Stack {
     dispatcher: Child,
     ingest_url: String,
     prefix: String,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -111,6 +112,7 @@ api_id = "e2e-api-id"
             dispatcher,
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
             prefix,
+            config: cfg.clone(),
             _dir: dir,
         };
         let http = reqwest::Client::new();
@@ -447,6 +449,86 @@ async fn meta_failed_callback_second_attempt_then_sms_through_the_whole_stack() 
         fake.received_requests().await.unwrap_or_default().len(),
         3,
         "nothing more was sent"
+    );
+    stack.stop().await;
+}
+
+/// Runs the dispatcher's admin CLI against the stack's config.
+fn admin(stack: &Stack, args: &[&str]) -> String {
+    let out = Command::new(bin("dispatcher"))
+        .arg("--config")
+        .arg(&stack.config)
+        .args(args)
+        .output()
+        .expect("dispatcher CLI runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_replays_the_dead_letter_queue_from_the_cli() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+            "error": {"message": "token expired", "type": "OAuthException", "code": 190}
+        })))
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("dlq-cli", &fake).await;
+    let (status, _) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            r#"{"order":{"id":"rk-dlq","status":"Выполнен","client":{"phone":"+79160000011"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let mut listed = String::new();
+    for _ in 0..100 {
+        listed = admin(&stack, &["dlq", "list", "--json"]);
+        if !listed.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entry: serde_json::Value =
+        serde_json::from_str(listed.lines().next().expect("one dead letter")).unwrap();
+    assert_eq!(entry["reason"], "config");
+    assert_eq!(entry["source"], "rkeeper");
+    assert_eq!(entry["recipient"], "+7******0011", "masked");
+    assert!(!listed.contains("79160000011"));
+
+    // The token is fixed; the admin replays what failed for that reason.
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.cli"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let out = admin(
+        &stack,
+        &["dlq", "replay", "--reason", "config", "--dry-run"],
+    );
+    assert!(out.contains("would replay 1"), "{out}");
+    let out = admin(&stack, &["dlq", "replay", "--reason", "config"]);
+    assert!(
+        out.contains("replayed 1, skipped 0 (poison), failed 0"),
+        "{out}"
+    );
+    assert_eq!(wait_requests(&fake, 1).await.len(), 1, "sent once");
+    let out = admin(&stack, &["dlq", "replay", "--reason", "config"]);
+    assert!(out.contains("replayed 0"), "{out}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        fake.received_requests().await.unwrap_or_default().len(),
+        1,
+        "a second replay sends nothing"
     );
     stack.stop().await;
 }
