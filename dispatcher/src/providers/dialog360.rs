@@ -10,8 +10,8 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use shared::tenant::Channel;
 
-use super::meta::cloud_api_body;
-use super::{Address, Message, Outcome, Provider, excerpt, retry_after, section, transport_error};
+use super::meta::send_cloud_api;
+use super::{Message, Outcome, Provider, excerpt, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,32 +49,12 @@ impl Dialog360 {
     }
 
     async fn send_one(&self, m: &Message) -> Outcome {
-        let Address::Phone(phone) = &m.to else {
-            return Outcome::Config {
-                reason: "WhatsApp needs a phone number".into(),
-            };
-        };
-        let body = match cloud_api_body(phone, &m.body) {
-            Ok(b) => b,
-            Err(o) => return o,
-        };
-        let response = match self
+        let request = self
             .http
             .post(&self.url)
             .header("D360-API-KEY", &self.api_key)
-            .timeout(self.timeout)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            // No idempotency key in the Cloud API: a timeout after sending is uncertain.
-            Err(e) => return transport_error(&e, false),
-        };
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        classify(status, &text, wait)
+            .timeout(self.timeout);
+        send_cloud_api(request, m, classify).await
     }
 }
 

@@ -55,33 +55,41 @@ impl Meta {
     }
 
     async fn send_one(&self, m: &Message) -> Outcome {
-        let Address::Phone(phone) = &m.to else {
-            return Outcome::Config {
-                reason: "WhatsApp needs a phone number".into(),
-            };
-        };
-        let body = match cloud_api_body(phone, &m.body) {
-            Ok(b) => b,
-            Err(o) => return o,
-        };
-        let response = match self
+        let request = self
             .http
             .post(&self.url)
             .bearer_auth(&self.token)
-            .timeout(self.timeout)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            // Meta has no idempotency key: a timeout after sending is uncertain.
-            Err(e) => return transport_error(&e, false),
-        };
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        classify(status.as_u16(), &text, wait)
+            .timeout(self.timeout);
+        send_cloud_api(request, m, classify).await
     }
+}
+
+/// One Cloud API send, for Meta and for 360dialog (which differ only in
+/// how the request is addressed and authenticated, and in how their own
+/// non-Meta errors read): body, send, classify.
+pub(crate) async fn send_cloud_api(
+    request: reqwest::RequestBuilder,
+    m: &Message,
+    classify: fn(u16, &str, Option<Duration>) -> Outcome,
+) -> Outcome {
+    let Address::Phone(phone) = &m.to else {
+        return Outcome::Config {
+            reason: "WhatsApp needs a phone number".into(),
+        };
+    };
+    let body = match cloud_api_body(phone, &m.body) {
+        Ok(b) => b,
+        Err(o) => return o,
+    };
+    let response = match request.json(&body).send().await {
+        Ok(r) => r,
+        // No idempotency key in the Cloud API: a timeout after sending is uncertain.
+        Err(e) => return transport_error(&e, false),
+    };
+    let status = response.status().as_u16();
+    let wait = retry_after(response.headers());
+    let text = response.text().await.unwrap_or_default();
+    classify(status, &text, wait)
 }
 
 /// The Cloud API request body for one message (providers.md B1); 360dialog
