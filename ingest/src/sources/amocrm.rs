@@ -714,15 +714,8 @@ fn malformed(msg: &str) -> ParseError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::{fixture, tenant};
     use super::*;
-
-    fn tenant() -> Tenant {
-        Tenant {
-            id: "t".into(),
-            sources: Default::default(),
-        }
-    }
 
     fn form(body: &str) -> Result<Vec<Item>, ParseError> {
         Amocrm.parse(Body::Form(body.as_bytes()), &tenant())

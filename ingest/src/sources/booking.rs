@@ -15,6 +15,7 @@ use shared::{SourceId, Tenant};
 
 use super::{
     Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string, json_object,
+    text,
 };
 
 pub struct Booking;
@@ -257,26 +258,14 @@ fn parse_time(s: &str) -> Option<DateTime<FixedOffset>> {
     DateTime::parse_from_rfc3339(s.trim()).ok()
 }
 
-fn text(s: Option<&str>) -> Option<String> {
-    s.map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 fn malformed(msg: &str) -> ParseError {
     ParseError::Malformed(format!("booking: {msg}"))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tenant;
     use super::*;
-
-    fn tenant() -> Tenant {
-        Tenant {
-            id: "t".into(),
-            sources: Default::default(),
-        }
-    }
 
     /// The example of docs/SOURCES.md.
     const FULL: &str = r#"{

@@ -276,15 +276,8 @@ fn json_error(e: &serde_json::Error) -> ParseError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::{fixture, tenant};
     use super::*;
-
-    fn tenant() -> Tenant {
-        Tenant {
-            id: "t".into(),
-            sources: Default::default(),
-        }
-    }
 
     fn parse(body: &[u8]) -> Result<Vec<Item>, ParseError> {
         Iiko.parse(Body::Json(body), &tenant())

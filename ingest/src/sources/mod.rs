@@ -187,6 +187,13 @@ pub(crate) fn json_object(body: Body<'_>) -> Result<&[u8], String> {
     Ok(bytes)
 }
 
+/// A trimmed, non-empty string, or nothing.
+pub(crate) fn text(s: Option<&str>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// What is wrong with a JSON body, by kind and position only: serde_json's
 /// own messages can quote payload values (phones, e-mails).
 pub(crate) fn describe(e: &serde_json::Error) -> String {
@@ -198,6 +205,15 @@ pub(crate) fn describe(e: &serde_json::Error) -> String {
         Category::Io => "unreadable body",
     };
     format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+/// A tenant with default source settings, for unit tests.
+#[cfg(test)]
+pub(crate) fn tenant() -> Tenant {
+    Tenant {
+        id: "t".into(),
+        sources: Default::default(),
+    }
 }
 
 /// Path to a fixture in ../shared/fixtures, for unit tests.

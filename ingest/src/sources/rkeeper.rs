@@ -17,6 +17,7 @@ use shared::{SourceId, Tenant};
 
 use super::{
     Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string, json_object,
+    text,
 };
 
 pub struct Rkeeper;
@@ -234,27 +235,14 @@ fn status_text(v: &Value) -> Option<String> {
     }
 }
 
-fn text(s: Option<&str>) -> Option<String> {
-    s.map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 fn malformed(msg: &str) -> ParseError {
     ParseError::Malformed(format!("rkeeper: {msg}"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::{fixture, tenant};
     use super::*;
-
-    fn tenant() -> Tenant {
-        Tenant {
-            id: "t".into(),
-            sources: Default::default(),
-        }
-    }
 
     fn parse(body: &[u8]) -> Result<Vec<Item>, ParseError> {
         Rkeeper.parse(Body::Json(body), &tenant())

@@ -13,7 +13,9 @@ use serde_json::Value;
 use shared::event::{EventKind, Lookup};
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source, describe, id_string, json_object};
+use super::{
+    Body, ContentKind, Draft, Item, ParseError, Source, describe, id_string, json_object, text,
+};
 
 pub struct Yclients;
 
@@ -272,27 +274,14 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-fn text(s: Option<&str>) -> Option<String> {
-    s.map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 fn malformed(msg: &str) -> ParseError {
     ParseError::Malformed(format!("yclients: {msg}"))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixture;
+    use super::super::{fixture, tenant};
     use super::*;
-
-    fn tenant() -> Tenant {
-        Tenant {
-            id: "t".into(),
-            sources: Default::default(),
-        }
-    }
 
     fn one(body: &[u8]) -> Item {
         let mut items = Yclients.parse(Body::Json(body), &tenant()).unwrap();
