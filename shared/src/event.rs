@@ -133,16 +133,28 @@ impl Event {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// One parse on the normal path (this runs for every event the
+    /// dispatcher consumes); only a body that does not read as a v1 event is
+    /// probed for its schema number, to tell "newer" from "malformed".
     pub fn from_json(bytes: &[u8]) -> Result<Self, EventDecodeError> {
         #[derive(Deserialize)]
         struct Version {
             schema: u16,
         }
-        let v: Version = serde_json::from_slice(bytes).map_err(EventDecodeError::Malformed)?;
-        if v.schema == 0 || v.schema > SCHEMA_VERSION {
-            return Err(EventDecodeError::UnsupportedSchema(v.schema));
+        let check = |schema: u16| {
+            if schema == 0 || schema > SCHEMA_VERSION {
+                Err(EventDecodeError::UnsupportedSchema(schema))
+            } else {
+                Ok(())
+            }
+        };
+        match serde_json::from_slice::<Event>(bytes) {
+            Ok(event) => check(event.schema).map(|()| event),
+            Err(e) => match serde_json::from_slice::<Version>(bytes) {
+                Ok(v) => check(v.schema).and(Err(EventDecodeError::Malformed(e))),
+                Err(_) => Err(EventDecodeError::Malformed(e)),
+            },
         }
-        serde_json::from_slice(bytes).map_err(EventDecodeError::Malformed)
     }
 }
 
