@@ -12,11 +12,10 @@ const YCLIENTS_ARRIVED: &str = r#"{"company_id":358944,"resource":"record","reso
  "datetime":"2026-11-24T16:00:00+03:00","client":{"id":5,"name":"Олеся","phone":"+79999856814"},
  "services":[{"title":"Стрижка","cost":1500}],"staff":{"name":"Анна"}}}"#;
 
-async fn raw(h: &Harness, req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+async fn raw(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
     let r = req.send().await.expect("request");
     let status = r.status().as_u16();
     let body = r.json().await.unwrap_or(serde_json::Value::Null);
-    let _ = h;
     (status, body)
 }
 
@@ -25,65 +24,43 @@ async fn refusals_have_fitting_statuses_and_queue_nothing() {
     let h = Harness::start("contract").await;
     let post = |path: &str| h.http.post(h.url(path));
 
-    let (s, b) = raw(
-        &h,
-        post("/api/webhook/iiko")
-            .header("content-type", "application/json")
-            .body("[]"),
-    )
+    let (s, b) = raw(post("/api/webhook/iiko")
+        .header("content-type", "application/json")
+        .body("[]"))
     .await;
     assert_eq!(
         (s, b["error"].as_str()),
         (401, Some("unauthorized")),
         "missing key"
     );
-    let (s, _) = raw(
-        &h,
-        post("/api/webhook/iiko?key=wrong-key-wrong-key")
-            .header("content-type", "application/json")
-            .body("[]"),
-    )
+    let (s, _) = raw(post("/api/webhook/iiko?key=wrong-key-wrong-key")
+        .header("content-type", "application/json")
+        .body("[]"))
     .await;
     assert_eq!(s, 401, "wrong key");
-    let (s, b) = raw(
-        &h,
-        post(&format!("/api/webhook/bitrix?key={KEY}")).body("{}"),
-    )
-    .await;
+    let (s, b) = raw(post(&format!("/api/webhook/bitrix?key={KEY}")).body("{}")).await;
     assert_eq!((s, b["error"].as_str()), (404, Some("unknown_source")));
-    let (s, b) = raw(
-        &h,
-        post(&format!("/api/webhook/yclients?key={KEY}"))
-            .header("content-type", "text/plain")
-            .body(YCLIENTS_ARRIVED),
-    )
+    let (s, b) = raw(post(&format!("/api/webhook/yclients?key={KEY}"))
+        .header("content-type", "text/plain")
+        .body(YCLIENTS_ARRIVED))
     .await;
     assert_eq!(
         (s, b["error"].as_str()),
         (415, Some("unsupported_media_type"))
     );
-    let (s, _) = raw(
-        &h,
-        post(&format!("/api/webhook/yclients?key={KEY}"))
-            .header("content-type", "application/json; charset=windows-1251")
-            .body(YCLIENTS_ARRIVED),
-    )
+    let (s, _) = raw(post(&format!("/api/webhook/yclients?key={KEY}"))
+        .header("content-type", "application/json; charset=windows-1251")
+        .body(YCLIENTS_ARRIVED))
     .await;
     assert_eq!(s, 415, "only UTF-8");
-    let (s, _) = raw(
-        &h,
-        post(&format!("/api/webhook/iiko?key={KEY}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("a=1"),
-    )
+    let (s, _) = raw(post(&format!("/api/webhook/iiko?key={KEY}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("a=1"))
     .await;
     assert_eq!(s, 415, "iiko sends JSON only");
-    let (s, b) = raw(
-        &h,
-        post(&format!("/api/webhook/yclients?key={KEY}"))
-            .header("content-type", "application/json")
-            .body(r#"{"company_id": 1, "resource": "#),
-    )
+    let (s, b) = raw(post(&format!("/api/webhook/yclients?key={KEY}"))
+        .header("content-type", "application/json")
+        .body(r#"{"company_id": 1, "resource": "#))
     .await;
     assert_eq!(
         (s, b["error"].as_str()),
@@ -95,31 +72,23 @@ async fn refusals_have_fitting_statuses_and_queue_nothing() {
         "says what is wrong: {b}"
     );
     let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(70_000));
-    let (s, b) = raw(
-        &h,
-        post(&format!("/api/webhook/yclients?key={KEY}"))
-            .header("content-type", "application/json")
-            .body(big),
-    )
+    let (s, b) = raw(post(&format!("/api/webhook/yclients?key={KEY}"))
+        .header("content-type", "application/json")
+        .body(big))
     .await;
     assert_eq!((s, b["error"].as_str()), (413, Some("payload_too_large")));
-    let (s, _) = raw(
-        &h,
-        h.http
-            .delete(h.url(&format!("/api/webhook/iiko?key={KEY}"))),
-    )
+    let (s, _) = raw(h
+        .http
+        .delete(h.url(&format!("/api/webhook/iiko?key={KEY}"))))
     .await;
     assert_eq!(s, 405);
-    let (s, b) = raw(&h, h.http.get(h.url("/nowhere"))).await;
+    let (s, b) = raw(h.http.get(h.url("/nowhere"))).await;
     assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
-    let (s, b) = raw(
-        &h,
-        post(&format!(
-            "/api/webhook/booking?key={KEY}&time_zone=Mars/Base"
-        ))
-        .header("content-type", "application/json")
-        .body("{}"),
-    )
+    let (s, b) = raw(post(&format!(
+        "/api/webhook/booking?key={KEY}&time_zone=Mars/Base"
+    ))
+    .header("content-type", "application/json")
+    .body("{}"))
     .await;
     assert_eq!(
         (s, b["error"].as_str()),
@@ -154,7 +123,7 @@ async fn key_is_accepted_in_every_documented_place() {
         ),
         json(h.http.post(&url).header("Authorization", KEY)), // iiko's raw token
     ] {
-        let (s, b) = raw(&h, req).await;
+        let (s, b) = raw(req).await;
         assert_eq!(s, 202, "{b}");
     }
     h.finish().await;
@@ -165,19 +134,16 @@ async fn parameter_check_answers_like_seed_000() {
     let h = Harness::start("check").await;
     let get = |q: &str| h.http.get(h.url(&format!("/api/webhook/booking?{q}")));
 
-    let (s, b) = raw(&h, get(&format!(
+    let (s, b) = raw(get(&format!(
         "key={KEY}&key_api=f8f1955587ac6d7894cee95f92dcaca4&channel_id=3349fab8-b01b-4232-b9cb-a15ec3acc053\
          &chat_type=whatsapp&message=Hi&time_zone=Asia/Yekaterinburg&date_locales=en-US&hide_url=true"
     ))).await;
     assert_eq!((s, b["Status"].as_str()), (200, Some("Success")), "{b}");
     assert!(b["ErrorMessage"].is_null());
 
-    let (s, b) = raw(
-        &h,
-        get(&format!(
-            "key={KEY}&chat_type=telegram&hide_everything=1&date_locales=de-DE"
-        )),
-    )
+    let (s, b) = raw(get(&format!(
+        "key={KEY}&chat_type=telegram&hide_everything=1&date_locales=de-DE"
+    )))
     .await;
     assert_eq!(
         (s, b["Status"].as_str()),
@@ -190,19 +156,15 @@ async fn parameter_check_answers_like_seed_000() {
         "{msg}"
     );
 
-    let (s, b) = raw(&h, get("key=not-a-key")).await;
+    let (s, b) = raw(get("key=not-a-key")).await;
     assert_eq!((s, b["Status"].as_str()), (401, Some("Error")));
 
-    let (s, b) = raw(&h, get(&format!("key={KEY}&utm=1"))).await;
+    let (s, b) = raw(get(&format!("key={KEY}&utm=1"))).await;
     assert_eq!(b["Status"], "Success");
     assert!(b["WarningMessage"].as_str().unwrap().contains("utm"), "{b}");
     assert_eq!(s, 200);
 
-    let (s, b) = raw(
-        &h,
-        h.http.get(h.url(&format!("/api/webhook/iiko?key={KEY}"))),
-    )
-    .await;
+    let (s, b) = raw(h.http.get(h.url(&format!("/api/webhook/iiko?key={KEY}")))).await;
     assert_eq!(
         (s, b["Status"].as_str()),
         (200, Some("Success")),
@@ -216,13 +178,11 @@ async fn health_readiness_and_metrics_without_personal_data() {
     let h = Harness::start("metrics").await;
     let (s, _) = h.post_json("yclients", YCLIENTS_ARRIVED).await;
     assert_eq!(s, 202);
-    let _ = raw(
-        &h,
-        h.http
-            .post(h.url("/api/webhook/yclients?key=bad-key-bad-key-bad"))
-            .header("content-type", "application/json")
-            .body("{}"),
-    )
+    let _ = raw(h
+        .http
+        .post(h.url("/api/webhook/yclients?key=bad-key-bad-key-bad"))
+        .header("content-type", "application/json")
+        .body("{}"))
     .await;
 
     assert_eq!(

@@ -224,29 +224,24 @@ pub async fn connect() -> Connection {
         .expect("RabbitMQ on 127.0.0.1:5672")
 }
 
-/// Reads (and acks) events from the dispatch queue until `n` arrived or the
-/// timeout passed.
-pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Vec<Event> {
+/// Reads (and acks) up to `n` messages of a queue, or fewer when the
+/// timeout passes: (routing key, body) each.
+async fn take_messages(queue: &str, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>)> {
     let mut conn = connect().await;
     let mut ch = conn.create_channel().await.expect("channel");
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < n && tokio::time::Instant::now() < deadline {
-        match ch
-            .basic_get(
-                topology.dispatch_queue().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-        {
+        match ch.basic_get(queue.into(), BasicGetOptions::default()).await {
             Ok(Some(msg)) => {
-                let event =
-                    Event::from_json(&msg.delivery.data).expect("a Vestnik event on the queue");
                 msg.delivery
                     .ack(BasicAckOptions::default())
                     .await
                     .expect("ack");
-                out.push(event);
+                out.push((
+                    msg.delivery.routing_key.to_string(),
+                    msg.delivery.data.clone(),
+                ));
             }
             Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(_) => {
@@ -264,43 +259,27 @@ pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Ve
     out
 }
 
+/// Reads (and acks) events from the dispatch queue until `n` arrived or the
+/// timeout passed.
+pub async fn take_events(topology: &Topology, n: usize, timeout: Duration) -> Vec<Event> {
+    take_messages(&topology.dispatch_queue(), n, timeout)
+        .await
+        .into_iter()
+        .map(|(_, body)| Event::from_json(&body).expect("a Vestnik event on the queue"))
+        .collect()
+}
+
 /// Reads (and acks) provider status updates from `<prefix>.statuses` until
 /// `n` arrived or the timeout passed.
 pub async fn take_statuses(topology: &Topology, n: usize, timeout: Duration) -> Vec<StatusUpdate> {
-    let mut conn = connect().await;
-    let mut ch = conn.create_channel().await.expect("channel");
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < n && tokio::time::Instant::now() < deadline {
-        match ch
-            .basic_get(
-                topology.status_queue().as_str().into(),
-                BasicGetOptions::default(),
-            )
-            .await
-        {
-            Ok(Some(msg)) => {
-                assert_eq!(msg.delivery.routing_key.as_str(), "status");
-                let update = StatusUpdate::from_json(&msg.delivery.data)
-                    .expect("a status update on the statuses queue");
-                msg.delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .expect("ack");
-                out.push(update);
-            }
-            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(_) => {
-                // As in take_events: a fresh connection after a 404.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = conn.close(200, "retry".into()).await;
-                conn = connect().await;
-                ch = conn.create_channel().await.expect("channel");
-            }
-        }
-    }
-    let _ = conn.close(200, "done".into()).await;
-    out
+    take_messages(&topology.status_queue(), n, timeout)
+        .await
+        .into_iter()
+        .map(|(route, body)| {
+            assert_eq!(route, "status");
+            StatusUpdate::from_json(&body).expect("a status update on the statuses queue")
+        })
+        .collect()
 }
 
 /// Messages waiting in `<prefix>.statuses`.
