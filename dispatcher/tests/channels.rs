@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Options, event, header, requests};
+use common::{Harness, Options, event, header, meta_ok, requests};
 use lapin::BasicProperties;
 use shared::EventKind;
 use shared::event::Lookup;
@@ -133,20 +133,14 @@ async fn failed_callback_gives_a_second_attempt_then_falls_back() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v21.0/1234567890/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.first"}]})),
-        )
+        .respond_with(meta_ok("wamid.first"))
         .up_to_n_times(1)
         .with_priority(1)
         .mount(&fake)
         .await;
     Mock::given(method("POST"))
         .and(path("/v21.0/1234567890/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.second"}]})),
-        )
+        .respond_with(meta_ok("wamid.second"))
         .with_priority(2)
         .mount(&fake)
         .await;
@@ -227,10 +221,7 @@ async fn amocrm_hook_without_phone_is_looked_up() {
         .await;
     Mock::given(method("POST"))
         .and(path("/v21.0/1234567890/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.lookup"}]})),
-        )
+        .respond_with(meta_ok("wamid.lookup"))
         .mount(&fake)
         .await;
     let mut o = Options::meta(&fake);
@@ -299,10 +290,7 @@ async fn yclients_record_without_phone_is_looked_up() {
         .await;
     Mock::given(method("POST"))
         .and(path("/v21.0/1234567890/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.yc"}]})),
-        )
+        .respond_with(meta_ok("wamid.yc"))
         .mount(&fake)
         .await;
     let mut o = Options::meta(&fake);

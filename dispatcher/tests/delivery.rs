@@ -5,18 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Options, event, header, requests};
+use common::{Harness, Options, event, header, meta_ok, requests};
 use shared::EventKind;
 use wiremock::matchers::{header as has_header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-fn meta_ok(id: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(serde_json::json!({
-        "messaging_product": "whatsapp",
-        "contacts": [{"input": "+79161234567", "wa_id": "79161234567"}],
-        "messages": [{"id": id}]
-    }))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_becomes_one_meta_request_with_the_right_body() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Options, event, requests};
+use common::{Harness, Options, event, meta_ok, requests};
 use dispatcher::dlq::{Dlq, Filter};
 use shared::EventKind;
 use wiremock::matchers::method;
@@ -77,10 +77,7 @@ async fn dead_letters_are_listed_replayed_once_and_not_again() {
     // The token is fixed: replay what failed for that reason.
     fake.reset().await;
     Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.replayed"}]})),
-        )
+        .respond_with(meta_ok("wamid.replayed"))
         .mount(&fake)
         .await;
     let store = &h.running().worker.store;

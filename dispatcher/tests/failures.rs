@@ -5,23 +5,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Options, Proxy, event, requests};
+use common::{Harness, Options, Proxy, event, meta_ok, requests};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use shared::EventKind;
 use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
-fn meta_ok() -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_json(serde_json::json!({"messages": [{"id": "wamid.ok"}]}))
-}
+use wiremock::{Mock, MockServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_unreachable_sends_nothing_and_resumes_when_back() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(meta_ok())
+        .respond_with(meta_ok("wamid.ok"))
         .mount(&fake)
         .await;
     let proxy = Proxy::start("127.0.0.1:6379").await;
@@ -79,7 +75,7 @@ async fn redis_unreachable_sends_nothing_and_resumes_when_back() {
 async fn a_worker_dying_between_send_and_ack_does_not_send_again() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(meta_ok())
+        .respond_with(meta_ok("wamid.ok"))
         .mount(&fake)
         .await;
     let h = Harness::prepare("crash", &Options::meta(&fake)).await;
@@ -158,7 +154,7 @@ async fn a_worker_dying_between_send_and_ack_does_not_send_again() {
 async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(meta_ok().set_delay(Duration::from_millis(800)))
+        .respond_with(meta_ok("wamid.ok").set_delay(Duration::from_millis(800)))
         .mount(&fake)
         .await;
     let mut o = Options::meta(&fake);

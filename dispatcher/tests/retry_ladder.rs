@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Harness, Options, event, header, requests};
+use common::{Harness, Options, event, header, meta_ok, requests};
 use shared::EventKind;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -29,10 +29,7 @@ async fn first_attempt_fails_second_attempt_after_the_delay_sends() {
         .mount(&fake)
         .await;
     Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.second"}]})),
-        )
+        .respond_with(meta_ok("wamid.second"))
         .with_priority(2)
         .mount(&fake)
         .await;

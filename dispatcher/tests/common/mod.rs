@@ -279,6 +279,15 @@ pub fn event(kind: EventKind, dedup: &str, phone: &str) -> Event {
     }
 }
 
+/// Meta's success answer (providers.md B1) with the given message id.
+pub fn meta_ok(id: &str) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": "+79161234567", "wa_id": "79161234567"}],
+        "messages": [{"id": id}]
+    }))
+}
+
 /// Waits until the fake received `n` requests (or the timeout).
 pub async fn requests(fake: &MockServer, n: usize, timeout: Duration) -> Vec<wiremock::Request> {
     let deadline = tokio::time::Instant::now() + timeout;
