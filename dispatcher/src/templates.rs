@@ -507,6 +507,7 @@ mod tests {
             occurred_at: chrono::Utc::now(),
             received_at: chrono::Utc::now(),
             dedup_key: "acme:iiko:o:1:Delivered".into(),
+            source_ref: None,
             location: None,
             recipient: Recipient {
                 phone: shared::phone::normalise("+79161234567").ok(),

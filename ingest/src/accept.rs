@@ -38,6 +38,7 @@ pub fn to_event(draft: Draft, ctx: &Context<'_>) -> Result<Event, String> {
         occurred_at: draft.occurred_at.unwrap_or(ctx.received_at),
         received_at: ctx.received_at,
         dedup_key: format!("{}:{}:{}", ctx.tenant.id, ctx.source, draft.identity),
+        source_ref: draft.reference,
         location: draft.location,
         lookup: if phone.is_some() { None } else { draft.lookup },
         recipient: Recipient {

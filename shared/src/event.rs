@@ -110,6 +110,10 @@ pub struct Event {
     /// `acme:iiko:<org>:<order id>:Delivered`. The same webhook sent twice
     /// yields the same key; the dispatcher's idempotency is keyed on it.
     pub dedup_key: String,
+    /// The source's own id of the record (iiko order id, YCLIENTS record id,
+    /// AmoCRM lead id, ...): the delivery journal is searchable by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ref: Option<String>,
     /// The location/organisation inside the tenant (iiko organizationId, YCLIENTS company, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
@@ -390,6 +394,7 @@ mod tests {
             occurred_at: Utc::now(),
             received_at: Utc::now(),
             dedup_key: "acme:iiko:org:order:Delivered".into(),
+            source_ref: None,
             location: Some("org".into()),
             recipient: Recipient {
                 phone: crate::phone::normalise("+79161234567").ok(),

@@ -263,6 +263,7 @@ pub fn event(kind: EventKind, dedup: &str, phone: &str) -> Event {
         occurred_at: chrono::Utc::now(),
         received_at: chrono::Utc::now(),
         dedup_key: format!("acme:iiko:{dedup}"),
+        source_ref: None,
         location: None,
         recipient: Recipient {
             phone: shared::phone::normalise(phone).ok(),

@@ -546,6 +546,7 @@ fn status_change(
         EventKind::DealWon,
         format!("{account}:{lead_id}:{status_id}"),
     );
+    draft.reference = Some(lead_id.to_string());
     draft.location = subdomain.or(account_id).map(str::to_string);
     draft.occurred_at = lead
         .last_modified

@@ -162,6 +162,7 @@ fn item(hook: &Hook) -> Result<Item, ParseError> {
     };
 
     let mut draft = Draft::new(kind, identity);
+    draft.reference = Some(case_id.to_string());
     draft.occurred_at = hook
         .occurred_at
         .as_deref()

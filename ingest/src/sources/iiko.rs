@@ -161,6 +161,7 @@ fn event_item(event: &Event, tenant: &Tenant) -> Result<Item, ParseError> {
         EventKind::OrderCompleted,
         format!("{}:{order_id}:{status}", org.as_deref().unwrap_or("-")),
     );
+    draft.reference = Some(order_id);
     draft.occurred_at = event.event_time.as_deref().and_then(parse_event_time);
     draft.location = org;
     draft.phones = phones(event, order);

@@ -50,6 +50,10 @@ pub struct Draft {
     /// `<tenant>:<source>:<identity>`; two deliveries of the same webhook must
     /// give the same identity, two different happenings different ones.
     pub identity: String,
+    /// The source's own id of the record (iiko order id, R-Keeper order,
+    /// YCLIENTS record, AmoCRM lead, booking case): what an admin searches the
+    /// delivery journal by.
+    pub reference: Option<String>,
     pub occurred_at: Option<DateTime<Utc>>,
     /// The location inside the tenant (iiko organizationId, YCLIENTS company_id, ...).
     pub location: Option<String>,
@@ -68,6 +72,7 @@ impl Draft {
         Draft {
             kind,
             identity: identity.into(),
+            reference: None,
             occurred_at: None,
             location: None,
             phones: Vec::new(),

@@ -119,6 +119,7 @@ fn delivery(push: &Push, order: &Order, tenant: &Tenant) -> Result<Item, ParseEr
         EventKind::OrderCompleted,
         format!("order:{id}:{}", status.to_lowercase()),
     );
+    draft.reference = Some(id.clone());
     let people = [
         order.customer.as_ref(),
         order.client.as_ref(),
@@ -187,6 +188,7 @@ fn white_server(push: &Push, tenant: &Tenant) -> Result<Item, ParseError> {
         .ok_or_else(|| malformed("White Server event has no orderGuid"))?;
 
     let mut draft = Draft::new(EventKind::OrderCompleted, format!("ws:{guid}:{status}"));
+    draft.reference = Some(guid.clone());
     draft.occurred_at = common
         .and_then(|c| c.date_time_server_receive_event_from_agent.as_deref())
         .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())

@@ -158,6 +158,7 @@ fn item(hook: &Hook, tenant: &Tenant) -> Result<Item, ParseError> {
             company_id.as_deref().unwrap_or("-")
         ),
     );
+    draft.reference = Some(record_id.clone());
     draft.occurred_at = record
         .last_change_date
         .as_deref()

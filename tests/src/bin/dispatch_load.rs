@@ -46,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             occurred_at: chrono::Utc::now(),
             received_at: chrono::Utc::now(),
             dedup_key: format!("bench:iiko:{run}:{i}:Delivered"),
+            source_ref: None,
             location: None,
             recipient: Recipient {
                 phone: phone.clone(),
