@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::publish::Broker;
 use crate::sources::Registry;
 use crate::spool::Spool;
+use utoipa_actix_web::AppExt;
 
 pub struct AppState {
     pub tenants: Tenants,
@@ -126,9 +127,13 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     });
     let mut server = HttpServer::new(move || {
         App::new()
+            .into_utoipa_app()
+            .openapi(crate::openapi::base())
             .app_data(state.clone())
             .configure(crate::routes::configure)
+            .openapi_service(crate::openapi::service)
             .default_service(web::to(crate::routes::not_found))
+            .into_app()
     })
     .shutdown_timeout(10)
     .bind(&settings.ingest.listen)

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod callbacks;
 pub mod durable;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 pub mod problem;
 pub mod publish;

@@ -47,10 +47,13 @@ impl Problem {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    message: String,
+/// Every refusal: a stable code and a sentence that says what to fix.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct Body<'a> {
+    /// Stable machine-readable code, e.g. `unauthorized`, `payload_too_large`.
+    pub error: &'a str,
+    pub message: String,
 }
 
 impl ResponseError for Problem {

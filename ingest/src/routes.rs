@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 use shared::SourceId;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::accept::{self, Context};
 use crate::app::AppState;
@@ -19,37 +20,26 @@ use crate::params;
 use crate::problem::Problem;
 use crate::sources::{Body, ContentKind, Item};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/webhook/{source}")
-            .route(web::post().to(webhook))
-            .route(web::get().to(check))
-            .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(Problem::MethodNotAllowed)
-            })),
-    )
-    .service(
-        web::resource("/api/callback/meta")
-            .route(web::get().to(meta_verify))
-            .route(web::post().to(meta_callback))
-            .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(Problem::MethodNotAllowed)
-            })),
-    )
-    .service(
-        web::resource("/api/callback/{provider}")
-            .route(web::post().to(status_callback))
-            .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(Problem::MethodNotAllowed)
-            })),
-    )
-    .route("/healthz", web::get().to(healthz))
-    .route("/readyz", web::get().to(readyz))
-    .route("/metrics", web::get().to(metrics));
+/// Every route, each registered through utoipa so it is in /openapi.json.
+/// Order matters: `/api/callback/meta` before `/api/callback/{provider}`.
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(webhook)
+        .service(check)
+        .service(meta_verify)
+        .service(meta_callback)
+        .service(status_callback)
+        .service(healthz)
+        .service(readyz)
+        .service(metrics);
 }
 
-pub async fn not_found() -> Result<HttpResponse, Problem> {
-    Err(Problem::NotFound)
+/// No route for this request: 405 when the path exists with other methods,
+/// else 404.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
+    match req.resource_map().match_pattern(req.path()) {
+        Some(_) => Err(Problem::MethodNotAllowed),
+        None => Err(Problem::NotFound),
+    }
 }
 
 #[derive(Serialize)]
@@ -64,6 +54,33 @@ struct Ignored {
     reason: String,
 }
 
+/// A source's webhook. The body is the source's own format; the answer
+/// comes once every accepted item is durable (broker-confirmed or spooled).
+#[utoipa::path(
+    tag = "webhooks",
+    params(
+        ("source" = String, Path, description = "iiko, rkeeper, yclients, amocrm or booking"),
+        ("key" = Option<String>, Query, description = "The tenant's key (or `X-Api-Key`, or `Authorization: Bearer`)"),
+    ),
+    request_body(
+        content(
+            (serde_json::Value = "application/json"),
+            (String = "application/x-www-form-urlencoded"),
+        ),
+        description = "The source's own payload: JSON, or AmoCRM's bracketed form encoding",
+    ),
+    responses(
+        (status = 202, description = "Queued: `{status, events: [{id, kind}], ignored: [{index, reason}]}`"),
+        (status = 200, description = "Understood, nothing to send (not a final status, no usable recipient, ...)"),
+        (status = 400, description = "Malformed body or wrong URL parameters", body = crate::problem::Body),
+        (status = 401, description = "Missing or wrong key", body = crate::problem::Body),
+        (status = 404, description = "Unknown source", body = crate::problem::Body),
+        (status = 413, description = "Body over ingest.max_body_bytes", body = crate::problem::Body),
+        (status = 415, description = "Content type the source does not send", body = crate::problem::Body),
+        (status = 503, description = "Could not be made durable; retry (Retry-After)", body = crate::problem::Body),
+    )
+)]
+#[post("/api/webhook/{source}")]
 async fn webhook(
     req: HttpRequest,
     path: web::Path<String>,
@@ -194,6 +211,19 @@ async fn handle_webhook(
 }
 
 /// Meta's subscription handshake: the challenge, verbatim, as text/plain.
+#[utoipa::path(
+    tag = "callbacks",
+    params(
+        ("hub.mode" = String, Query, description = "`subscribe`"),
+        ("hub.verify_token" = String, Query, description = "callbacks.meta_verify_token"),
+        ("hub.challenge" = String, Query, description = "Echoed back"),
+    ),
+    responses(
+        (status = 200, description = "The challenge", content_type = "text/plain"),
+        (status = 403, description = "Wrong verify token"),
+    )
+)]
+#[get("/api/callback/meta")]
 async fn meta_verify(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -210,7 +240,19 @@ async fn meta_verify(
     callbacks::finish(&state.metrics, Provider::Meta, result)
 }
 
-/// Meta: the signature covers the raw body, so it is read first.
+/// Meta WhatsApp Cloud API delivery statuses, signed with
+/// `X-Hub-Signature-256` (the app secret).
+#[utoipa::path(
+    tag = "callbacks",
+    request_body(content = serde_json::Value, description = "Meta's webhook envelope (`entry[].changes[].value.statuses[]`)"),
+    responses(
+        (status = 200, description = "Statuses recorded (or nothing to record)"),
+        (status = 400, description = "Malformed body"),
+        (status = 401, description = "Missing or wrong signature"),
+        (status = 503, description = "Not durable yet; Meta retries"),
+    )
+)]
+#[post("/api/callback/meta")]
 async fn meta_callback(
     req: HttpRequest,
     payload: web::Payload,
@@ -229,8 +271,21 @@ async fn meta_callback(
     callbacks::finish(&state.metrics, Provider::Meta, result)
 }
 
-/// 360dialog and Wazzup: credentials are in the headers or URL, checked
-/// before the body is read.
+/// 360dialog and Wazzup delivery statuses: credentials are in the headers
+/// or URL, checked before the body is read.
+#[utoipa::path(
+    tag = "callbacks",
+    params(("provider" = String, Path, description = "dialog360 or wazzup")),
+    request_body(content = serde_json::Value, description = "The provider's status webhook"),
+    responses(
+        (status = 200, description = "Statuses recorded (or nothing to record)"),
+        (status = 400, description = "Malformed body"),
+        (status = 401, description = "Missing or wrong credentials"),
+        (status = 404, description = "Unknown provider"),
+        (status = 503, description = "Not durable yet; the provider retries"),
+    )
+)]
+#[post("/api/callback/{provider}")]
 async fn status_callback(
     req: HttpRequest,
     path: web::Path<String>,
@@ -328,6 +383,20 @@ async fn read_body(
 
 /// Seed 000's parameter check, for every source: open the webhook URL in a
 /// browser and read `Status`, `ErrorMessage`, `WarningMessage`.
+#[utoipa::path(
+    tag = "webhooks",
+    params(
+        ("source" = String, Path, description = "iiko, rkeeper, yclients, amocrm or booking"),
+        ("key" = Option<String>, Query, description = "The tenant's key"),
+    ),
+    responses(
+        (status = 200, description = "`{Status: \"Success\", WarningMessage}`"),
+        (status = 400, description = "`{Status: \"Wrong parameters\", ErrorMessage}`"),
+        (status = 401, description = "Missing or wrong key"),
+        (status = 404, description = "Unknown source"),
+    )
+)]
+#[get("/api/webhook/{source}")]
 async fn check(
     req: HttpRequest,
     path: web::Path<String>,
@@ -377,10 +446,19 @@ async fn check(
     answer(StatusCode::OK, "Success", vec![], warnings)
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "`{status: \"ok\"}`")))]
+#[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// Readiness: the broker is up, or the spool still has room.
+#[utoipa::path(tag = "operations", responses(
+    (status = 200, description = "Ready: `{ready, broker, spool}`"),
+    (status = 503, description = "Broker down and the spool nearly full"),
+))]
+#[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker_up = state.durable.broker.is_up();
     let spool = &state.durable.spool;
@@ -402,6 +480,9 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Metrics", content_type = "text/plain")))]
+#[get("/metrics")]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let m = &state.metrics;
     m.spool_records

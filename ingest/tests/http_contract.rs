@@ -216,3 +216,66 @@ async fn health_readiness_and_metrics_without_personal_data() {
     common::take_events(&h.topology, 1, Duration::from_secs(2)).await;
     h.finish().await;
 }
+
+/// The served OpenAPI document parses and names every route, and every route
+/// it names is served (the default 404/405 answer means it is not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_lists_every_served_route() {
+    let h = Harness::start("openapi").await;
+    let r = h
+        .http
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    let doc: serde_json::Value = r.json().await.expect("the document is JSON");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut operations = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_some() {
+                operations.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /api/callback/meta",
+            "GET /api/webhook/{source}",
+            "GET /healthz",
+            "GET /metrics",
+            "GET /openapi.json",
+            "GET /readyz",
+            "POST /api/callback/meta",
+            "POST /api/callback/{provider}",
+            "POST /api/webhook/{source}",
+        ],
+        "a route was added or removed: the document follows the code"
+    );
+    for op in &operations {
+        let (method, path) = op.split_once(' ').expect("method and path");
+        let path = path
+            .replace("{source}", "iiko")
+            .replace("{provider}", "wazzup");
+        let req = match method {
+            "GET" => h.http.get(h.url(&path)),
+            _ => h.http.post(h.url(&path)).body("{}"),
+        };
+        let (status, body) = raw(req).await;
+        let default_answer = matches!(
+            body["error"].as_str(),
+            Some("not_found") | Some("method_not_allowed")
+        );
+        assert!(
+            !default_answer,
+            "{op} is documented but not served: {status} {body}"
+        );
+    }
+    let (s, b) = raw(h.http.put(h.url("/api/callback/meta"))).await;
+    assert_eq!((s, b["error"].as_str()), (405, Some("method_not_allowed")));
+    h.finish().await;
+}
