@@ -11,7 +11,7 @@ use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
@@ -125,6 +125,7 @@ async fn session(
         events.map(|d| (Kind::Event, d)),
         statuses.map(|d| (Kind::Status, d)),
     );
+    let dlq_watch = watch_dead_letters(worker, conn).await?;
     worker.health.set_broker(true);
     worker.metrics.broker_up.set(1);
     tracing::info!(queue = %worker.topology.dispatch_queue(), prefetch = settings.prefetch, concurrency = settings.concurrency, "consuming");
@@ -198,9 +199,40 @@ async fn session(
         let _ = consuming.close(200, "shutting down".into()).await;
         let _ = publisher.close(200, "shutting down".into()).await;
     }
+    dlq_watch.abort();
     worker.health.set_broker(false);
     worker.metrics.broker_up.set(0);
     result
+}
+
+/// Keeps the DLQ-size gauge current (a passive declare every 15 s on its own
+/// channel), so a growing dead-letter queue shows on the dashboards and alerts.
+async fn watch_dead_letters(
+    worker: &Arc<Worker>,
+    conn: &Connection,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let queue = worker.topology.dead_letter_queue();
+    let gauge = worker.metrics.dlq_messages.clone();
+    Ok(tokio::spawn(async move {
+        loop {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            match channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => gauge.set(i64::from(q.message_count())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "dlq size not read");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    }))
 }
 
 /// Resolves once shutdown is requested (the watch guard is not held across awaits).

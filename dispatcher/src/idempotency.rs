@@ -156,6 +156,10 @@ impl Store {
         })
     }
 
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, kind: &str, dedup_key: &str, channel: Channel) -> String {
         format!("{}:{kind}:{dedup_key}:{channel}", self.prefix)
     }
@@ -185,7 +189,7 @@ impl Store {
         }
     }
 
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub fallbacks: IntCounterVec,
     pub statuses: IntCounterVec,
     pub redis_errors: IntCounter,
+    pub journal_errors: IntCounter,
+    pub dlq_messages: IntGauge,
     pub in_flight: IntGauge,
     pub redis_up: IntGauge,
     pub broker_up: IntGauge,
@@ -82,6 +84,16 @@ impl Metrics {
                 "Failed Redis operations",
             )
             .expect("static metric definition"),
+            journal_errors: IntCounter::new(
+                "vestnik_dispatcher_journal_errors_total",
+                "Delivery-journal writes that failed (the delivery itself is not affected)",
+            )
+            .expect("static metric definition"),
+            dlq_messages: IntGauge::new(
+                "vestnik_dispatcher_dlq_messages",
+                "Dead letters waiting in the DLQ (read from the broker every 15 s)",
+            )
+            .expect("static metric definition"),
             in_flight: IntGauge::new("vestnik_dispatcher_in_flight", "Events being processed")
                 .expect("static metric definition"),
             redis_up: IntGauge::new("vestnik_dispatcher_redis_up", "1 when Redis answers")
@@ -102,6 +114,8 @@ impl Metrics {
             Box::new(m.fallbacks.clone()),
             Box::new(m.statuses.clone()),
             Box::new(m.redis_errors.clone()),
+            Box::new(m.journal_errors.clone()),
+            Box::new(m.dlq_messages.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.redis_up.clone()),
             Box::new(m.broker_up.clone()),

@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::health::Health;
 use crate::idempotency::{Claim, Sent, SentMessage, Store, StoreError};
+use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Headers, header_int, header_str, int, text};
@@ -68,6 +69,7 @@ pub type RouteProvider =
 pub struct Worker {
     pub topology: Topology,
     pub store: Store,
+    pub journal: Journal,
     pub templates: Templates,
     pub tenants: HashMap<String, TenantRuntime>,
     /// Dev mode: where a channel goes when a tenant configured no provider at all.
@@ -118,6 +120,8 @@ struct Job<'a> {
     attempt: i64,
     failed_channels: Vec<Channel>,
     publisher: &'a AmqpChannel,
+    /// This delivery's steps for the journal, written once it has settled.
+    trail: Trail,
 }
 
 impl Worker {
@@ -134,6 +138,7 @@ impl Worker {
                 .map(|s| parse_channels(&s))
                 .unwrap_or_default(),
             publisher,
+            trail: Trail::default(),
         };
         let event = match Event::from_json(&delivery.data) {
             Ok(e) => e,
@@ -149,7 +154,25 @@ impl Worker {
             }
         };
         let span = tracing::info_span!("event", event_id = %event.id, tenant = %event.tenant, kind = %event.kind, attempt = job.attempt);
-        self.handle_event(event, &job).instrument(span).await
+        async {
+            let id = event.id.to_string();
+            let refs = journal::references(&event);
+            job.trail
+                .push(journal::received(&event, job.attempt, &job.failed_channels));
+            let settle = self.handle_event(event, &job).await;
+            self.write_journal(&id, &refs, &job.trail.take()).await;
+            settle
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Best effort: the journal records, it never holds a delivery.
+    async fn write_journal(&self, event_id: &str, refs: &[journal::Reference], records: &[Record]) {
+        if let Err(e) = self.journal.append(event_id, refs, records).await {
+            self.metrics.journal_errors.inc();
+            tracing::debug!(error = %e, "journal not written");
+        }
     }
 
     async fn handle_event(&self, mut event: Event, job: &Job<'_>) -> Settle {
@@ -177,9 +200,17 @@ impl Worker {
             match tenant.lookups.phone(lookup).await {
                 Ok(phone) => {
                     tracing::info!(phone = %phone, "phone found by look-up");
+                    job.trail.push(Step::LookedUp {
+                        found: true,
+                        detail: phone.to_string(),
+                    });
                     event.recipient.phone = Some(phone);
                 }
                 Err(LookupError::Transient(reason)) => {
+                    job.trail.push(Step::LookedUp {
+                        found: false,
+                        detail: reason.clone(),
+                    });
                     let at = Attempt {
                         number: job.attempt,
                         failed: &job.failed_channels,
@@ -189,6 +220,10 @@ impl Worker {
                         .await;
                 }
                 Err(LookupError::NotFound(reason)) if event.recipient.email.is_none() => {
+                    job.trail.push(Step::LookedUp {
+                        found: false,
+                        detail: reason.clone(),
+                    });
                     return self
                         .final_failure(
                             &event,
@@ -231,6 +266,10 @@ impl Worker {
                         .with_label_values(&[c.channel.as_str()])
                         .inc();
                     tracing::warn!(channel = %c.channel, reason = %f.reason, "channel failed for this recipient: falling back");
+                    job.trail.push(Step::Fallback {
+                        from: c.channel,
+                        reason: f.reason.clone(),
+                    });
                     failed.push(c.channel);
                     last = Some(f);
                 }
@@ -259,7 +298,12 @@ impl Worker {
             None | Some(Claim::Busy) => return ChannelEnd::Settled(Settle::Requeue),
             Some(Claim::AlreadySent(sent)) => {
                 self.metrics.duplicates.inc();
-                tracing::info!(channel = %channel, message_id = ?sent.map(|s| s.message_id), "already sent: not sending again");
+                let message_id = sent.map(|s| s.message_id);
+                tracing::info!(channel = %channel, message_id = ?message_id, "already sent: not sending again");
+                job.trail.push(Step::AlreadySent {
+                    channel,
+                    message_id,
+                });
                 return ChannelEnd::Settled(Settle::Ack);
             }
             Some(Claim::Acquired) => {}
@@ -303,6 +347,20 @@ impl Worker {
             .deliveries
             .with_label_values(&[provider_name, channel.as_str(), outcome.class()])
             .inc();
+        job.trail.push(Step::Attempt {
+            attempt,
+            channel,
+            provider: provider_name.to_string(),
+            outcome: outcome.class().to_string(),
+            message_id: match &outcome {
+                Outcome::Sent { message_id } => Some(message_id.clone()),
+                _ => None,
+            },
+            error: match &outcome {
+                Outcome::Sent { .. } => None,
+                o => Some(o.reason().to_string()),
+            },
+        });
 
         match outcome {
             Outcome::Sent { message_id } => {
@@ -542,6 +600,11 @@ impl Worker {
                 return Settle::Requeue;
             }
             self.metrics.second_attempts.inc();
+            job.trail.push(Step::SecondAttemptScheduled {
+                channel,
+                after_secs: self.topology.second_attempt_delay().as_secs(),
+                reason: reason.clone(),
+            });
             tracing::warn!(channel = ?channel, class, reason = %reason,
                 delay_s = self.topology.second_attempt_delay().as_secs(), "first attempt failed: second attempt scheduled");
         } else {
@@ -597,6 +660,10 @@ impl Worker {
                     .dead_lettered
                     .with_label_values(&[f.class])
                     .inc();
+                job.trail.push(Step::DeadLettered {
+                    reason: f.class.to_string(),
+                    error: f.reason.clone(),
+                });
                 tracing::warn!(class = f.class, reason = %f.reason, "dead-lettered");
                 Settle::Ack
             }
@@ -642,7 +709,7 @@ impl Worker {
                 .with_label_values(&[status.state.as_str(), outcome])
                 .inc()
         };
-        if status.state != DeliveryState::Failed {
+        if status.state != DeliveryState::Failed && !self.journal.enabled() {
             label("recorded");
             return Settle::Ack;
         }
@@ -654,11 +721,55 @@ impl Worker {
         };
         let Some(sent) = sent else {
             label("unknown_message");
-            tracing::warn!(
-                provider,
-                "failure reported for a message we do not know (expired or another deployment)"
-            );
+            if status.state == DeliveryState::Failed {
+                tracing::warn!(
+                    provider,
+                    "failure reported for a message we do not know (expired or another deployment)"
+                );
+            }
             return Settle::Ack;
+        };
+        let trail = Trail::default();
+        trail.push(Step::Callback {
+            provider: provider.to_string(),
+            state: status.state.as_str().to_string(),
+            message_id: status.message_id.clone(),
+            error: status
+                .error_code
+                .iter()
+                .chain(status.error.iter())
+                .cloned()
+                .reduce(|a, b| format!("{a}: {b}"))
+                .map(|e| shared::mask::text(&e)),
+        });
+        let settle = if status.state == DeliveryState::Failed {
+            self.status_failed(&status, &sent, &trail, publisher).await
+        } else {
+            label("recorded");
+            Settle::Ack
+        };
+        if let Ok(event) = Event::from_json(sent.event.as_bytes()) {
+            self.write_journal(&event.id.to_string(), &[], &trail.take())
+                .await;
+        }
+        settle
+    }
+
+    /// A provider reported a sent message failed: its one second attempt,
+    /// or after a failed second attempt the next channel.
+    async fn status_failed(
+        &self,
+        status: &StatusUpdate,
+        sent: &SentMessage,
+        trail: &Trail,
+        publisher: &AmqpChannel,
+    ) -> Settle {
+        let provider = status.provider.as_str();
+        let label = |outcome: &str| {
+            self.metrics
+                .statuses
+                .with_label_values(&[status.state.as_str(), outcome])
+                .inc()
         };
         let props = BasicProperties::default();
         let reason = format!(
@@ -706,6 +817,11 @@ impl Worker {
                 }
                 self.metrics.second_attempts.inc();
                 label("second_attempt_scheduled");
+                trail.push(Step::SecondAttemptScheduled {
+                    channel: Some(sent.channel),
+                    after_secs: self.topology.second_attempt_delay().as_secs(),
+                    reason: reason.clone(),
+                });
                 tracing::warn!(reason = %reason, "delivery failed: second attempt scheduled");
                 Settle::Ack
             } else {
@@ -725,6 +841,10 @@ impl Worker {
                 }
                 self.metrics.fallbacks.with_label_values(&[sent.channel.as_str()]).inc();
                 label("fallback");
+                trail.push(Step::Fallback {
+                    from: sent.channel,
+                    reason: reason.clone(),
+                });
                 tracing::warn!(reason = %reason, "second attempt failed: next channel");
                 Settle::Ack
             }

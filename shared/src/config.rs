@@ -24,6 +24,8 @@ pub struct Settings {
     #[serde(default)]
     pub dispatcher: DispatcherSettings,
     #[serde(default)]
+    pub admin: AdminSettings,
+    #[serde(default)]
     pub log: LogSettings,
     #[serde(default)]
     pub callbacks: CallbackSettings,
@@ -147,6 +149,9 @@ pub struct DispatcherSettings {
     /// Wazzup API used for accounts that come with a webhook URL (seed 000's
     /// `key_api`/`channel_id`/`chat_type`) rather than tenant config.
     pub wazzup_base_url: String,
+    /// How long each event's delivery journal (received, attempts,
+    /// callbacks, fallback, dead letter) is kept in Redis; 0 keeps none.
+    pub journal_ttl_secs: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -160,6 +165,26 @@ impl Default for DispatcherSettings {
             shutdown_timeout_secs: 30,
             retry: QuickRetrySettings::default(),
             wazzup_base_url: "https://api.wazzup24.com".into(),
+            journal_ttl_secs: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// The dispatcher's admin HTTP API (dead-letter queue, delivery journal):
+/// its own port, never the public webhook port, and a bearer token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub listen: String,
+    /// `Authorization: Bearer <token>`. Empty: the admin API is not started.
+    pub token: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "127.0.0.1:9091".into(),
+            token: String::new(),
         }
     }
 }
@@ -362,6 +387,12 @@ impl Settings {
         if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
             return Err(ConfigError::Invalid(
                 "redis.prefix must be non-empty without spaces".into(),
+            ));
+        }
+        if !self.admin.token.is_empty() && self.admin.token.trim().len() < 16 {
+            return Err(ConfigError::Invalid(
+                "admin.token must be at least 16 characters (or empty to disable the admin API)"
+                    .into(),
             ));
         }
         if self.dispatcher.concurrency == 0 || self.dispatcher.prefetch == 0 {
