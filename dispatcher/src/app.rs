@@ -5,15 +5,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpServer, web};
 use shared::config::Settings;
 use shared::tenant::Channel;
 use shared::topology::Topology;
 use tokio::sync::watch;
+use utoipa_actix_web::AppExt;
 
+use crate::admin::{AdminError, AdminState};
 use crate::consumer::{self, ConsumerSettings};
 use crate::health::Health;
 use crate::idempotency::Store;
+use crate::journal::Journal;
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::limit::{Limited, RateLimit};
@@ -35,10 +38,13 @@ pub enum StartError {
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin API, when admin.token is set.
+    pub admin_addr: Option<SocketAddr>,
     pub worker: Arc<Worker>,
     shutdown: watch::Sender<bool>,
     consumer: tokio::task::JoinHandle<()>,
     server: actix_web::dev::ServerHandle,
+    admin: Option<actix_web::dev::ServerHandle>,
 }
 
 impl Running {
@@ -48,6 +54,9 @@ impl Running {
         let _ = self.shutdown.send(true);
         let _ = self.consumer.await;
         self.server.stop(true).await;
+        if let Some(admin) = self.admin {
+            admin.stop(true).await;
+        }
     }
 }
 
@@ -123,6 +132,7 @@ pub fn build_worker(
     .map_err(StartError::Config)?;
     Ok(Worker {
         topology: Topology::from_settings(&settings.rabbitmq),
+        journal: Journal::new(store.clone(), Duration::from_secs(d.journal_ttl_secs)),
         store,
         templates,
         tenants,
@@ -180,16 +190,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         shutdown_rx,
     ));
     let state = web::Data::new(worker.clone());
+    let api = crate::openapi::document();
+    let probes_api = api.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .into_utoipa_app()
+            .openapi(crate::openapi::base())
             .app_data(state.clone())
-            .route(
-                "/healthz",
-                web::get()
-                    .to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
-            )
-            .route("/readyz", web::get().to(readyz))
-            .route("/metrics", web::get().to(metrics))
+            .configure(crate::probes::configure)
+            .into_app()
+            .service(crate::openapi::service(&probes_api))
     })
     .workers(1)
     .disable_signals()
@@ -198,47 +208,76 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         addr: d.listen.clone(),
         source,
     })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| StartError::Bind {
-            addr: d.listen.clone(),
-            source: std::io::Error::other("no address bound"),
-        })?;
+    let addr = bound_addr(&server.addrs(), &d.listen)?;
     let server = server.run();
     let handle = server.handle();
     tokio::spawn(server);
     tracing::info!(%addr, "dispatcher health and metrics listening");
+    let admin = start_admin(&settings, &worker, api)?;
     Ok(Running {
         addr,
+        admin_addr: admin.as_ref().map(|(a, _)| *a),
         worker,
         shutdown: shutdown_tx,
         consumer,
         server: handle,
+        admin: admin.map(|(_, h)| h),
     })
 }
 
-async fn readyz(worker: web::Data<Arc<Worker>>) -> HttpResponse {
-    let h = &worker.health;
-    let body = serde_json::json!({
-        "ready": h.ready(),
-        "broker": if h.broker_up() { "up" } else { "down" },
-        "redis": if h.redis_up() { "up" } else { "down" },
-    });
-    if h.ready() {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
+/// The admin API on its own port; not started without a token.
+fn start_admin(
+    settings: &Settings,
+    worker: &Arc<Worker>,
+    api: utoipa::openapi::OpenApi,
+) -> Result<Option<(SocketAddr, actix_web::dev::ServerHandle)>, StartError> {
+    let admin = &settings.admin;
+    if admin.token.is_empty() {
+        tracing::warn!("admin API not started: admin.token is empty");
+        return Ok(None);
     }
+    let state = web::Data::new(AdminState::new(
+        &admin.token,
+        &settings.rabbitmq.url,
+        worker.topology.clone(),
+        worker.store.clone(),
+        worker.journal.clone(),
+    ));
+    let server =
+        HttpServer::new(move || {
+            App::new()
+                .into_utoipa_app()
+                .openapi(crate::openapi::base())
+                .app_data(state.clone())
+                .app_data(web::JsonConfig::default().error_handler(|e, _| {
+                    AdminError::BadRequest(format!("request body: {e}")).into()
+                }))
+                .app_data(
+                    web::QueryConfig::default()
+                        .error_handler(|e, _| AdminError::BadRequest(format!("query: {e}")).into()),
+                )
+                .configure(crate::admin::configure)
+                .into_app()
+                .service(crate::openapi::service(&api))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(&admin.listen)
+        .map_err(|source| StartError::Bind {
+            addr: admin.listen.clone(),
+            source,
+        })?;
+    let addr = bound_addr(&server.addrs(), &admin.listen)?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    tracing::info!(%addr, "admin API listening");
+    Ok(Some((addr, handle)))
 }
 
-async fn metrics(worker: web::Data<Arc<Worker>>) -> HttpResponse {
-    worker
-        .metrics
-        .redis_up
-        .set(i64::from(worker.health.redis_up()));
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(worker.metrics.render())
+fn bound_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartError> {
+    addrs.first().copied().ok_or_else(|| StartError::Bind {
+        addr: listen.to_string(),
+        source: std::io::Error::other("no address bound"),
+    })
 }

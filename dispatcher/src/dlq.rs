@@ -34,7 +34,7 @@ pub struct Filter {
 }
 
 /// One dead letter as admins see it (recipient masked).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     pub id: String,
     pub tenant: String,
@@ -51,7 +51,7 @@ pub struct Entry {
     pub age_secs: Option<i64>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub replayed: u64,
     pub skipped: u64,
@@ -310,4 +310,33 @@ fn matches(f: &Filter, e: &Entry) -> bool {
         && f.reason.as_ref().is_none_or(|v| *v == e.reason)
         && f.older_than
             .is_none_or(|d| e.age_secs.is_some_and(|a| a >= d.as_secs() as i64))
+}
+
+/// Phones, e-mails and route keys masked in `dlq show` output.
+pub fn mask_event(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(r) = v.get_mut("recipient") {
+        if let Some(p) = r
+            .get("phone")
+            .and_then(|p| p.as_str())
+            .map(shared::mask::phone)
+        {
+            r["phone"] = p.into();
+        }
+        if let Some(m) = r
+            .get("email")
+            .and_then(|m| m.as_str())
+            .map(shared::mask::email)
+        {
+            r["email"] = m.into();
+        }
+    }
+    if let Some(k) = v
+        .get("route")
+        .and_then(|r| r.get("api_key"))
+        .and_then(|k| k.as_str())
+        .map(shared::mask::secret)
+    {
+        v["route"]["api_key"] = k.into();
+    }
+    v
 }

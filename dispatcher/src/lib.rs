@@ -2,14 +2,18 @@
 //! one message per channel, with quick retries, the one second attempt
 //! 9 min 30 s after a first failure, and a dead-letter queue for the rest.
 
+pub mod admin;
 pub mod app;
 pub mod consumer;
 pub mod dlq;
 pub mod health;
 pub mod idempotency;
+pub mod journal;
 pub mod lookup;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
+pub mod probes;
 pub mod providers;
 pub mod templates;
 pub mod worker;

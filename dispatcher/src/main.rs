@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use dispatcher::dlq::{Dlq, Entry, Filter};
+use dispatcher::journal::{self, Reference};
 use shared::config::Settings;
 use shared::topology::Topology;
 
@@ -31,6 +32,35 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         op: DlqOp,
+    },
+    /// The delivery journal: what happened to an event.
+    Events {
+        #[command(subcommand)]
+        op: EventsOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsOp {
+    /// One event's history: received, attempts, second attempt, callbacks,
+    /// fallback, dead letter.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The events of a source record, by its id (order, record, lead,
+    /// booking) or the order number.
+    Find {
+        /// The source's record id or the order number.
+        reference: String,
+        #[arg(long)]
+        tenant: String,
+        /// iiko, rkeeper, yclients, amocrm, booking (all when absent).
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -147,6 +177,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => runtime.block_on(run(settings)),
         Command::Dlq { op } => runtime.block_on(dlq(settings, op)),
+        Command::Events { op } => runtime.block_on(events(settings, op)),
     }
 }
 
@@ -185,7 +216,7 @@ async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
         },
         DlqOp::Show { id } => match dlq.show(&id).await {
             Ok(Some((entry, event))) => {
-                let out = serde_json::json!({"failure": entry, "event": mask_event(event)});
+                let out = serde_json::json!({"failure": entry, "event": dispatcher::dlq::mask_event(event)});
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
                 ExitCode::SUCCESS
             }
@@ -263,6 +294,96 @@ async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
     code
 }
 
+async fn events(settings: Settings, op: EventsOp) -> ExitCode {
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let journal = match dispatcher::app::build_worker(&settings, rx) {
+        Ok(w) => w.journal,
+        Err(e) => return fail(e),
+    };
+    let (ids, json) = match op {
+        EventsOp::Show { id, json } => (vec![id], json),
+        EventsOp::Find {
+            reference,
+            tenant,
+            source,
+            json,
+        } => {
+            let sources: Vec<String> = match source {
+                Some(s) => vec![s],
+                None => shared::SourceId::ALL
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
+            };
+            let mut ids = Vec::new();
+            for source in sources {
+                let r = Reference {
+                    tenant: tenant.clone(),
+                    source,
+                    reference: reference.clone(),
+                };
+                match journal.find(&r).await {
+                    Ok(found) => ids.extend(found),
+                    Err(e) => return fail(e),
+                }
+            }
+            if ids.is_empty() {
+                eprintln!("no events recorded for {reference} (tenant {tenant})");
+                return ExitCode::from(1);
+            }
+            (ids, json)
+        }
+    };
+    for id in ids {
+        let history = match journal.history(&id).await {
+            Ok(h) => h,
+            Err(e) => return fail(e),
+        };
+        if history.is_empty() {
+            eprintln!("no journal for event {id} (unknown, not consumed yet, or expired)");
+            return ExitCode::from(1);
+        }
+        if json {
+            println!("{}", journal::view(&id, &history));
+        } else {
+            print_history(&id, &history);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_history(id: &str, history: &[journal::Record]) {
+    println!("event {id}: {}", journal::status(history));
+    for r in history {
+        let mut step = serde_json::to_value(&r.step).unwrap_or_default();
+        let name = step
+            .get("step")
+            .and_then(|s| s.as_str())
+            .unwrap_or("?")
+            .to_string();
+        if let Some(o) = step.as_object_mut() {
+            o.remove("step");
+        }
+        let details = step
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::String(s) => format!("{k}={s}"),
+                        v => format!("{k}={v}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        println!(
+            "  {}  {:<25} {details}",
+            r.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+            name
+        );
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("{e}");
     ExitCode::FAILURE
@@ -296,35 +417,6 @@ fn human_age(s: i64) -> String {
         s if s < 172_800 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86_400),
     }
-}
-
-/// Phones, e-mails and route keys masked in `dlq show` output.
-fn mask_event(mut v: serde_json::Value) -> serde_json::Value {
-    if let Some(r) = v.get_mut("recipient") {
-        if let Some(p) = r
-            .get("phone")
-            .and_then(|p| p.as_str())
-            .map(shared::mask::phone)
-        {
-            r["phone"] = p.into();
-        }
-        if let Some(m) = r
-            .get("email")
-            .and_then(|m| m.as_str())
-            .map(shared::mask::email)
-        {
-            r["email"] = m.into();
-        }
-    }
-    if let Some(k) = v
-        .get("route")
-        .and_then(|r| r.get("api_key"))
-        .and_then(|k| k.as_str())
-        .map(shared::mask::secret)
-    {
-        v["route"]["api_key"] = k.into();
-    }
-    v
 }
 
 fn confirm(question: &str) -> bool {

@@ -1,0 +1,434 @@
+//! The admin HTTP API on its own port (`admin.listen`, never the public
+//! webhook port), every route behind `Authorization: Bearer <admin.token>`:
+//! the dead-letter queue (list, show, replay, purge: the same operations and
+//! the same safety as `dispatcher dlq`) and the delivery journal.
+//!
+//! DLQ operations take turns (one at a time per dispatcher): reading the
+//! queue holds its letters unacked until the operation ends, so two at once
+//! would each see only part of it.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, get, post, web};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use crate::dlq::{self, Dlq, Entry, Filter, Report};
+use crate::idempotency::Store;
+use crate::journal::{self, Journal, Reference};
+use shared::topology::Topology;
+
+pub struct AdminState {
+    token_hash: [u8; 32],
+    amqp_url: String,
+    topology: Topology,
+    store: Store,
+    journal: Journal,
+    dlq_turn: tokio::sync::Mutex<()>,
+}
+
+impl AdminState {
+    pub fn new(
+        token: &str,
+        amqp_url: &str,
+        topology: Topology,
+        store: Store,
+        journal: Journal,
+    ) -> AdminState {
+        AdminState {
+            token_hash: Sha256::digest(token.as_bytes()).into(),
+            amqp_url: amqp_url.to_string(),
+            topology,
+            store,
+            journal,
+            dlq_turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn dlq(&self) -> Result<Dlq, AdminError> {
+        Dlq::connect(&self.amqp_url, self.topology.clone())
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))
+    }
+}
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(dlq_list)
+        .service(dlq_replay)
+        .service(dlq_purge)
+        .service(dlq_show)
+        .service(events_find)
+        .service(event_show);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong admin token: send Authorization: Bearer <admin.token>")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Every refusal of the admin API.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AdminError)]
+pub struct ErrorBody {
+    pub error: &'static str,
+    pub message: String,
+}
+
+impl ResponseError for AdminError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let error = match self {
+            AdminError::Unauthorized => "unauthorized",
+            AdminError::BadRequest(_) => "bad_request",
+            AdminError::NotFound(_) => "not_found",
+            AdminError::Unavailable(_) => "unavailable",
+        };
+        let mut r = HttpResponse::build(self.status_code());
+        if matches!(self, AdminError::Unauthorized) {
+            r.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        r.json(ErrorBody {
+            error,
+            message: self.to_string(),
+        })
+    }
+}
+
+/// Proof that the request carried the admin token (an extractor: a handler
+/// that takes it cannot run without it).
+pub struct Authorized;
+
+impl FromRequest for Authorized {
+    type Error = AdminError;
+    type Future = std::future::Ready<Result<Authorized, AdminError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let ok = req
+            .app_data::<web::Data<AdminState>>()
+            .zip(
+                req.headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim),
+            )
+            .is_some_and(|(state, token)| {
+                let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                bool::from(presented.ct_eq(&state.token_hash))
+            });
+        std::future::ready(if ok {
+            Ok(Authorized)
+        } else {
+            Err(AdminError::Unauthorized)
+        })
+    }
+}
+
+/// Which dead letters: every given field must match; none given = all.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FilterQuery {
+    /// Event id.
+    pub id: Option<String>,
+    pub tenant: Option<String>,
+    /// iiko, rkeeper, yclients, amocrm, booking.
+    pub source: Option<String>,
+    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed.
+    pub reason: Option<String>,
+    /// Only letters dead-lettered at least this many seconds ago.
+    pub older_than_secs: Option<u64>,
+}
+
+impl FilterQuery {
+    fn filter(&self) -> Filter {
+        Filter {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            source: self.source.clone(),
+            reason: self.reason.clone(),
+            older_than: self.older_than_secs.map(Duration::from_secs),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.id.is_none()
+            && self.tenant.is_none()
+            && self.source.is_none()
+            && self.reason.is_none()
+            && self.older_than_secs.is_none()
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    pub filter: FilterQuery,
+    /// Required when the filter is empty: replay every dead letter.
+    #[serde(default)]
+    pub all: bool,
+    /// Count what would be replayed, change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    #[serde(default)]
+    pub filter: FilterQuery,
+    /// Required when the filter is empty: purge every dead letter.
+    #[serde(default)]
+    pub all: bool,
+    /// Must be true: purged letters are gone for good.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetters {
+    pub count: usize,
+    pub dead_letters: Vec<Entry>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Replayed {
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub report: Report,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Purged {
+    pub purged: u64,
+}
+
+fn needs_filter(filter: &FilterQuery, all: bool, what: &str) -> Result<(), AdminError> {
+    if filter.is_empty() && !all {
+        return Err(AdminError::BadRequest(format!(
+            "{what} needs a filter (id, tenant, source, reason, older_than_secs) or \"all\": true"
+        )));
+    }
+    Ok(())
+}
+
+/// Dead letters with their reasons (recipients masked).
+#[utoipa::path(tag = "dead letters", params(FilterQuery), security(("admin_token" = [])),
+    responses(
+        (status = 200, body = DeadLetters),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Broker unreachable", body = ErrorBody),
+    ))]
+#[get("/admin/dlq")]
+async fn dlq_list(
+    _: Authorized,
+    q: web::Query<FilterQuery>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let _turn = state.dlq_turn.lock().await;
+    let dlq = state.dlq().await?;
+    let listed = dlq.list(&q.filter()).await;
+    dlq.close().await;
+    let entries = listed.map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(DeadLetters {
+        count: entries.len(),
+        dead_letters: entries,
+    }))
+}
+
+/// One dead letter: its failure and the full event (personal data masked).
+#[utoipa::path(tag = "dead letters", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Event id")),
+    responses(
+        (status = 200, description = "`{failure, event}`"),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ))]
+#[get("/admin/dlq/{id}")]
+async fn dlq_show(
+    _: Authorized,
+    id: web::Path<String>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let _turn = state.dlq_turn.lock().await;
+    let dlq = state.dlq().await?;
+    let shown = dlq.show(&id).await;
+    dlq.close().await;
+    match shown.map_err(|e| AdminError::Unavailable(e.to_string()))? {
+        Some((entry, event)) => Ok(HttpResponse::Ok()
+            .json(serde_json::json!({"failure": entry, "event": dlq::mask_event(event)}))),
+        None => Err(AdminError::NotFound(format!("no dead letter with id {id}"))),
+    }
+}
+
+/// Sends dead letters through the pipeline again. Idempotent: a channel
+/// that already sent is not sent again; each letter leaves the DLQ only once
+/// its replacement is confirmed by the broker, so an interrupted replay can
+/// simply be repeated.
+#[utoipa::path(tag = "dead letters", security(("admin_token" = [])),
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, body = Replayed),
+        (status = 400, description = "Neither a filter nor all", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ))]
+#[post("/admin/dlq/replay")]
+async fn dlq_replay(
+    _: Authorized,
+    req: web::Json<ReplayRequest>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    needs_filter(&req.filter, req.all, "replay")?;
+    let _turn = state.dlq_turn.lock().await;
+    let dlq = state.dlq().await?;
+    let report = dlq
+        .replay(&req.filter.filter(), &state.store, req.dry_run, |_, _| {})
+        .await;
+    dlq.close().await;
+    let report = report.map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    tracing::info!(
+        replayed = report.replayed,
+        skipped = report.skipped,
+        failed = report.failed,
+        dry_run = req.dry_run,
+        "dlq replay through the admin API"
+    );
+    Ok(HttpResponse::Ok().json(Replayed {
+        dry_run: req.dry_run,
+        report,
+    }))
+}
+
+/// Deletes dead letters for good.
+#[utoipa::path(tag = "dead letters", security(("admin_token" = [])),
+    request_body = PurgeRequest,
+    responses(
+        (status = 200, body = Purged),
+        (status = 400, description = "No filter and not all, or confirm missing", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ))]
+#[post("/admin/dlq/purge")]
+async fn dlq_purge(
+    _: Authorized,
+    req: web::Json<PurgeRequest>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    needs_filter(&req.filter, req.all, "purge")?;
+    if !req.confirm {
+        return Err(AdminError::BadRequest(
+            "purge deletes dead letters for good: send \"confirm\": true".into(),
+        ));
+    }
+    let _turn = state.dlq_turn.lock().await;
+    let dlq = state.dlq().await?;
+    let purged = dlq.purge(&req.filter.filter()).await;
+    dlq.close().await;
+    let purged = purged.map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    tracing::warn!(purged, "dlq purge through the admin API");
+    Ok(HttpResponse::Ok().json(Purged { purged }))
+}
+
+/// An event's history: received, each attempt (provider, outcome, message
+/// id), second attempt, callbacks, fallback, dead letter.
+#[utoipa::path(tag = "journal", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "Event id (the webhook answer's `events[].id`)")),
+    responses(
+        (status = 200, description = "`{id, status, history: [{at, step, ...}]}`"),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "Unknown, or older than dispatcher.journal_ttl_secs", body = ErrorBody),
+    ))]
+#[get("/admin/events/{id}")]
+async fn event_show(
+    _: Authorized,
+    id: web::Path<String>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let history = state
+        .journal
+        .history(&id)
+        .await
+        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    if history.is_empty() {
+        return Err(AdminError::NotFound(format!(
+            "no journal for event {id} (unknown, not consumed yet, or expired)"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(journal::view(&id, &history)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FindQuery {
+    pub tenant: String,
+    /// iiko, rkeeper, yclients, amocrm, booking; all when absent.
+    pub source: Option<String>,
+    /// The source's record id (order id, record id, lead id, booking id) or the order number.
+    #[serde(rename = "ref")]
+    #[param(rename = "ref")]
+    pub reference: String,
+}
+
+/// The events of one source record, with each one's status and history.
+#[utoipa::path(tag = "journal", security(("admin_token" = [])), params(FindQuery),
+    responses(
+        (status = 200, description = "`{events: [{id, status, history}]}`, oldest first"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ))]
+#[get("/admin/events")]
+async fn events_find(
+    _: Authorized,
+    q: web::Query<FindQuery>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let sources: Vec<String> = match &q.source {
+        Some(s) => vec![s.clone()],
+        None => shared::SourceId::ALL
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
+    };
+    let mut events = Vec::new();
+    for source in sources {
+        let r = Reference {
+            tenant: q.tenant.clone(),
+            source,
+            reference: q.reference.clone(),
+        };
+        let ids = state
+            .journal
+            .find(&r)
+            .await
+            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+        for id in ids {
+            let history = state
+                .journal
+                .history(&id)
+                .await
+                .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+            events.push(journal::view(&id, &history));
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
+}
