@@ -123,6 +123,18 @@ impl Metrics {
         for c in collectors {
             m.registry.register(c).expect("metric registered once");
         }
+        // Series exist from the start, so rate() and increase() see the
+        // first dead letter of a class, not only the second.
+        for class in [
+            "poison",
+            "recipient",
+            "config",
+            "uncertain",
+            "second_attempt_failed",
+            "lookup_failed",
+        ] {
+            m.dead_lettered.with_label_values(&[class]);
+        }
         m
     }
 

@@ -101,6 +101,11 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        // Series exist from the start, so increase() sees the first refusal
+        // (503: not durable) of a source, not only the second.
+        for source in shared::SourceId::ALL {
+            requests.with_label_values(&[source.as_str(), "unavailable"]);
+        }
         Metrics {
             registry,
             requests,
