@@ -26,3 +26,5 @@ echo "== cargo build (the end-to-end tests start the real binaries)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked "$@"
+echo "== README's run command: a webhook reaches the log provider"
+BUILD_PROFILE=debug deploy/smoke-local.sh
