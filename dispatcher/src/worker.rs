@@ -742,15 +742,21 @@ impl Worker {
                 .reduce(|a, b| format!("{a}: {b}"))
                 .map(|e| shared::mask::text(&e)),
         });
+        let event_id = Event::from_json(sent.event.as_bytes())
+            .map(|e| e.id.to_string())
+            .ok();
+        let span = tracing::info_span!("status", event_id = event_id.as_deref().unwrap_or("-"),
+            provider, channel = %sent.channel, attempt = sent.attempt);
         let settle = if status.state == DeliveryState::Failed {
-            self.status_failed(&status, &sent, &trail, publisher).await
+            self.status_failed(&status, &sent, &trail, publisher)
+                .instrument(span)
+                .await
         } else {
             label("recorded");
             Settle::Ack
         };
-        if let Ok(event) = Event::from_json(sent.event.as_bytes()) {
-            self.write_journal(&event.id.to_string(), &[], &trail.take())
-                .await;
+        if let Some(id) = event_id {
+            self.write_journal(&id, &[], &trail.take()).await;
         }
         settle
     }
@@ -785,7 +791,6 @@ impl Worker {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
-        let span = tracing::info_span!("status", channel = %sent.channel, attempt = sent.attempt);
         async {
             if sent.attempt < 2 {
                 let Some(first) = self
@@ -849,7 +854,6 @@ impl Worker {
                 Settle::Ack
             }
         }
-        .instrument(span)
         .await
     }
 
