@@ -532,3 +532,90 @@ async fn an_admin_replays_the_dead_letter_queue_from_the_cli() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_500_gets_the_second_attempt_and_the_journal_tells_it() {
+    let fake = MockServer::start().await;
+    // The first attempt (one try and one quick retry) meets a 500.
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("internal"))
+        .up_to_n_times(2)
+        .with_priority(1)
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.ladder"}]})),
+        )
+        .with_priority(2)
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("ladder", &fake).await;
+    let (status, answer) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            r#"{"order":{"id":"rk-ladder-142","status":"Выполнен","client":{"phone":"+79160000012"}}}"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["events"][0]["id"]
+        .as_str()
+        .expect("event id")
+        .to_string();
+    let got = wait_requests(&fake, 3).await;
+    assert_eq!(got.len(), 3, "try, quick retry, second attempt");
+
+    // An admin asks what happened to order rk-ladder-142.
+    let mut found = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = Command::new(bin("dispatcher"))
+            .arg("--config")
+            .arg(&stack.config)
+            .args([
+                "events",
+                "find",
+                "rk-ladder-142",
+                "--tenant",
+                "acme",
+                "--json",
+            ])
+            .output()
+            .expect("dispatcher CLI runs");
+        if let Some(line) = String::from_utf8_lossy(&out.stdout).lines().next()
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && v["status"] == "sent"
+        {
+            found = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found["id"], id.as_str(), "{found}");
+    let steps: Vec<&str> = found["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|r| r["step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "received",
+            "attempt",
+            "second_attempt_scheduled",
+            "received",
+            "attempt"
+        ],
+        "{found}"
+    );
+    let text = admin(&stack, &["events", "show", &id]);
+    assert!(text.contains(&format!("event {id}: sent")), "{text}");
+    assert!(text.contains("message_id=wamid.ladder"), "{text}");
+    assert!(!text.contains("79160000012"), "masked: {text}");
+    let logs = stack.stop().await;
+    assert!(!logs.contains("79160000012"), "no full phone in the logs");
+}
