@@ -3,6 +3,10 @@ use std::process::ExitCode;
 
 use shared::config::Settings;
 
+// glibc malloc was ~15% of the ingest's CPU under load (perf, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn usage() -> &'static str {
     "usage: ingest [--config FILE] [--check-config]\n\
      Configuration: FILE (or $VESTNIK_CONFIG), overridden by VESTNIK_* variables;\n\
