@@ -260,7 +260,7 @@ async fn dlq_list(
 #[utoipa::path(tag = "dead letters", security(("admin_token" = [])),
     params(("id" = String, Path, description = "Event id")),
     responses(
-        (status = 200, description = "`{failure, event}`"),
+        (status = 200, description = "`{failure, event, history}`: the failure headers, the event, its journal"),
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
     ))]
@@ -275,8 +275,14 @@ async fn dlq_show(
     let shown = dlq.show(&id).await;
     dlq.close().await;
     match shown.map_err(|e| AdminError::Unavailable(e.to_string()))? {
-        Some((entry, event)) => Ok(HttpResponse::Ok()
-            .json(serde_json::json!({"failure": entry, "event": dlq::mask_event(event)}))),
+        Some((entry, event)) => {
+            let history = state.journal.history(&id).await.unwrap_or_default();
+            Ok(HttpResponse::Ok().json(serde_json::json!({
+                "failure": entry,
+                "event": dlq::mask_event(event),
+                "history": history,
+            })))
+        }
         None => Err(AdminError::NotFound(format!("no dead letter with id {id}"))),
     }
 }

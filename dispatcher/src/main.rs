@@ -216,7 +216,17 @@ async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
         },
         DlqOp::Show { id } => match dlq.show(&id).await {
             Ok(Some((entry, event))) => {
-                let out = serde_json::json!({"failure": entry, "event": dispatcher::dlq::mask_event(event)});
+                // The journal tells how it got here (empty when it expired or is off).
+                let (_tx, rx) = tokio::sync::watch::channel(false);
+                let history = match dispatcher::app::build_worker(&settings, rx) {
+                    Ok(w) => w.journal.history(&id).await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                let out = serde_json::json!({
+                    "failure": entry,
+                    "event": dispatcher::dlq::mask_event(event),
+                    "history": history,
+                });
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
                 ExitCode::SUCCESS
             }
