@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
-use shared::topology::{ROUTE_DEAD, ROUTE_DISPATCH, ROUTE_SECOND_ATTEMPT, Topology};
+use shared::topology::{ROUTE_DEAD, ROUTE_DISPATCH, Topology};
 
 pub const ATTEMPT: &str = "x-attempt";
 pub const FIRST_FAILURE_AT: &str = "x-first-failure-at";
@@ -24,7 +24,7 @@ pub const FAILED_CHANNELS: &str = "x-failed-channels";
 #[derive(Debug, thiserror::Error)]
 #[error("publish to {route} not confirmed: {why}")]
 pub struct OutboxError {
-    route: &'static str,
+    route: String,
     why: String,
 }
 
@@ -46,7 +46,8 @@ pub async fn second_attempt(
     props: &BasicProperties,
     extra: Headers,
 ) -> Result<(), OutboxError> {
-    publish(channel, topology, ROUTE_SECOND_ATTEMPT, body, props, extra).await
+    let route = topology.second_attempt_route();
+    publish(channel, topology, &route, body, props, extra).await
 }
 
 /// Back to the dispatch queue at once (fallback to the next channel after
@@ -74,12 +75,15 @@ pub async fn dead_letter(
 async fn publish(
     channel: &Channel,
     topology: &Topology,
-    route: &'static str,
+    route: &str,
     body: &[u8],
     props: &BasicProperties,
     extra: Headers,
 ) -> Result<(), OutboxError> {
-    let err = |why: String| OutboxError { route, why };
+    let err = |why: String| OutboxError {
+        route: route.to_string(),
+        why,
+    };
     let mut headers = props.headers().clone().unwrap_or_default();
     for (k, v) in extra {
         headers.insert(ShortString::from(k), v);

@@ -175,3 +175,42 @@ async fn config_errors_are_not_hot_retried() {
     assert_eq!(fake.received_requests().await.unwrap_or_default().len(), 1);
     h.finish().await;
 }
+
+/// After a change of delay, the old wait queue (still draining through its
+/// own TTL) no longer receives new second attempts: the route carries the
+/// delay as the queue's name does, so each second attempt is queued once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_delay_queues_each_second_attempt_once() {
+    let fake = MockServer::start().await;
+    let mut o = Options::meta(&fake);
+    o.delay_secs = 30;
+    let h = Harness::prepare("delay-change", &o).await;
+    // The same prefix as a deployment that used to run with 600 s.
+    let old = shared::topology::Topology::new(&h.prefix, Duration::from_secs(600), 20);
+    let conn = common::connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    old.declare(&ch).await.expect("old topology");
+    h.topology.declare(&ch).await.expect("new topology");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    let e = event(
+        EventKind::OrderCompleted,
+        "org:o-delay:Delivered",
+        "+79161234567",
+    );
+    dispatcher::outbox::second_attempt(
+        &ch,
+        &h.topology,
+        &e.to_json(),
+        &lapin::BasicProperties::default(),
+        vec![],
+    )
+    .await
+    .expect("second attempt queued");
+    assert_eq!(h.queue_len(&h.topology.second_attempt_queue()).await, 1);
+    assert_eq!(h.queue_len(&old.second_attempt_queue()).await, 0);
+    let _ = old.delete(&ch).await;
+    let _ = conn.close(200, "done".into()).await;
+    h.finish().await;
+}

@@ -5,7 +5,7 @@
 //!  ingest ──publish "dispatch"──▶ {p}.events (direct) ──▶ {p}.dispatch (quorum) ──▶ dispatcher
 //!                                      │   ▲                  │ delivery limit exceeded
 //!                                      │   │ TTL expired      ▼ (poison) dead-lettered "dead"
-//!  dispatcher ──"second-attempt"──▶ {p}.second-attempt.<delay>s (quorum, x-message-ttl)
+//!  dispatcher ──"second-attempt.<delay>s"──▶ {p}.second-attempt.<delay>s (quorum, x-message-ttl)
 //!  dispatcher ──"dead"────────────▶ {p}.dlq (quorum) ◀── admins list / replay
 //!  ingest ──"status"──────────────▶ {p}.statuses (quorum) ──▶ dispatcher (provider callbacks)
 //! ```
@@ -21,6 +21,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, ExchangeKind};
 
 pub const ROUTE_DISPATCH: &str = "dispatch";
+/// Prefix of the second-attempt route; the delay completes it
+/// ([`Topology::second_attempt_route`]).
 pub const ROUTE_SECOND_ATTEMPT: &str = "second-attempt";
 pub const ROUTE_DEAD: &str = "dead";
 pub const ROUTE_STATUS: &str = "status";
@@ -61,6 +63,16 @@ impl Topology {
         format!(
             "{}.second-attempt.{}s",
             self.prefix,
+            self.second_attempt_delay.as_secs()
+        )
+    }
+
+    /// `second-attempt.<delay>s`: the delay is in the route as in the queue's
+    /// name, so after a change of delay the old wait queue (still draining
+    /// through its own TTL) no longer receives new second attempts.
+    pub fn second_attempt_route(&self) -> String {
+        format!(
+            "{ROUTE_SECOND_ATTEMPT}.{}s",
             self.second_attempt_delay.as_secs()
         )
     }
@@ -118,7 +130,7 @@ impl Topology {
             channel,
             &self.second_attempt_queue(),
             wait,
-            ROUTE_SECOND_ATTEMPT,
+            &self.second_attempt_route(),
         )
         .await?;
 
