@@ -26,3 +26,4 @@ echo "== cargo build (the end-to-end tests start the real binaries)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked "$@"
+deploy/drills --short --no-build --tolerate-kill-window  # failure drills (docs/RELIABILITY.md) on the debug binaries built above
