@@ -28,3 +28,5 @@ echo "== cargo test"
 cargo test --workspace --locked "$@"
 echo "== README's run command: a webhook reaches the log provider"
 BUILD_PROFILE=debug deploy/smoke-local.sh
+echo "== failure drills, short (docs/RELIABILITY.md)"
+deploy/drills --short --no-build

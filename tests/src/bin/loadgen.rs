@@ -1,12 +1,15 @@
 //! HTTP/1.1 keep-alive load generator for deploy/bench.
 //!
-//! `loadgen URL BODY_FILE --rate R --seconds S --connections C [--content-type T]`
+//! `loadgen URL BODY_FILE --rate R --seconds S --connections C [--content-type T] [--count N] [--acked FILE]`
 //! - `--rate 0`: closed loop, as fast as C connections go (throughput ceiling);
 //! - `--rate R`: open loop, request i is due at start + i/R; latency is taken
-//!   from the due time, so a stalled server is not hidden (no coordinated omission).
+//!   from the due time, so a stalled server is not hidden (no coordinated omission);
+//! - `--count N`: N requests in all (instead of R × S, or of S seconds' worth).
 //!
 //! `{n}` in the body is replaced by the request number, so every webhook is a
-//! different order. Prints one JSON line of figures.
+//! different order. Prints one JSON line of figures. `--acked FILE` writes the
+//! number of every request answered 2xx, one a line (the failure drills check
+//! those id by id).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +28,8 @@ struct Args {
     rate: u64,
     seconds: u64,
     connections: usize,
+    count: Option<u64>,
+    acked_file: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +51,8 @@ fn parse_args() -> Result<Args, String> {
         rate: 0,
         seconds: 10,
         connections: 32,
+        count: None,
+        acked_file: None,
     };
     while let Some(flag) = it.next() {
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -54,6 +61,8 @@ fn parse_args() -> Result<Args, String> {
             "--seconds" => a.seconds = v.parse().map_err(|_| "bad --seconds")?,
             "--connections" => a.connections = v.parse().map_err(|_| "bad --connections")?,
             "--content-type" => a.content_type = v,
+            "--count" => a.count = Some(v.parse().map_err(|_| "bad --count")?),
+            "--acked" => a.acked_file = Some(v),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -64,6 +73,7 @@ struct Stats {
     latency_us: Histogram<u64>,
     status: std::collections::BTreeMap<u16, u64>,
     errors: u64,
+    acked: Vec<u64>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -72,7 +82,7 @@ async fn main() {
         Ok(a) => Arc::new(a),
         Err(e) => {
             eprintln!(
-                "loadgen: {e}\nusage: loadgen URL BODY_FILE [--rate R] [--seconds S] [--connections C] [--content-type T]"
+                "loadgen: {e}\nusage: loadgen URL BODY_FILE [--rate R] [--seconds S] [--connections C] [--content-type T] [--count N] [--acked FILE]"
             );
             std::process::exit(2);
         }
@@ -81,14 +91,15 @@ async fn main() {
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         status: Default::default(),
         errors: 0,
+        acked: Vec::new(),
     }));
     let counter = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + Duration::from_secs(args.seconds);
-    let total = if args.rate > 0 {
-        args.rate * args.seconds
-    } else {
-        u64::MAX
+    let total = match (args.count, args.rate) {
+        (Some(n), _) => n,
+        (None, 0) => u64::MAX,
+        (None, r) => r * args.seconds,
     };
 
     let mut tasks = Vec::new();
@@ -128,6 +139,9 @@ async fn main() {
                 match result {
                     Ok(status) => {
                         *s.status.entry(status).or_default() += 1;
+                        if (200..300).contains(&status) {
+                            s.acked.push(n);
+                        }
                         let _ = s.latency_us.record(elapsed.as_micros().max(1) as u64);
                     }
                     Err(_) => {
@@ -149,6 +163,15 @@ async fn main() {
         .filter(|(k, _)| (200..300).contains(*k))
         .map(|(_, v)| v)
         .sum();
+    if let Some(path) = &args.acked_file {
+        let mut ids = s.acked.clone();
+        ids.sort_unstable();
+        let text: String = ids.iter().map(|n| format!("{n}\n")).collect();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("loadgen: {path}: {e}");
+            std::process::exit(1);
+        }
+    }
     let h = &s.latency_us;
     println!(
         "{}",
