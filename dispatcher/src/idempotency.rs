@@ -3,6 +3,11 @@
 //!
 //! Keys (all under the configured prefix):
 //! - `lease:<dedup>:<channel>` = worker token, short TTL: someone is sending now;
+//! - `sending:<dedup>:<channel>` = worker token, set with the lease and
+//!   removed only once the outcome is recorded (sent, or failed and
+//!   released). Found by a later claim, it means a worker stopped (SIGKILL,
+//!   crash, shutdown timeout) while its request may have reached the
+//!   provider: that message is uncertain and is not sent again;
 //! - `done:<dedup>:<channel>` = JSON with provider and message id, long TTL: sent;
 //! - `second:<dedup>:<channel>` = time of the first failure: the one second
 //!   attempt is scheduled (never two);
@@ -70,6 +75,9 @@ pub enum Claim {
     AlreadySent(Option<Sent>),
     /// Another worker is sending this very message right now.
     Busy,
+    /// A worker stopped while sending this message (its `sending` mark
+    /// outlived its lease): the provider may have it. Not sent again.
+    Uncertain,
 }
 
 /// Shared multiplexed connections checked out of the pool.
@@ -106,7 +114,14 @@ return 1
 const CLAIM_LUA: &str = r#"
 local done = redis.call('GET', KEYS[1])
 if done and not (ARGV[3] == '2' and redis.call('EXISTS', KEYS[3]) == 1) then return {'done', done} end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'acquired', ''} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('DEL', KEYS[2])
+    return {'uncertain', ''}
+  end
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
+  return {'acquired', ''}
+end
 return {'busy', ''}
 "#;
 
@@ -115,10 +130,12 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 return 1
 "#;
 
 const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
@@ -250,16 +267,20 @@ impl Store {
         let done = self.key("done", dedup_key, channel);
         let lease = self.key("lease", dedup_key, channel);
         let retry = self.key("retry", dedup_key, channel);
+        let sending = self.key("sending", dedup_key, channel);
         let ttl_ms = self.lease_ttl.as_millis() as u64;
+        let sending_ttl = self.done_ttl.as_secs();
         let (state, value): (String, String) = self
             .run(|mut c| async move {
                 CLAIM
                     .key(done)
                     .key(lease)
                     .key(retry)
+                    .key(sending)
                     .arg(token)
                     .arg(ttl_ms)
                     .arg(attempt.to_string())
+                    .arg(sending_ttl)
                     .invoke_async(&mut c)
                     .await
             })
@@ -267,6 +288,7 @@ impl Store {
         Ok(match state.as_str() {
             "done" => Claim::AlreadySent(serde_json::from_str(&value).ok()),
             "acquired" => Claim::Acquired,
+            "uncertain" => Claim::Uncertain,
             _ => Claim::Busy,
         })
     }
@@ -285,6 +307,7 @@ impl Store {
         let lease = self.key("lease", dedup_key, channel);
         let retry = self.key("retry", dedup_key, channel);
         let msg = format!("{}:msg:{}:{}", self.prefix, sent.provider, sent.message_id);
+        let sending = self.key("sending", dedup_key, channel);
         let value = serde_json::to_string(sent).unwrap_or_default();
         let remembered = serde_json::to_string(message).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
@@ -294,6 +317,7 @@ impl Store {
                 .key(lease)
                 .key(retry)
                 .key(msg)
+                .key(sending)
                 .arg(token)
                 .arg(value)
                 .arg(ttl)
@@ -313,9 +337,11 @@ impl Store {
         token: &str,
     ) -> Result<(), StoreError> {
         let lease = self.key("lease", dedup_key, channel);
+        let sending = self.key("sending", dedup_key, channel);
         self.run(|mut c| async move {
             RELEASE
                 .key(lease)
+                .key(sending)
                 .arg(token)
                 .invoke_async::<i64>(&mut c)
                 .await
@@ -425,10 +451,13 @@ impl Store {
     pub async fn reset_ladder(&self, dedup_key: &str, channel: Channel) -> Result<(), StoreError> {
         let second = self.key("second", dedup_key, channel);
         let retry = self.key("retry", dedup_key, channel);
+        // An admin replaying an uncertain letter has checked it did not arrive.
+        let sending = self.key("sending", dedup_key, channel);
         self.run(|mut c| async move {
             redis::cmd("DEL")
                 .arg(second)
                 .arg(retry)
+                .arg(sending)
                 .query_async::<i64>(&mut c)
                 .await
                 .map(|_| ())

@@ -296,6 +296,20 @@ impl Worker {
         let token = uuid::Uuid::now_v7().to_string();
         match self.claim(&event.dedup_key, channel, &token, attempt).await {
             None | Some(Claim::Busy) => return ChannelEnd::Settled(Settle::Requeue),
+            Some(Claim::Uncertain) => {
+                // No fallback either: the customer may already have it here.
+                let f = Failure {
+                    class: "uncertain",
+                    reason: format!(
+                        "a dispatcher stopped while sending this {channel} message through {provider_name}; \
+                         the provider may have delivered it, so it is not sent again \
+                         (check, then replay by id if it did not arrive)"
+                    ),
+                    channel: Some(channel),
+                    provider: Some(provider_name),
+                };
+                return ChannelEnd::Settled(self.final_failure(event, job, f).await);
+            }
             Some(Claim::AlreadySent(sent)) => {
                 self.metrics.duplicates.inc();
                 let message_id = sent.map(|s| s.message_id);

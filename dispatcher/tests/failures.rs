@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Options, Proxy, event, meta_ok, requests};
+use common::{Harness, Options, Proxy, event, header, meta_ok, requests};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -210,6 +210,73 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
     assert_eq!(
         fake.received_requests().await.unwrap_or_default().len(),
         events.len()
+    );
+    h.finish().await;
+}
+
+/// A worker dying while its request is at the provider (SIGKILL mid-send):
+/// the provider may have delivered it, so the redelivery must not send it
+/// again. It goes to the DLQ as `uncertain` for an admin to check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dying_mid_send_leaves_it_uncertain_not_sent_twice() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(meta_ok("wamid.slow").set_delay(Duration::from_millis(1500)))
+        .mount(&fake)
+        .await;
+    let h = Harness::prepare("midsend", &Options::meta(&fake)).await;
+    let e = event(
+        EventKind::OrderCompleted,
+        "org:o-midsend:Delivered",
+        "+79161234567",
+    );
+    h.publish(&e).await;
+    {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let worker =
+            std::sync::Arc::new(dispatcher::app::build_worker(&h.settings, rx).expect("worker"));
+        let conn = common::connect().await;
+        let publisher = conn.create_channel().await.unwrap();
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                h.topology.dispatch_queue().as_str().into(),
+                "doomed".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let sending = tokio::spawn(async move { worker.handle(&delivery, &publisher).await });
+        // The request reached the provider; the process dies before the answer.
+        assert_eq!(requests(&fake, 1, Duration::from_secs(5)).await.len(), 1);
+        sending.abort();
+        let _ = sending.await;
+        let _ = conn.close(320, "killed".into()).await;
+    }
+
+    let h = h.with_dispatcher().await;
+    let dead = h.dead_letters(1, Duration::from_secs(15)).await;
+    assert_eq!(dead.len(), 1, "the redelivery is dead-lettered");
+    assert_eq!(
+        header(&dead[0].1, "x-dlq-reason").as_deref(),
+        Some("uncertain")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.received_requests().await.unwrap_or_default().len(),
+        1,
+        "not sent again, on this channel or the next"
     );
     h.finish().await;
 }
