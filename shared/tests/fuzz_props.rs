@@ -375,6 +375,19 @@ proptest! {
         }
     }
 
+    /// Regression (found writing the queue fuzz target): any string as the
+    /// recipient's phone either is refused or reads back as E.164.
+    #[test]
+    fn event_phone_from_json_is_e164_or_refused(raw in prop_oneof![any::<String>(), "\\+?[0-9]{0,17}"]) {
+        let mut v = sample_event();
+        v["recipient"]["phone"] = Value::from(raw);
+        if let Ok(e) = Event::from_json(&serde_json::to_vec(&v).unwrap_or_default()) {
+            let p = e.recipient.phone.as_ref();
+            prop_assert!(p.is_some_and(|p| is_e164(p.e164())));
+            use_event(&e)?;
+        }
+    }
+
     #[test]
     fn status_from_json_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         if let Ok(s) = StatusUpdate::from_json(&bytes) {
