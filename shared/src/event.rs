@@ -435,7 +435,10 @@ mod tests {
             let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
             v["recipient"]["phone"] = phone.into();
             let err = Event::from_json(v.to_string().as_bytes()).unwrap_err();
-            assert!(matches!(err, EventDecodeError::Malformed(_)), "{phone:?}: {err}");
+            assert!(
+                matches!(err, EventDecodeError::Malformed(_)),
+                "{phone:?}: {err}"
+            );
         }
     }
 

@@ -265,7 +265,8 @@ mod tests {
         assert_eq!(first_valid(["+74951234567"]), Err(PhoneError::Landline));
     }
 
-    /// Found writing the queue-decoder fuzz target: `{"recipient":{"phone":""}}`
+    /// Found writing the queue-decoder fuzz target, and by cargo-fuzz
+    /// (`queue_messages`) before the fix: `{"recipient":{"phone":""}}`
     /// decoded into `Phone("")`, and `digits()` (Wazzup chatId, SMS.ru `to`)
     /// then panicked slicing `[1..]`; `"abc"` would have been sent as `bc`.
     #[test]

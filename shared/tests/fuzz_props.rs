@@ -404,6 +404,14 @@ proptest! {
     }
 }
 
+/// cargo-fuzz `queue_messages` crash (6.9 million inputs in): this event
+/// decoded with `Phone("")` and `Phone::digits()` panicked. Now malformed.
+#[test]
+fn fuzz_crash_event_with_empty_phone_is_malformed() {
+    let crash = br#"{"schema":1,"id":"019ab5d2-0000-7000-8000-000000000000","tenant":"acme","source":"amocrm","kind":"deal_won","occurred_at":"2026-11-24T12:00:00Z","received_at":"2026-11-24T12:00:00Z","dedup_key":"acme:ae","recipient":{"phone":""}}"#;
+    assert!(Event::from_json(crash).is_err());
+}
+
 /// Deep nesting is refused by serde_json's recursion limit, not a stack overflow.
 #[test]
 fn deeply_nested_event_is_an_error_not_a_stack_overflow() {
