@@ -30,6 +30,17 @@ const MAX_TEXT: usize = 1000;
 
 pub fn parse(query: &str) -> UrlParams {
     let mut out = UrlParams::default();
+    // serde_urlencoded decodes invalid UTF-8 lossily (`%FF` becomes U+FFFD),
+    // so a message percent-encoded in windows-1251 would reach customers as
+    // "����": the URL is wrong, and the parameter check says so. The rest
+    // is still read, so the key authenticates and every problem is named.
+    if !valid_utf8_once_decoded(query) {
+        out.errors.push(
+            "the query string is not UTF-8 once percent-decoded; percent-encode text as UTF-8 \
+             (not windows-1251)"
+                .into(),
+        );
+    }
     let pairs: Vec<(String, String)> = match serde_urlencoded::from_str(query) {
         Ok(p) => p,
         Err(_) => {
@@ -168,6 +179,31 @@ fn wazzup_route(mut p: BTreeMap<&'static str, String>, errors: &mut Vec<String>)
     })
 }
 
+/// True when every `&`-separated part of the query is UTF-8 once its
+/// percent escapes are decoded (a `%` not followed by two hex digits stays
+/// as it is, as form decoding does).
+fn valid_utf8_once_decoded(query: &str) -> bool {
+    query.split('&').all(|part| {
+        let bytes = part.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+            match (b, hex(i + 1), hex(i + 2)) {
+                (b'%', Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        std::str::from_utf8(&out).is_ok()
+    })
+}
+
 fn parse_bool(v: &str) -> Option<bool> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -222,6 +258,32 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} not in {all}");
         }
+    }
+
+    /// Found by the hostile-input test: `message=%FF` was taken as "\u{fffd}"
+    /// and queued; a windows-1251 encoded message (`%C2%FB` = "Вы" in cp1251)
+    /// must be refused, not sent to customers as replacement characters.
+    #[test]
+    fn parameters_that_are_not_utf8_once_decoded_are_wrong() {
+        for q in [
+            "message=%FF",
+            "key=abc&message=%C2%FB%20%E7%E0%EF%E8%F1%E0%ED%FB",
+            "%C0%AF=1",
+        ] {
+            let p = parse(q);
+            assert_eq!(p.errors.len(), 1, "{q}: {:?}", p.errors);
+            assert!(p.errors[0].contains("not UTF-8"), "{q}: {:?}", p.errors);
+        }
+        // The key is still read, so the webhook answers 400 "wrong
+        // parameters" rather than 401.
+        assert_eq!(parse("key=abc&message=%FF").key.as_deref(), Some("abc"));
+        // Stray '%' and '+' are tolerated as before.
+        let p = parse("message=100%+sure&key=a%");
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(
+            p.format.and_then(|f| f.message).as_deref(),
+            Some("100% sure")
+        );
     }
 
     #[test]

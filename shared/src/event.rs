@@ -427,6 +427,21 @@ mod tests {
         assert!(Event::from_json(b"{not json").is_err());
     }
 
+    /// A recipient phone that is not E.164 makes the event malformed
+    /// instead of a panic later in a provider (`Phone::digits`).
+    #[test]
+    fn event_with_a_non_e164_phone_is_malformed() {
+        for phone in ["", "é", "abc", "89161234567"] {
+            let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+            v["recipient"]["phone"] = phone.into();
+            let err = Event::from_json(v.to_string().as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, EventDecodeError::Malformed(_)),
+                "{phone:?}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn unknown_fields_are_ignored_within_a_version() {
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();

@@ -10,9 +10,38 @@ use phonenumber::{Type, country};
 use serde::{Deserialize, Serialize};
 
 /// A normalised, mobile-capable phone number in E.164 (`+79161234567`).
+///
+/// Read back from JSON (an event off the queue) it must still look like
+/// E.164, so [`Phone::digits`] and the providers can rely on the shape; the
+/// number itself is not re-validated against the metadata, which may have
+/// changed since ingest accepted it.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "String", try_from = "String")]
 pub struct Phone(String);
+
+impl From<Phone> for String {
+    fn from(p: Phone) -> String {
+        p.0
+    }
+}
+
+impl TryFrom<String> for Phone {
+    type Error = &'static str;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let digits = s
+            .strip_prefix('+')
+            .ok_or("phone is not E.164: no leading +")?;
+        if (8..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+        {
+            Ok(Phone(s))
+        } else {
+            Err("phone is not E.164: + and 8 to 15 digits")
+        }
+    }
+}
 
 impl Phone {
     /// `+79161234567`: Meta, 360dialog.
@@ -269,6 +298,28 @@ mod tests {
         );
         assert_eq!(first_valid(["", " "]), Err(PhoneError::Empty));
         assert_eq!(first_valid(["+74951234567"]), Err(PhoneError::Landline));
+    }
+
+    /// Found writing the queue-decoder fuzz target, and by cargo-fuzz
+    /// (`queue_messages`) before the fix: `{"recipient":{"phone":""}}`
+    /// decoded into `Phone("")`, and `digits()` (Wazzup chatId, SMS.ru `to`)
+    /// then panicked slicing `[1..]`; `"abc"` would have been sent as `bc`.
+    #[test]
+    fn only_e164_reads_back_from_json() {
+        for bad in [
+            "\"\"",
+            "\"+\"",
+            "\"é\"",
+            "\"79161234567\"",
+            "\"+7916abc4567\"",
+            "\"+0123456789\"",
+            "\"+1234567\"",
+            "\"+1234567890123456\"",
+        ] {
+            assert!(serde_json::from_str::<Phone>(bad).is_err(), "{bad}");
+        }
+        let p: Phone = serde_json::from_str("\"+79161234567\"").unwrap();
+        assert_eq!(p.digits(), "79161234567");
     }
 
     #[test]

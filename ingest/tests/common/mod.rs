@@ -142,8 +142,39 @@ impl Harness {
         spool_dir: tempfile::TempDir,
         extra: &str,
     ) -> Harness {
+        Self::start_on_tweaked(prefix, amqp, spool_dir, extra, |_| {}).await
+    }
+
+    /// Like [`start_with`](Self::start_with) on the real broker, with the
+    /// settings changed by `tweak` first (e.g. the production body limit).
+    pub async fn start_tweaked(
+        test: &str,
+        extra: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Harness {
+        let prefix = unique_prefix(test);
+        let spool_dir = tempfile::tempdir().expect("tempdir");
+        let h = Self::start_on_tweaked(&prefix, AMQP, spool_dir, extra, tweak).await;
+        assert!(
+            h.running()
+                .broker
+                .wait_until_up(Duration::from_secs(10))
+                .await,
+            "RabbitMQ on 127.0.0.1:5672 is not reachable"
+        );
+        h
+    }
+
+    async fn start_on_tweaked(
+        prefix: &str,
+        amqp: &str,
+        spool_dir: tempfile::TempDir,
+        extra: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Harness {
         init_logs();
-        let s = settings(prefix, amqp, spool_dir.path(), extra);
+        let mut s = settings(prefix, amqp, spool_dir.path(), extra);
+        tweak(&mut s);
         let topology = Topology::from_settings(&s.rabbitmq);
         let running = app::start(s, false).await.expect("ingest starts");
         Harness {
