@@ -19,7 +19,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::dlq::{self, Dlq, Entry, Filter, Report};
 use crate::idempotency::Store;
-use crate::journal::{self, Journal, Reference};
+use crate::journal::{self, Journal};
 use shared::topology::Topology;
 
 pub struct AdminState {
@@ -408,33 +408,19 @@ async fn events_find(
     q: web::Query<FindQuery>,
     state: web::Data<AdminState>,
 ) -> Result<HttpResponse, AdminError> {
-    let sources: Vec<String> = match &q.source {
-        Some(s) => vec![s.clone()],
-        None => shared::SourceId::ALL
-            .iter()
-            .map(|s| s.as_str().to_string())
-            .collect(),
-    };
-    let mut events = Vec::new();
-    for source in sources {
-        let r = Reference {
-            tenant: q.tenant.clone(),
-            source,
-            reference: q.reference.clone(),
-        };
-        let ids = state
+    let ids = state
+        .journal
+        .find_in(&q.tenant, q.source.as_deref(), &q.reference)
+        .await
+        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    let mut events = Vec::with_capacity(ids.len());
+    for id in ids {
+        let history = state
             .journal
-            .find(&r)
+            .history(&id)
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        for id in ids {
-            let history = state
-                .journal
-                .history(&id)
-                .await
-                .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-            events.push(journal::view(&id, &history));
-        }
+        events.push(journal::view(&id, &history));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
 }

@@ -275,6 +275,30 @@ impl Journal {
         ids.sort();
         Ok(ids)
     }
+
+    /// The ids of a tenant's events recorded under a reference, in one
+    /// source or (None) in every source, oldest first within each.
+    pub async fn find_in(
+        &self,
+        tenant: &str,
+        source: Option<&str>,
+        reference: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sources: Vec<&str> = match source {
+            Some(s) => vec![s],
+            None => shared::SourceId::ALL.iter().map(|s| s.as_str()).collect(),
+        };
+        let mut ids = Vec::new();
+        for source in sources {
+            let r = Reference {
+                tenant: tenant.to_string(),
+                source: source.to_string(),
+                reference: reference.to_string(),
+            };
+            ids.extend(self.find(&r).await?);
+        }
+        Ok(ids)
+    }
 }
 
 /// The references an event is indexed under.

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use dispatcher::dlq::{Dlq, Entry, Filter};
-use dispatcher::journal::{self, Reference};
+use dispatcher::journal;
 use shared::config::Settings;
 use shared::topology::Topology;
 
@@ -318,25 +318,13 @@ async fn events(settings: Settings, op: EventsOp) -> ExitCode {
             source,
             json,
         } => {
-            let sources: Vec<String> = match source {
-                Some(s) => vec![s],
-                None => shared::SourceId::ALL
-                    .iter()
-                    .map(|s| s.as_str().to_string())
-                    .collect(),
+            let ids = match journal
+                .find_in(&tenant, source.as_deref(), &reference)
+                .await
+            {
+                Ok(ids) => ids,
+                Err(e) => return fail(e),
             };
-            let mut ids = Vec::new();
-            for source in sources {
-                let r = Reference {
-                    tenant: tenant.clone(),
-                    source,
-                    reference: reference.clone(),
-                };
-                match journal.find(&r).await {
-                    Ok(found) => ids.extend(found),
-                    Err(e) => return fail(e),
-                }
-            }
             if ids.is_empty() {
                 eprintln!("no events recorded for {reference} (tenant {tenant})");
                 return ExitCode::from(1);

@@ -92,28 +92,7 @@ async fn a_worker_dying_between_send_and_ack_does_not_send_again() {
     {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let worker = dispatcher::app::build_worker(&h.settings, rx).expect("worker");
-        let conn = common::connect().await;
-        let publisher = conn.create_channel().await.unwrap();
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                h.topology.dispatch_queue().as_str().into(),
-                "doomed".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let (conn, publisher, delivery) = doomed_delivery(&h).await;
         let settle = worker.handle(&delivery, &publisher).await;
         assert_eq!(
             settle,
@@ -235,28 +214,7 @@ async fn a_worker_dying_mid_send_leaves_it_uncertain_not_sent_twice() {
         let (_tx, rx) = tokio::sync::watch::channel(false);
         let worker =
             std::sync::Arc::new(dispatcher::app::build_worker(&h.settings, rx).expect("worker"));
-        let conn = common::connect().await;
-        let publisher = conn.create_channel().await.unwrap();
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
-        let mut consumer = ch
-            .basic_consume(
-                h.topology.dispatch_queue().as_str().into(),
-                "doomed".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let (conn, publisher, delivery) = doomed_delivery(&h).await;
         let sending = tokio::spawn(async move { worker.handle(&delivery, &publisher).await });
         // The request reached the provider; the process dies before the answer.
         assert_eq!(requests(&fake, 1, Duration::from_secs(5)).await.len(), 1);
@@ -279,4 +237,34 @@ async fn a_worker_dying_mid_send_leaves_it_uncertain_not_sent_twice() {
         "not sent again, on this channel or the next"
     );
     h.finish().await;
+}
+
+/// A worker's connection, its publisher channel and one delivery taken from
+/// the dispatch queue without acking: what a process about to die holds.
+async fn doomed_delivery(
+    h: &Harness,
+) -> (lapin::Connection, lapin::Channel, lapin::message::Delivery) {
+    let conn = common::connect().await;
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_qos(1, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            h.topology.dispatch_queue().as_str().into(),
+            "doomed".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (conn, publisher, delivery)
 }
