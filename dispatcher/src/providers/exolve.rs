@@ -12,9 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::tenant::Channel;
 
-use super::{
-    Address, Body, Message, Outcome, Provider, excerpt, retry_after, section, transport_error,
-};
+use super::{Address, Answer, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,22 +76,21 @@ impl Exolve {
             "destination": phone.digits(),
             "text": text,
         });
-        let response = match self
+        let request = self
             .http
             .post(&self.url)
             .bearer_auth(&self.api_key)
             .timeout(self.timeout)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            // No idempotency at Exolve: a timeout after sending may have sent it.
-            Err(e) => return transport_error(&e, false),
+            .json(&body);
+        // No idempotency at Exolve: a timeout after sending may have sent it.
+        let Answer {
+            status,
+            retry_after: wait,
+            text,
+        } = match exchange(request, false).await {
+            Ok(a) => a,
+            Err(o) => return o,
         };
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
             // The error shapes are undocumented: keep the answer for whoever
             // extends the classification.

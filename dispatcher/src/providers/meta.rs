@@ -10,9 +10,7 @@ use serde_json::json;
 use shared::phone::Phone;
 use shared::tenant::Channel;
 
-use super::{
-    Address, Body, Message, Outcome, Provider, excerpt, retry_after, section, transport_error,
-};
+use super::{Address, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,15 +79,11 @@ pub(crate) async fn send_cloud_api(
         Ok(b) => b,
         Err(o) => return o,
     };
-    let response = match request.json(&body).send().await {
-        Ok(r) => r,
-        // No idempotency key in the Cloud API: a timeout after sending is uncertain.
-        Err(e) => return transport_error(&e, false),
-    };
-    let status = response.status().as_u16();
-    let wait = retry_after(response.headers());
-    let text = response.text().await.unwrap_or_default();
-    classify(status, &text, wait)
+    // No idempotency key in the Cloud API: a timeout after sending is uncertain.
+    match exchange(request.json(&body), false).await {
+        Ok(a) => classify(a.status, &a.text, a.retry_after),
+        Err(o) => o,
+    }
 }
 
 /// The Cloud API request body for one message (providers.md B1); 360dialog

@@ -210,6 +210,30 @@ pub(crate) fn excerpt(body: &str) -> String {
     shared::mask::text(&trimmed)
 }
 
+/// A provider's answer, read the same way by every provider.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub text: String,
+}
+
+/// Sends a request and reads the answer; a transport error is already
+/// classified ([`transport_error`]).
+pub(crate) async fn exchange(
+    request: reqwest::RequestBuilder,
+    idempotent_retry: bool,
+) -> Result<Answer, Outcome> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, idempotent_retry))?;
+    Ok(Answer {
+        status: response.status().as_u16(),
+        retry_after: retry_after(response.headers()),
+        text: response.text().await.unwrap_or_default(),
+    })
+}
+
 /// Classifies a transport error. `idempotent_retry` says whether the
 /// provider makes a repeated request harmless; without it, a timeout after
 /// the request went out is uncertain rather than transient.

@@ -10,9 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::tenant::Channel;
 
-use super::{
-    Address, Body, Message, Outcome, Provider, excerpt, retry_after, section, transport_error,
-};
+use super::{Address, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,16 +101,12 @@ impl Resend {
         if let Some(k) = &key {
             request = request.header("Idempotency-Key", k);
         }
-        let response = match request.send().await {
-            Ok(r) => r,
-            // With the key, Resend answers a repeat with the first result
-            // instead of sending again, so a timeout is worth retrying.
-            Err(e) => return transport_error(&e, key.is_some()),
-        };
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        classify(status, &text, wait)
+        // With the key, Resend answers a repeat with the first result
+        // instead of sending again, so a timeout is worth retrying.
+        match exchange(request, key.is_some()).await {
+            Ok(a) => classify(a.status, &a.text, a.retry_after),
+            Err(o) => o,
+        }
     }
 }
 

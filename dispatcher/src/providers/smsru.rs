@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use shared::tenant::Channel;
 
-use super::{Address, Body, Message, Outcome, Provider, excerpt, section, transport_error};
+use super::{Address, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,21 +83,12 @@ impl SmsRu {
         if self.test {
             form.push(("test", "1"));
         }
-        let response = match self
-            .http
-            .post(&self.url)
-            .timeout(self.timeout)
-            .form(&form)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            // No idempotency at SMS.ru: a timeout after sending may have sent it.
-            Err(e) => return transport_error(&e, false),
-        };
-        let status = response.status().as_u16();
-        let body = response.text().await.unwrap_or_default();
-        classify(status, &body, phone.digits())
+        let request = self.http.post(&self.url).timeout(self.timeout).form(&form);
+        // No idempotency at SMS.ru: a timeout after sending may have sent it.
+        match exchange(request, false).await {
+            Ok(a) => classify(a.status, &a.text, phone.digits()),
+            Err(o) => o,
+        }
     }
 }
 

@@ -10,9 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::tenant::Channel;
 
-use super::{
-    Address, Body, Message, Outcome, Provider, excerpt, retry_after, section, transport_error,
-};
+use super::{Address, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,24 +110,18 @@ impl Wazzup {
             // Automatic notifications must not clear the managers' unanswered counter.
             "clearUnanswered": false,
         });
-        let response = match self
+        let request = self
             .http
             .post(&self.url)
             .bearer_auth(&self.api_key)
             .timeout(self.timeout)
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            // crmMessageId turns a repeat within 60 s into REPEATED_CRM_MESSAGE_ID,
-            // so retrying after a timeout cannot send twice.
-            Err(e) => return transport_error(&e, true),
-        };
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        classify(status, &text, wait, &m.idempotency_key)
+            .json(&body);
+        // crmMessageId turns a repeat within 60 s into REPEATED_CRM_MESSAGE_ID,
+        // so retrying after a timeout cannot send twice.
+        match exchange(request, true).await {
+            Ok(a) => classify(a.status, &a.text, a.retry_after, &m.idempotency_key),
+            Err(o) => o,
+        }
     }
 }
 
