@@ -141,21 +141,29 @@ pub fn view(event_id: &str, history: &[Record]) -> serde_json::Value {
     })
 }
 
-/// The steps of one delivery, collected while the worker handles it.
-#[derive(Default)]
-pub struct Trail(Mutex<Vec<Record>>);
+/// The steps of one delivery, collected while the worker handles it; the
+/// trail of a journal that is off keeps nothing.
+pub struct Trail(Option<Mutex<Vec<Record>>>);
 
 impl Trail {
+    pub fn new(enabled: bool) -> Trail {
+        Trail(enabled.then(|| Mutex::new(Vec::with_capacity(4))))
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn push(&self, step: Step) {
-        if let Ok(mut steps) = self.0.lock() {
+        if let Some(Ok(mut steps)) = self.0.as_ref().map(Mutex::lock) {
             steps.push(Record::now(step));
         }
     }
 
     pub fn take(&self) -> Vec<Record> {
         self.0
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|mut s| std::mem::take(&mut *s)))
             .unwrap_or_default()
     }
 }
@@ -374,6 +382,22 @@ mod tests {
             ])),
             "delivered"
         );
+    }
+
+    #[test]
+    fn a_trail_of_a_journal_that_is_off_keeps_nothing() {
+        let step = || Step::Fallback {
+            from: Channel::Whatsapp,
+            reason: "x".into(),
+        };
+        let off = Trail::new(false);
+        off.push(step());
+        assert!(!off.is_on());
+        assert!(off.take().is_empty());
+        let on = Trail::new(true);
+        on.push(step());
+        assert_eq!(on.take().len(), 1);
+        assert!(on.take().is_empty(), "taken once");
     }
 
     #[test]

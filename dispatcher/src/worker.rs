@@ -138,7 +138,7 @@ impl Worker {
                 .map(|s| parse_channels(&s))
                 .unwrap_or_default(),
             publisher,
-            trail: Trail::default(),
+            trail: Trail::new(self.journal.enabled()),
         };
         let event = match Event::from_json(&delivery.data) {
             Ok(e) => e,
@@ -155,6 +155,9 @@ impl Worker {
         };
         let span = tracing::info_span!("event", event_id = %event.id, tenant = %event.tenant, kind = %event.kind, attempt = job.attempt);
         async {
+            if !job.trail.is_on() {
+                return self.handle_event(event, &job).await;
+            }
             let id = event.id.to_string();
             let refs = journal::references(&event);
             job.trail
@@ -743,7 +746,7 @@ impl Worker {
             }
             return Settle::Ack;
         };
-        let trail = Trail::default();
+        let trail = Trail::new(self.journal.enabled());
         trail.push(Step::Callback {
             provider: provider.to_string(),
             state: status.state.as_str().to_string(),
