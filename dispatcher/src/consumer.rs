@@ -179,23 +179,30 @@ async fn session(
     };
 
     if result.is_ok() {
-        // Graceful: no new deliveries, finish what is in flight.
+        // Graceful: no new deliveries.
         let _ = consuming
             .basic_cancel(tag.into(), BasicCancelOptions::default())
             .await;
-        let in_flight = tasks.len();
-        tracing::info!(in_flight, "shutting down: finishing in-flight events");
-        let drained = tokio::time::timeout(settings.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                left = tasks.len(),
-                "shutdown timeout: unfinished events go back to the queue"
-            );
-            tasks.abort_all();
-        }
+    }
+    // Finish what is in flight, also when the connection was lost: a send
+    // cut off half-way could not tell whether it reached the provider (it
+    // would go to the DLQ as uncertain), while one that finishes records
+    // its outcome, so the broker's redelivery finds it done. Dropping the
+    // task set would abort them.
+    let in_flight = tasks.len();
+    tracing::info!(in_flight, "finishing in-flight events");
+    let drained = tokio::time::timeout(settings.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "shutdown timeout: unfinished events go back to the queue"
+        );
+        tasks.abort_all();
+    }
+    if result.is_ok() {
         let _ = consuming.close(200, "shutting down".into()).await;
         let _ = publisher.close(200, "shutting down".into()).await;
     }
