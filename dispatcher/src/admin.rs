@@ -153,7 +153,7 @@ pub struct FilterQuery {
     pub tenant: Option<String>,
     /// iiko, rkeeper, yclients, amocrm, booking.
     pub source: Option<String>,
-    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed.
+    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed, internal.
     pub reason: Option<String>,
     /// Only letters dead-lettered at least this many seconds ago.
     pub older_than_secs: Option<u64>,
@@ -167,6 +167,7 @@ impl FilterQuery {
             source: self.source.clone(),
             reason: self.reason.clone(),
             older_than: self.older_than_secs.map(Duration::from_secs),
+            include_uncertain: false,
         }
     }
 
@@ -190,6 +191,10 @@ pub struct ReplayRequest {
     /// Count what would be replayed, change nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Also replay `uncertain` letters (the provider may have delivered
+    /// them); without it only a replay by id takes them.
+    #[serde(default)]
+    pub include_uncertain: bool,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -308,7 +313,15 @@ async fn dlq_replay(
     let _turn = state.dlq_turn.lock().await;
     let dlq = state.dlq().await?;
     let report = dlq
-        .replay(&req.filter.filter(), &state.store, req.dry_run, |_, _| {})
+        .replay(
+            &Filter {
+                include_uncertain: req.include_uncertain,
+                ..req.filter.filter()
+            },
+            &state.store,
+            req.dry_run,
+            |_, _| {},
+        )
         .await;
     dlq.close().await;
     let report = report.map_err(|e| AdminError::Unavailable(e.to_string()))?;

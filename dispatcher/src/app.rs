@@ -139,7 +139,6 @@ pub fn build_worker(
         log_providers,
         route_provider: route_provider(http.clone(), d.wazzup_base_url.clone()),
         retry: d.retry.clone(),
-        lease_ttl: Duration::from_secs(d.lease_ttl_secs),
         metrics: Metrics::new(),
         health: Health::new(),
         shutdown,
@@ -172,8 +171,19 @@ fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
 }
 
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    start_with(settings, |_| {}).await
+}
+
+/// [`start`], with the built worker handed to `adapt` first (embedding, and
+/// tests that put a provider of their own in place of a configured one).
+pub async fn start_with(
+    settings: Settings,
+    adapt: impl FnOnce(&mut Worker),
+) -> Result<Running, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let worker = Arc::new(build_worker(&settings, shutdown_rx.clone())?);
+    let mut worker = build_worker(&settings, shutdown_rx.clone())?;
+    adapt(&mut worker);
+    let worker = Arc::new(worker);
     if let Err(e) = worker.store.ping().await {
         worker.health.set_redis(false);
         tracing::error!(error = %e, "redis unreachable at start: events are held until it answers");

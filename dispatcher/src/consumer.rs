@@ -4,11 +4,12 @@
 //! within the timeout, and leave the rest unacked so the broker hands them
 //! to another dispatcher.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
@@ -154,9 +155,24 @@ async fn session(
         let (worker, publisher) = (worker.clone(), publisher.clone());
         tasks.spawn(async move {
             worker.metrics.in_flight.inc();
-            let settle = match kind {
-                Kind::Event => worker.handle(&delivery, &publisher).await,
-                Kind::Status => worker.handle_status(&delivery, &publisher).await,
+            let handled = AssertUnwindSafe(async {
+                match kind {
+                    Kind::Event => worker.handle(&delivery, &publisher).await,
+                    Kind::Status => worker.handle_status(&delivery, &publisher).await,
+                }
+            })
+            .catch_unwind()
+            .await;
+            // A bug must not leave the delivery unsettled until the broker's
+            // consumer timeout closes the channel (and redelivers everything
+            // in flight on it): it is dead-lettered, counted, and we go on.
+            let settle = match handled {
+                Ok(settle) => settle,
+                Err(panic) => {
+                    worker
+                        .dead_letter_panic(&delivery, &publisher, &panic_message(panic.as_ref()))
+                        .await
+                }
             };
             let r = match settle {
                 Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
@@ -240,6 +256,15 @@ async fn watch_dead_letters(
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
     }))
+}
+
+/// The text of a panic's payload (`panic!` with a literal or a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".into())
 }
 
 /// Resolves once shutdown is requested (the watch guard is not held across awaits).

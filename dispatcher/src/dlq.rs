@@ -31,6 +31,10 @@ pub struct Filter {
     pub reason: Option<String>,
     /// Only letters dead-lettered at least this long ago.
     pub older_than: Option<Duration>,
+    /// Replay also `uncertain` letters that a filter other than an id
+    /// matches. Off by default: the provider may have delivered them, so a
+    /// bulk replay would send those twice.
+    pub include_uncertain: bool,
 }
 
 /// One dead letter as admins see it (recipient masked).
@@ -55,6 +59,9 @@ pub struct Entry {
 pub struct Report {
     pub replayed: u64,
     pub skipped: u64,
+    /// `uncertain` letters the filter matched but a bulk replay leaves
+    /// (replay them by id, or with `include_uncertain`).
+    pub uncertain_kept: u64,
     pub failed: u64,
 }
 
@@ -165,6 +172,10 @@ impl Dlq {
                 report.skipped += 1; // poison: nothing to replay
                 continue;
             };
+            if l.entry.reason == "uncertain" && filter.id.is_none() && !filter.include_uncertain {
+                report.uncertain_kept += 1;
+                continue;
+            }
             if dry_run {
                 report.replayed += 1;
                 continue;

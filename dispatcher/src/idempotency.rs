@@ -99,6 +99,7 @@ pub struct Store {
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE_LUA));
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
 
 /// Moves a message's delivery state forward only (ranks in ARGV[1]); returns
@@ -136,6 +137,12 @@ return 1
 
 const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Gives up the lease only: the `sending` mark stays (the outcome is uncertain).
+const RELEASE_LEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
@@ -342,6 +349,27 @@ impl Store {
             RELEASE
                 .key(lease)
                 .key(sending)
+                .arg(token)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Gives the lease back but keeps the `sending` mark: the provider may
+    /// have the message (a timeout after the request went out), so a later
+    /// claim of this message finds it uncertain instead of sending again.
+    pub async fn release_uncertain(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let lease = self.key("lease", dedup_key, channel);
+        self.run(|mut c| async move {
+            RELEASE_LEASE
+                .key(lease)
                 .arg(token)
                 .invoke_async::<i64>(&mut c)
                 .await

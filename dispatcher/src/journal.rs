@@ -74,6 +74,15 @@ pub enum Step {
         channel: Channel,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_id: Option<String>,
+        /// The event whose send this one duplicates, when it is another
+        /// (a later status of the same order, a webhook sent twice).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duplicate_of: Option<String>,
+    },
+    /// Another dispatcher held the lease: back to the broker for a while.
+    LeaseWait {
+        channel: Channel,
+        after_secs: u64,
     },
     SecondAttemptScheduled {
         #[serde(default, skip_serializing_if = "Option::is_none")]

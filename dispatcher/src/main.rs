@@ -86,6 +86,10 @@ enum DlqOp {
         /// Show what would be replayed, change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also replay `uncertain` letters (the provider may have delivered
+        /// them); without it a bulk replay leaves them, a replay by --id does not.
+        #[arg(long)]
+        include_uncertain: bool,
     },
     /// Delete dead letters for good. Needs a filter or --all.
     Purge {
@@ -109,7 +113,7 @@ struct FilterArgs {
     /// iiko, rkeeper, yclients, amocrm, booking.
     #[arg(long)]
     source: Option<String>,
-    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed.
+    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed, internal.
     #[arg(long)]
     reason: Option<String>,
     /// Only letters dead-lettered at least this many seconds ago.
@@ -125,6 +129,7 @@ impl FilterArgs {
             source: self.source.clone(),
             reason: self.reason.clone(),
             older_than: self.older_than.map(std::time::Duration::from_secs),
+            include_uncertain: false,
         }
     }
 
@@ -240,6 +245,7 @@ async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
             filter,
             all,
             dry_run,
+            include_uncertain,
         } => {
             if filter.is_empty() && !all {
                 eprintln!(
@@ -254,18 +260,26 @@ async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
             };
             let bar = indicatif::ProgressBar::new(0);
             let report = dlq
-                .replay(&filter.filter(), &store, dry_run, |done, total| {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                })
+                .replay(
+                    &Filter {
+                        include_uncertain,
+                        ..filter.filter()
+                    },
+                    &store,
+                    dry_run,
+                    |done, total| {
+                        bar.set_length(total);
+                        bar.set_position(done);
+                    },
+                )
                 .await;
             bar.finish_and_clear();
             match report {
                 Ok(r) => {
                     let verb = if dry_run { "would replay" } else { "replayed" };
                     println!(
-                        "{verb} {}, skipped {} (poison), failed {}",
-                        r.replayed, r.skipped, r.failed
+                        "{verb} {}, skipped {} (poison), kept {} uncertain (replay by --id or with --include-uncertain), failed {}",
+                        r.replayed, r.skipped, r.uncertain_kept, r.failed
                     );
                     if r.failed > 0 {
                         ExitCode::from(1)

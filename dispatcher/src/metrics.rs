@@ -15,6 +15,8 @@ pub struct Metrics {
     pub second_attempts: IntCounter,
     pub dead_lettered: IntCounterVec,
     pub duplicates: IntCounter,
+    pub lease_waits: IntCounter,
+    pub panics: IntCounter,
     pub fallbacks: IntCounterVec,
     pub statuses: IntCounterVec,
     pub redis_errors: IntCounter,
@@ -69,6 +71,16 @@ impl Metrics {
                 "Deliveries skipped because the message was already sent",
             )
             .expect("static metric definition"),
+            lease_waits: IntCounter::new(
+                "vestnik_dispatcher_lease_waits_total",
+                "Deliveries sent to the lease-wait queue because another dispatcher held their lease",
+            )
+            .expect("static metric definition"),
+            panics: IntCounter::new(
+                "vestnik_dispatcher_panics_total",
+                "Worker tasks that panicked; their event was dead-lettered as internal",
+            )
+            .expect("static metric definition"),
             fallbacks: counter_vec(
                 "vestnik_dispatcher_fallbacks_total",
                 "Moves to the next channel, by the channel that failed",
@@ -111,6 +123,8 @@ impl Metrics {
             Box::new(m.second_attempts.clone()),
             Box::new(m.dead_lettered.clone()),
             Box::new(m.duplicates.clone()),
+            Box::new(m.lease_waits.clone()),
+            Box::new(m.panics.clone()),
             Box::new(m.fallbacks.clone()),
             Box::new(m.statuses.clone()),
             Box::new(m.redis_errors.clone()),
@@ -132,6 +146,7 @@ impl Metrics {
             "uncertain",
             "second_attempt_failed",
             "lookup_failed",
+            "internal",
         ] {
             m.dead_lettered.with_label_values(&[class]);
         }

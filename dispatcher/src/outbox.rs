@@ -50,6 +50,19 @@ pub async fn second_attempt(
     publish(channel, topology, &route, body, props, extra).await
 }
 
+/// To the lease-wait queue: another dispatcher holds this delivery's lease;
+/// it comes back to the dispatch queue after `rabbitmq.lease_wait_secs`.
+pub async fn lease_wait(
+    channel: &Channel,
+    topology: &Topology,
+    body: &[u8],
+    props: &BasicProperties,
+    extra: Headers,
+) -> Result<(), OutboxError> {
+    let route = topology.lease_wait_route();
+    publish(channel, topology, &route, body, props, extra).await
+}
+
 /// Back to the dispatch queue at once (fallback to the next channel after
 /// an asynchronous failure).
 pub async fn redispatch(

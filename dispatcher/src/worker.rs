@@ -78,7 +78,6 @@ pub struct Worker {
     /// Wazzup parameters), when the event carries one.
     pub route_provider: RouteProvider,
     pub retry: QuickRetrySettings,
-    pub lease_ttl: Duration,
     pub metrics: Metrics,
     pub health: Health,
     pub shutdown: watch::Receiver<bool>,
@@ -168,6 +167,39 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// A worker task panicked on this delivery (a bug): it goes to the DLQ
+    /// as `internal` with the panic message (masked), so it is neither lost
+    /// nor left unsettled. A lease it held expires by itself; a replay by id
+    /// sends it again.
+    pub async fn dead_letter_panic(
+        &self,
+        delivery: &Delivery,
+        publisher: &AmqpChannel,
+        message: &str,
+    ) -> Settle {
+        self.metrics.panics.inc();
+        let reason = format!("worker panicked: {}", shared::mask::text(message));
+        tracing::error!(reason = %reason, "worker task panicked: dead-lettering its delivery");
+        let headers = delivery.properties.headers().as_ref();
+        let job = Job {
+            raw: &delivery.data,
+            props: &delivery.properties,
+            attempt: header_int(headers, outbox::ATTEMPT)
+                .unwrap_or(1)
+                .clamp(1, 2),
+            failed_channels: Vec::new(),
+            publisher,
+            trail: Trail::new(false),
+        };
+        let f = Failure {
+            class: "internal",
+            reason,
+            channel: None,
+            provider: None,
+        };
+        self.dead_letter(&job, f).await
     }
 
     /// Best effort: the journal records, it never holds a delivery.
@@ -297,8 +329,14 @@ impl Worker {
     ) -> ChannelEnd {
         let (channel, provider_name) = (c.channel, c.provider.name());
         let token = uuid::Uuid::now_v7().to_string();
-        match self.claim(&event.dedup_key, channel, &token, attempt).await {
-            None | Some(Claim::Busy) => return ChannelEnd::Settled(Settle::Requeue),
+        let claim = self
+            .with_store(|| self.store.claim(&event.dedup_key, channel, &token, attempt))
+            .await;
+        match claim {
+            None => return ChannelEnd::Settled(Settle::Requeue),
+            Some(Claim::Busy) => {
+                return ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await);
+            }
             Some(Claim::Uncertain) => {
                 // No fallback either: the customer may already have it here.
                 let f = Failure {
@@ -315,11 +353,19 @@ impl Worker {
             }
             Some(Claim::AlreadySent(sent)) => {
                 self.metrics.duplicates.inc();
-                let message_id = sent.map(|s| s.message_id);
-                tracing::info!(channel = %channel, message_id = ?message_id, "already sent: not sending again");
+                let this = event.id.to_string();
+                let (message_id, duplicate_of) = match sent {
+                    Some(s) => (
+                        Some(s.message_id),
+                        Some(s.event_id).filter(|id| *id != this),
+                    ),
+                    None => (None, None),
+                };
+                tracing::info!(channel = %channel, message_id = ?message_id, duplicate_of = ?duplicate_of, "already sent: not sending again");
                 job.trail.push(Step::AlreadySent {
                     channel,
                     message_id,
+                    duplicate_of,
                 });
                 return ChannelEnd::Settled(Settle::Ack);
             }
@@ -427,6 +473,26 @@ impl Worker {
                     )
                     .await;
                 ChannelEnd::Settled(settle)
+            }
+            Outcome::Uncertain { reason } => {
+                // The provider may have it: the sending mark stays, so neither
+                // a redelivery nor a duplicate webhook sends it again, and no
+                // fallback either. Only an admin's replay by id clears it.
+                if let Err(e) = self
+                    .store
+                    .release_uncertain(&event.dedup_key, channel, &token)
+                    .await
+                {
+                    self.metrics.redis_errors.inc();
+                    tracing::warn!(error = %e, "lease not released; it expires by itself");
+                }
+                let f = Failure {
+                    class: "uncertain",
+                    reason,
+                    channel: Some(channel),
+                    provider: Some(provider_name),
+                };
+                ChannelEnd::Settled(self.final_failure(event, job, f).await)
             }
             other => {
                 self.release(&event.dedup_key, channel, &token).await;
@@ -874,29 +940,36 @@ impl Worker {
         .await
     }
 
-    /// Claims the lease, waiting while another worker holds it (it is
-    /// sending this very message: its outcome decides ours).
-    async fn claim(
+    /// Another worker holds the lease: it is sending this very message, or
+    /// it died and its lease has not expired yet. The delivery waits in the
+    /// broker's lease-wait queue (holding no permit, so one dead dispatcher
+    /// cannot stall the survivors) and comes back to be claimed again, with
+    /// the channel's attempt and the channels that failed so far.
+    async fn lease_wait(
         &self,
-        dedup_key: &str,
+        job: &Job<'_>,
         channel: Channel,
-        token: &str,
         attempt: i64,
-    ) -> Option<Claim> {
-        let deadline = Instant::now() + self.lease_ttl + Duration::from_secs(5);
-        loop {
-            match self
-                .with_store(|| self.store.claim(dedup_key, channel, token, attempt))
-                .await?
-            {
-                Claim::Busy if Instant::now() < deadline => {
-                    if *self.shutdown.borrow() {
-                        return None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Claim::Busy => return None,
-                other => return Some(other),
+        failed: &[Channel],
+    ) -> Settle {
+        let headers: Headers = vec![
+            (outbox::ATTEMPT, int(attempt)),
+            (outbox::FAILED_CHANNELS, text(join_channels(failed))),
+        ];
+        match outbox::lease_wait(job.publisher, &self.topology, job.raw, job.props, headers).await {
+            Ok(()) => {
+                self.metrics.lease_waits.inc();
+                job.trail.push(Step::LeaseWait {
+                    channel,
+                    after_secs: self.topology.lease_wait().as_secs(),
+                });
+                tracing::info!(channel = %channel, wait_s = self.topology.lease_wait().as_secs(),
+                    "another dispatcher holds the lease: waiting in the broker");
+                Settle::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "lease wait not confirmed; handing the event back");
+                Settle::Requeue
             }
         }
     }

@@ -69,6 +69,11 @@ pub struct RabbitSettings {
     pub second_attempt_delay_secs: u64,
     /// Quorum-queue redelivery limit before a message is dead-lettered as poison.
     pub delivery_limit: u32,
+    /// How long a delivery waits in the lease-wait queue when another
+    /// dispatcher holds its lease (sending it now, or dead with the lease not
+    /// yet expired) before it is tried again. It waits in the broker, not in
+    /// a worker, so it holds no concurrency permit.
+    pub lease_wait_secs: u64,
     /// Publishing channels the ingest spreads its confirms over.
     pub publish_channels: usize,
 }
@@ -80,6 +85,7 @@ impl Default for RabbitSettings {
             prefix: "vestnik".into(),
             second_attempt_delay_secs: 570,
             delivery_limit: 20,
+            lease_wait_secs: 5,
             publish_channels: 4,
         }
     }

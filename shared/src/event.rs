@@ -107,7 +107,7 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
     /// Identity of the happening at the source, e.g.
-    /// `acme:iiko:<org>:<order id>:Delivered`. The same webhook sent twice
+    /// `acme:iiko:<org>:<order id>:order_completed`. The same webhook sent twice
     /// yields the same key; the dispatcher's idempotency is keyed on it.
     pub dedup_key: String,
     /// The source's own id of the record (iiko order id, YCLIENTS record id,

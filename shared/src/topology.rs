@@ -6,6 +6,7 @@
 //!                                      │   ▲                  │ delivery limit exceeded
 //!                                      │   │ TTL expired      ▼ (poison) dead-lettered "dead"
 //!  dispatcher ──"second-attempt.<delay>s"──▶ {p}.second-attempt.<delay>s (quorum, x-message-ttl)
+//!  dispatcher ──"lease-wait.<d>s"──▶ {p}.lease-wait.<d>s (quorum, x-message-ttl) ──▶ back to dispatch
 //!  dispatcher ──"dead"────────────▶ {p}.dlq (quorum) ◀── admins list / replay
 //!  ingest ──"status"──────────────▶ {p}.statuses (quorum) ──▶ dispatcher (provider callbacks)
 //! ```
@@ -24,6 +25,8 @@ pub const ROUTE_DISPATCH: &str = "dispatch";
 /// Prefix of the second-attempt route; the delay completes it
 /// ([`Topology::second_attempt_route`]).
 pub const ROUTE_SECOND_ATTEMPT: &str = "second-attempt";
+/// Prefix of the lease-wait route ([`Topology::lease_wait_route`]).
+pub const ROUTE_LEASE_WAIT: &str = "lease-wait";
 pub const ROUTE_DEAD: &str = "dead";
 pub const ROUTE_STATUS: &str = "status";
 
@@ -32,7 +35,11 @@ pub struct Topology {
     prefix: String,
     second_attempt_delay: Duration,
     delivery_limit: u32,
+    lease_wait: Duration,
 }
+
+/// Default of `rabbitmq.lease_wait_secs`.
+const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(5);
 
 impl Topology {
     pub fn new(prefix: &str, second_attempt_delay: Duration, delivery_limit: u32) -> Self {
@@ -40,7 +47,15 @@ impl Topology {
             prefix: prefix.to_string(),
             second_attempt_delay,
             delivery_limit,
+            lease_wait: DEFAULT_LEASE_WAIT,
         }
+    }
+
+    /// How long a delivery whose lease another dispatcher holds waits in
+    /// the broker before it is tried again (at least a second).
+    pub fn with_lease_wait(mut self, wait: Duration) -> Self {
+        self.lease_wait = wait.max(Duration::from_secs(1));
+        self
     }
 
     pub fn from_settings(s: &crate::config::RabbitSettings) -> Self {
@@ -49,6 +64,7 @@ impl Topology {
             Duration::from_secs(s.second_attempt_delay_secs),
             s.delivery_limit,
         )
+        .with_lease_wait(Duration::from_secs(s.lease_wait_secs))
     }
 
     pub fn exchange(&self) -> String {
@@ -75,6 +91,21 @@ impl Topology {
             "{ROUTE_SECOND_ATTEMPT}.{}s",
             self.second_attempt_delay.as_secs()
         )
+    }
+
+    /// Where a delivery waits while another dispatcher holds its lease;
+    /// expired messages go back to the dispatch queue. The delay is in the
+    /// name for the same reason as the second-attempt queue's.
+    pub fn lease_wait_queue(&self) -> String {
+        format!("{}.lease-wait.{}s", self.prefix, self.lease_wait.as_secs())
+    }
+
+    pub fn lease_wait_route(&self) -> String {
+        format!("{ROUTE_LEASE_WAIT}.{}s", self.lease_wait.as_secs())
+    }
+
+    pub fn lease_wait(&self) -> Duration {
+        self.lease_wait
     }
 
     pub fn dead_letter_queue(&self) -> String {
@@ -117,20 +148,18 @@ impl Topology {
         self.queue(channel, &self.dispatch_queue(), dispatch, ROUTE_DISPATCH)
             .await?;
 
-        let mut wait = quorum_args();
-        let ttl_ms = i64::try_from(self.second_attempt_delay.as_millis()).unwrap_or(i64::MAX);
-        insert(&mut wait, "x-message-ttl", AMQPValue::LongLongInt(ttl_ms));
-        insert_str(&mut wait, "x-dead-letter-exchange", &self.exchange());
-        insert_str(&mut wait, "x-dead-letter-routing-key", ROUTE_DISPATCH);
-        // At-least-once dead-lettering: an expired message is not dropped if
-        // the dispatch queue cannot take it at that moment.
-        insert_str(&mut wait, "x-dead-letter-strategy", "at-least-once");
-        insert_str(&mut wait, "x-overflow", "reject-publish");
         self.queue(
             channel,
             &self.second_attempt_queue(),
-            wait,
+            self.wait_args(self.second_attempt_delay),
             &self.second_attempt_route(),
+        )
+        .await?;
+        self.queue(
+            channel,
+            &self.lease_wait_queue(),
+            self.wait_args(self.lease_wait),
+            &self.lease_wait_route(),
         )
         .await?;
 
@@ -144,6 +173,20 @@ impl Topology {
         self.queue(channel, &self.status_queue(), quorum_args(), ROUTE_STATUS)
             .await?;
         Ok(())
+    }
+
+    /// A wait queue: its messages expire after `delay` back into dispatch.
+    fn wait_args(&self, delay: Duration) -> FieldTable {
+        let mut wait = quorum_args();
+        let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        insert(&mut wait, "x-message-ttl", AMQPValue::LongLongInt(ttl_ms));
+        insert_str(&mut wait, "x-dead-letter-exchange", &self.exchange());
+        insert_str(&mut wait, "x-dead-letter-routing-key", ROUTE_DISPATCH);
+        // At-least-once dead-lettering: an expired message is not dropped if
+        // the dispatch queue cannot take it at that moment.
+        insert_str(&mut wait, "x-dead-letter-strategy", "at-least-once");
+        insert_str(&mut wait, "x-overflow", "reject-publish");
+        wait
     }
 
     async fn queue(
@@ -180,6 +223,7 @@ impl Topology {
         for q in [
             self.dispatch_queue(),
             self.second_attempt_queue(),
+            self.lease_wait_queue(),
             self.dead_letter_queue(),
             self.status_queue(),
         ] {

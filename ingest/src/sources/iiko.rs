@@ -157,9 +157,12 @@ fn event_item(event: &Event, tenant: &Tenant) -> Result<Item, ParseError> {
                 .and_then(id_string)
         });
 
+    // One order, one message: Delivered then Closed is the same order
+    // (docs/SOURCES.md), so the status is not part of the identity.
+    let event_kind = EventKind::OrderCompleted;
     let mut draft = Draft::new(
-        EventKind::OrderCompleted,
-        format!("{}:{order_id}:{status}", org.as_deref().unwrap_or("-")),
+        event_kind,
+        format!("{}:{order_id}:{event_kind}", org.as_deref().unwrap_or("-")),
     );
     draft.reference = Some(order_id);
     draft.occurred_at = event.event_time.as_deref().and_then(parse_event_time);
@@ -332,7 +335,7 @@ mod tests {
         assert_eq!(d.kind, EventKind::OrderCompleted);
         assert_eq!(
             d.identity,
-            "550e8400-e29b-41d4-a716-446655440000:dddd1111-2222-3333-4444-555566667777:Delivered"
+            "550e8400-e29b-41d4-a716-446655440000:dddd1111-2222-3333-4444-555566667777:order_completed"
         );
         assert_eq!(
             d.location.as_deref(),
@@ -356,9 +359,23 @@ mod tests {
         let a = parse(DELIVERED.as_bytes()).unwrap();
         let b = parse(DELIVERED.as_bytes()).unwrap();
         assert_eq!(accepted(&a[0]).identity, accepted(&b[0]).identity);
+    }
+
+    #[test]
+    fn delivered_then_closed_is_one_order() {
+        let delivered = parse(DELIVERED.as_bytes()).unwrap();
         let closed = DELIVERED.replace("\"Delivered\"", "\"Closed\"");
-        let c = parse(closed.as_bytes()).unwrap();
-        assert_ne!(accepted(&a[0]).identity, accepted(&c[0]).identity);
+        let closed = parse(closed.as_bytes()).unwrap();
+        assert_eq!(
+            accepted(&delivered[0]).identity,
+            accepted(&closed[0]).identity
+        );
+        let other = DELIVERED.replace("dddd1111", "eeee1111");
+        let other = parse(other.as_bytes()).unwrap();
+        assert_ne!(
+            accepted(&delivered[0]).identity,
+            accepted(&other[0]).identity
+        );
     }
 
     #[test]
@@ -380,7 +397,7 @@ mod tests {
         assert_eq!(items.len(), 3);
         assert_eq!(ignored(&items[0]), "iiko StopListUpdate is not notified");
         let table = accepted(&items[1]);
-        assert_eq!(table.identity, "org-1:t-1:Closed");
+        assert_eq!(table.identity, "org-1:t-1:order_completed");
         assert_eq!(table.phones, vec!["89161112233".to_string()]);
         assert_eq!(table.params.order_number.as_deref(), Some("77"));
         assert_eq!(table.params.extra["order_type"], "table");
@@ -478,7 +495,7 @@ mod tests {
         let items = parse(body.as_bytes()).unwrap();
         assert_eq!(items.len(), 1);
         let d = accepted(&items[0]);
-        assert_eq!(d.identity, "-:order-uuid:Delivered");
+        assert_eq!(d.identity, "-:order-uuid:order_completed");
         assert_eq!(d.location, None);
         assert_eq!(d.phones, vec!["+79991234567".to_string()]);
         assert_eq!(d.name.as_deref(), Some("Иван"));
@@ -517,7 +534,7 @@ mod tests {
         t.sources.iiko.final_statuses = vec!["cookingcompleted".into()];
         let body = DELIVERED.replace("\"Delivered\"", "\"CookingCompleted\"");
         let items = Iiko.parse(Body::Json(body.as_bytes()), &t).unwrap();
-        assert!(accepted(&items[0]).identity.ends_with(":CookingCompleted"));
+        assert!(accepted(&items[0]).identity.ends_with(":order_completed"));
         let items = Iiko.parse(Body::Json(DELIVERED.as_bytes()), &t).unwrap();
         assert_eq!(
             ignored(&items[0]),

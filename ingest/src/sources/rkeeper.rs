@@ -115,10 +115,9 @@ fn delivery(push: &Push, order: &Order, tenant: &Tenant) -> Result<Item, ParseEr
         .find_map(|v| v.as_ref().and_then(id_string))
         .ok_or_else(|| malformed("order has no id or number"))?;
 
-    let mut draft = Draft::new(
-        EventKind::OrderCompleted,
-        format!("order:{id}:{}", status.to_lowercase()),
-    );
+    // One order, one message: Доставлен then Выполнен is the same order.
+    let kind = EventKind::OrderCompleted;
+    let mut draft = Draft::new(kind, format!("order:{id}:{kind}"));
     draft.reference = Some(id.clone());
     let people = [
         order.customer.as_ref(),
@@ -187,7 +186,8 @@ fn white_server(push: &Push, tenant: &Tenant) -> Result<Item, ParseError> {
         .and_then(id_string)
         .ok_or_else(|| malformed("White Server event has no orderGuid"))?;
 
-    let mut draft = Draft::new(EventKind::OrderCompleted, format!("ws:{guid}:{status}"));
+    let kind = EventKind::OrderCompleted;
+    let mut draft = Draft::new(kind, format!("ws:{guid}:{kind}"));
     draft.reference = Some(guid.clone());
     draft.occurred_at = common
         .and_then(|c| c.date_time_server_receive_event_from_agent.as_deref())
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(d.kind, EventKind::OrderCompleted);
         assert_eq!(
             d.identity,
-            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a:Complited"
+            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a:order_completed"
         );
         assert!(d.phones.is_empty());
         assert_eq!(d.lookup, None);
@@ -315,10 +315,9 @@ mod tests {
             "rkeeper White Server OrderChanged is not notified"
         );
         let lowercase = sample.replace("\"Complited\"", "\"complited\"");
-        assert!(
-            accepted(one(lowercase.as_bytes()))
-                .identity
-                .ends_with(":complited")
+        assert_eq!(
+            accepted(one(lowercase.as_bytes())).identity,
+            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a:order_completed"
         );
         let no_guid = sample.replace("\"orderGuid\"", "\"otherGuid\"");
         assert_eq!(
@@ -333,7 +332,7 @@ mod tests {
             "customer": {"phone": "+79991234567", "name": "Иван", "email": "ivan@example.com"}}}"#;
         let d = accepted(one(body.as_bytes()));
         assert_eq!(d.kind, EventKind::OrderCompleted);
-        assert_eq!(d.identity, "order:5012:выполнен");
+        assert_eq!(d.identity, "order:5012:order_completed");
         assert_eq!(d.phones, vec!["+79991234567".to_string()]);
         assert_eq!(d.name.as_deref(), Some("Иван"));
         assert_eq!(d.email.as_deref(), Some("ivan@example.com"));
@@ -345,7 +344,7 @@ mod tests {
     fn delivery_status_is_case_insensitive_and_follows_the_tenant() {
         let body = r#"{"order": {"number": 77, "status": "ДОСТАВЛЕН", "client": {"phone": "89161234567"}}}"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "order:77:доставлен");
+        assert_eq!(d.identity, "order:77:order_completed");
         assert_eq!(d.phones, vec!["89161234567".to_string()]);
 
         let body = r#"{"order": {"id": 1, "status": "Передан на кухню"}}"#;
@@ -359,7 +358,7 @@ mod tests {
         let items = Rkeeper.parse(Body::Json(body.as_bytes()), &t).unwrap();
         assert_eq!(
             accepted(items.into_iter().next().unwrap()).identity,
-            "order:1:передан на кухню"
+            "order:1:order_completed"
         );
     }
 
@@ -370,7 +369,7 @@ mod tests {
             "order": {"guid": "g-1", "status": {"value": "Выполнен"},
                       "client": {"phone": "+79990000002"}, "customer": {"phone": "+79990000001"}}}"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "order:g-1:выполнен");
+        assert_eq!(d.identity, "order:g-1:order_completed");
         assert_eq!(
             d.phones,
             [
@@ -384,12 +383,14 @@ mod tests {
     }
 
     #[test]
-    fn same_push_twice_gives_the_same_identity_and_statuses_differ() {
+    fn same_push_twice_and_delivered_then_done_are_one_order() {
         let done = r#"{"order": {"id": "9", "status": "Выполнен"}}"#;
         let delivered = r#"{"order": {"id": "9", "status": "Доставлен"}}"#;
+        let other = r#"{"order": {"id": "10", "status": "Выполнен"}}"#;
         let a = accepted(one(done.as_bytes())).identity;
         assert_eq!(a, accepted(one(done.as_bytes())).identity);
-        assert_ne!(a, accepted(one(delivered.as_bytes())).identity);
+        assert_eq!(a, accepted(one(delivered.as_bytes())).identity);
+        assert_ne!(a, accepted(one(other.as_bytes())).identity);
         // A push without any phone is still accepted: the caller reports "no phone".
         assert!(accepted(one(done.as_bytes())).phones.is_empty());
     }

@@ -151,10 +151,13 @@ fn item(hook: &Hook, tenant: &Tenant) -> Result<Item, ParseError> {
         .and_then(id_string)
         .or_else(|| record.company_id.as_ref().and_then(id_string));
 
+    // One visit, one message: a record re-sent with another final
+    // attendance (or edited after the visit) is the same visit.
+    let kind = EventKind::VisitCompleted;
     let mut draft = Draft::new(
-        EventKind::VisitCompleted,
+        kind,
         format!(
-            "{}:{record_id}:{attendance}",
+            "{}:{record_id}:{kind}",
             company_id.as_deref().unwrap_or("-")
         ),
     );
@@ -335,7 +338,7 @@ mod tests {
     fn real_capture_arrived_is_accepted_with_all_params() {
         let d = accepted(one(arrived().as_bytes()));
         assert_eq!(d.kind, EventKind::VisitCompleted);
-        assert_eq!(d.identity, "358944:234961815:1");
+        assert_eq!(d.identity, "358944:234961815:visit_completed");
         assert_eq!(d.location.as_deref(), Some("358944"));
         assert_eq!(d.phones, vec!["+79999856814".to_string()]);
         assert_eq!(d.lookup, None);
@@ -366,7 +369,7 @@ mod tests {
         let only_visit = arrived().replace("\"attendance\":1,", "");
         assert_eq!(
             accepted(one(only_visit.as_bytes())).identity,
-            "358944:234961815:1"
+            "358944:234961815:visit_completed"
         );
 
         let no_show = real_capture()
@@ -386,7 +389,8 @@ mod tests {
         let Item::Accept(d) = &items[0] else {
             panic!("{items:?}")
         };
-        assert_eq!(d.identity, "358944:234961815:2");
+        // Confirmed then arrived is one visit.
+        assert_eq!(d.identity, accepted(one(arrived().as_bytes())).identity);
     }
 
     #[test]
