@@ -278,9 +278,15 @@ async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
                 Ok(r) => {
                     let verb = if dry_run { "would replay" } else { "replayed" };
                     println!(
-                        "{verb} {}, skipped {} (poison), kept {} uncertain (replay by --id or with --include-uncertain), failed {}",
-                        r.replayed, r.skipped, r.uncertain_kept, r.failed
+                        "{verb} {}, skipped {} (poison), failed {}",
+                        r.replayed, r.skipped, r.failed
                     );
+                    if r.uncertain_kept > 0 {
+                        println!(
+                            "kept {} uncertain (the provider may have delivered them): replay by --id, or with --include-uncertain",
+                            r.uncertain_kept
+                        );
+                    }
                     if r.failed > 0 {
                         ExitCode::from(1)
                     } else {

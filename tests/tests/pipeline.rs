@@ -619,3 +619,112 @@ async fn provider_500_gets_the_second_attempt_and_the_journal_tells_it() {
     let logs = stack.stop().await;
     assert!(!logs.contains("79160000012"), "no full phone in the logs");
 }
+
+/// Real lifecycles, each status posted twice and all of them shuffled: one
+/// message per order, visit and won deal, and one per booking change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_lifecycle_sends_one_message_per_happening() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("lifecycles", &fake).await;
+
+    let json = "application/json";
+    let form = "application/x-www-form-urlencoded";
+    let mut hooks: Vec<(&str, &str, String)> = Vec::new();
+    // iiko courier order: Delivered and Closed are both final by default.
+    for s in [
+        "Unconfirmed",
+        "WaitCooking",
+        "CookingStarted",
+        "CookingCompleted",
+        "OnWay",
+        "Delivered",
+        "Closed",
+    ] {
+        hooks.push(("iiko", json, format!(
+            r#"[{{"eventType":"DeliveryOrderUpdate","eventTime":"2026-11-24 18:00:00.000","organizationId":"org-1","eventInfo":{{"id":"o-life","creationStatus":"Success","order":{{"id":"o-life","status":"{s}","number":143,"phone":"+79160000101"}}}}}}]"#
+        )));
+    }
+    // R-Keeper delivery: Доставлен then Выполнен.
+    for s in ["Новый", "Передан на кухню", "Доставлен", "Выполнен"]
+    {
+        hooks.push(("rkeeper", json, format!(
+            r#"{{"order":{{"id":"rk-life","status":"{s}","customer":{{"phone":"+79160000102"}}}}}}"#
+        )));
+    }
+    // YCLIENTS record: created (waiting), confirmed, arrived, edited after the visit.
+    for (status, attendance) in [("create", 0), ("update", 2), ("update", 1), ("update", 1)] {
+        hooks.push(("yclients", json, format!(
+            r#"{{"company_id":1,"resource":"record","resource_id":77,"status":"{status}","data":{{"id":77,"company_id":1,"attendance":{attendance},"client":{{"name":"Олеся","phone":"+79160000103"}}}}}}"#
+        )));
+    }
+    // AmoCRM lead: in progress, won.
+    for s in [10216994, 142] {
+        hooks.push(("amocrm", form, format!(
+            "leads%5Bstatus%5D%5B0%5D%5Bid%5D=55&leads%5Bstatus%5D%5B0%5D%5Bstatus_id%5D={s}&leads%5Bstatus%5D%5B0%5D%5Bmain_contact%5D%5Bphone%5D=79160000104&account%5Bid%5D=9"
+        )));
+    }
+    // Booking: created, moved twice, moved to another place, completed: five messages.
+    for (event, start, address) in [
+        ("CheckIn", "2026-12-01T10:00:00+03:00", "ул. Мира, 5"),
+        ("UpdateCaseTime", "2026-12-01T12:00:00+03:00", "ул. Мира, 5"),
+        ("UpdateCaseTime", "2026-12-02T12:00:00+03:00", "ул. Мира, 5"),
+        (
+            "UpdateCasePlace",
+            "2026-12-02T12:00:00+03:00",
+            "ул. Ленина, 1",
+        ),
+        ("CaseComplete", "2026-12-02T12:00:00+03:00", "ул. Ленина, 1"),
+    ] {
+        hooks.push(("booking", json, format!(
+            r#"{{"event":"{event}","case":{{"id":"c-life","start":"{start}","address":"{address}"}},"client":{{"phone":"+79160000105"}}}}"#
+        )));
+    }
+    // Every webhook twice (the source retried), in a random order.
+    let mut posts: Vec<_> = hooks.iter().chain(hooks.iter()).collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let mut x = seed;
+    for i in (1..posts.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        posts.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    for (source, ct, body) in posts {
+        let (status, resp) = stack.post(source, ct, body).await;
+        assert!(
+            status == 200 || status == 202,
+            "{source} (seed {seed}): {status} {resp}"
+        );
+    }
+
+    let expected = [
+        ("+79160000101", 1),
+        ("+79160000102", 1),
+        ("+79160000103", 1),
+        ("+79160000104", 1),
+        ("+79160000105", 5),
+    ];
+    wait_requests(&fake, 9).await;
+    // Longer than a lease wait (5 s), so a duplicate that waited out a
+    // concurrent send has come back and been absorbed.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let bodies = meta_bodies(&fake.received_requests().await.unwrap_or_default());
+    for (phone, n) in expected {
+        let got = bodies.iter().filter(|b| b["to"] == phone).count();
+        assert_eq!(got, n, "messages to {phone} (shuffle seed {seed})");
+    }
+    assert_eq!(bodies.len(), 9, "seed {seed}");
+    stack.stop().await;
+}
