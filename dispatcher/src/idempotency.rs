@@ -3,11 +3,14 @@
 //!
 //! Keys (all under the configured prefix):
 //! - `lease:<dedup>:<channel>` = worker token, short TTL: someone is sending now;
-//! - `sending:<dedup>:<channel>` = worker token, set with the lease and
-//!   removed only once the outcome is recorded (sent, or failed and
-//!   released). Found by a later claim, it means a worker stopped (SIGKILL,
-//!   crash, shutdown timeout) while its request may have reached the
-//!   provider: that message is uncertain and is not sent again;
+//! - `sending:<dedup>:<channel>` = worker token, set right before the
+//!   request is written to the provider (after rendering and the rate
+//!   limit: the providers' write gate) and removed only once the outcome is
+//!   recorded (sent, or failed and released). Found by a later claim, it
+//!   means a worker stopped (SIGKILL, crash, shutdown timeout) while its
+//!   request may have reached the provider: that message is uncertain and
+//!   is not sent again. A worker that stopped before the write left only
+//!   its lease, and the message is sent once the lease has expired;
 //! - `done:<dedup>:<channel>` = JSON with provider and message id, long TTL: sent;
 //! - `second:<dedup>:<channel>` = time of the first failure: the one second
 //!   attempt is scheduled (never two);
@@ -100,6 +103,7 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE_LUA));
+static MARK_SENDING: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENDING_LUA));
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
 
 /// Moves a message's delivery state forward only (ranks in ARGV[1]); returns
@@ -120,7 +124,6 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('DEL', KEYS[2])
     return {'uncertain', ''}
   end
-  redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
   return {'acquired', ''}
 end
 return {'busy', ''}
@@ -139,6 +142,15 @@ const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"#;
+
+/// At the write: only while the lease is still ours (a wait for the rate
+/// limit could have outlasted it), renewed for the send; 1 when marked.
+const MARK_SENDING_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+return 1
 "#;
 
 /// Gives up the lease only: the `sending` mark stays (the outcome is uncertain).
@@ -276,7 +288,6 @@ impl Store {
         let retry = self.key("retry", dedup_key, channel);
         let sending = self.key("sending", dedup_key, channel);
         let ttl_ms = self.lease_ttl.as_millis() as u64;
-        let sending_ttl = self.done_ttl.as_secs();
         let (state, value): (String, String) = self
             .run(|mut c| async move {
                 CLAIM
@@ -287,7 +298,6 @@ impl Store {
                     .arg(token)
                     .arg(ttl_ms)
                     .arg(attempt.to_string())
-                    .arg(sending_ttl)
                     .invoke_async(&mut c)
                     .await
             })
@@ -353,6 +363,33 @@ impl Store {
                 .invoke_async::<i64>(&mut c)
                 .await
                 .map(|_| ())
+        })
+        .await
+    }
+
+    /// Sets the `sending` mark right before the request is written, if the
+    /// lease is still ours (and renews it). False when it is not: another
+    /// worker may be sending this message, so this one must not.
+    pub async fn mark_sending(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let lease = self.key("lease", dedup_key, channel);
+        let sending = self.key("sending", dedup_key, channel);
+        let ttl_ms = self.lease_ttl.as_millis() as u64;
+        let sending_ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            MARK_SENDING
+                .key(lease)
+                .key(sending)
+                .arg(token)
+                .arg(ttl_ms)
+                .arg(sending_ttl)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(|n| n == 1)
         })
         .await
     }

@@ -27,7 +27,7 @@ use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Headers, header_int, header_str, int, text};
-use crate::providers::{Address, Message, Outcome, Provider};
+use crate::providers::{Address, Message, Outcome, Provider, WriteGate};
 use crate::templates::Templates;
 
 /// What to tell the broker about a delivery once its outcome is recorded.
@@ -396,6 +396,7 @@ impl Worker {
             to: c.address.clone(),
             body,
             idempotency_key: format!("{}/{}", event.dedup_key, channel),
+            gate: Some(self.write_gate(&event.dedup_key, channel, &token)),
         };
 
         let started = Instant::now();
@@ -525,6 +526,22 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The providers' write gate for this claim: the `sending` mark, set
+    /// only while the lease is still ours.
+    fn write_gate(&self, dedup_key: &str, channel: Channel, token: &str) -> WriteGate {
+        let (store, key, token) = (self.store.clone(), dedup_key.to_string(), token.to_string());
+        Arc::new(move || {
+            let (store, key, token) = (store.clone(), key.clone(), token.clone());
+            Box::pin(async move {
+                match store.mark_sending(&key, channel, &token).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("the lease ran out before the request was written".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
     }
 
     /// The channels of the tenant's policy that can reach the recipient and

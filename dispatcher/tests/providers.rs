@@ -48,6 +48,7 @@ fn to_phone(channel: Channel, body: Body, key: &str) -> Message {
         to: Address::Phone(shared::phone::normalise(PHONE).unwrap()),
         body,
         idempotency_key: key.into(),
+        gate: None,
     }
 }
 
@@ -57,6 +58,7 @@ fn to_email(body: Body, key: &str) -> Message {
         to: Address::Email(EMAIL.into()),
         body,
         idempotency_key: key.into(),
+        gate: None,
     }
 }
 
@@ -889,4 +891,69 @@ async fn a_wait_longer_than_max_wait_is_answered_transient_without_a_request() {
         3,
         "the 4th was not sent"
     );
+}
+
+/// Every provider opens the worker's write gate right before its request,
+/// once per send and after the rate limit; a gate that stays shut sends
+/// nothing and is a transient failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_provider_opens_the_write_gate_before_its_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&fake)
+        .await;
+    let smsru = json!({"base_url": fake.uri(), "api_id": "test-api-id"});
+    let cases: [(&str, Value, Channel); 6] = [
+        ("meta", meta_section(&fake, json!(false)), Channel::Whatsapp),
+        ("dialog360", dialog360(&fake), Channel::Whatsapp),
+        ("wazzup", wazzup(&fake), Channel::Whatsapp),
+        ("exolve", exolve(&fake), Channel::Sms),
+        ("smsru", smsru, Channel::Sms),
+        ("resend", resend(&fake), Channel::Email),
+    ];
+    for (name, section, channel) in cases {
+        let p = build(name, section);
+        let opened = Arc::new(AtomicUsize::new(0));
+        let gate = |open: bool| -> providers::WriteGate {
+            let opened = opened.clone();
+            Arc::new(move || {
+                let opened = opened.clone();
+                Box::pin(async move {
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    if open {
+                        Ok(())
+                    } else {
+                        Err("lease lost".into())
+                    }
+                })
+            })
+        };
+        let mut m = match channel {
+            Channel::Email => to_email(Body::Text("hi".into()), "k"),
+            c => to_phone(c, Body::Text("hi".into()), "k"),
+        };
+        fake.reset().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&fake)
+            .await;
+
+        m.gate = Some(gate(false));
+        let o = p.send(&m).await;
+        assert_eq!(o.class(), "transient", "{name}: {o:?}");
+        assert_eq!(o.reason(), "not sent: lease lost", "{name}");
+        assert!(
+            fake.received_requests().await.unwrap().is_empty(),
+            "{name}: nothing written behind a shut gate"
+        );
+
+        m.gate = Some(gate(true));
+        let _ = p.send(&m).await;
+        assert_eq!(fake.received_requests().await.unwrap().len(), 1, "{name}");
+        assert_eq!(opened.load(Ordering::SeqCst), 2, "{name}: once per send");
+    }
 }

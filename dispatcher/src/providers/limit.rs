@@ -352,6 +352,7 @@ mod tests {
             to: Address::Phone(shared::phone::normalise(phone).unwrap()),
             body: super::super::Body::Text("hi".into()),
             idempotency_key: "k".into(),
+            gate: None,
         }
     }
 

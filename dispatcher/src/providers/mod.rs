@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -22,6 +23,13 @@ pub mod wazzup;
 
 pub use limit::{Limited, RateLimit};
 
+/// Opened by [`exchange`] right before the request is written, after
+/// rendering and the client-side rate limit: the worker sets its `sending`
+/// mark there, so after a crash only a send that may really have reached
+/// the provider counts as uncertain. An error stops the send (nothing was
+/// written) and says why.
+pub type WriteGate = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// What to send, already rendered.
 #[derive(Clone)]
 pub struct Message {
@@ -31,6 +39,7 @@ pub struct Message {
     /// Stable per (event, channel): providers with an idempotency mechanism
     /// of their own get it as a second guard behind ours.
     pub idempotency_key: String,
+    pub gate: Option<WriteGate>,
 }
 
 #[derive(Clone)]
@@ -217,12 +226,19 @@ pub(crate) struct Answer {
     pub text: String,
 }
 
-/// Sends a request and reads the answer; a transport error is already
-/// classified ([`transport_error`]).
+/// Sends a request for `message` and reads the answer; a transport error is
+/// already classified ([`transport_error`]). The message's write gate is
+/// opened first; a closed gate is a transient failure with nothing sent.
 pub(crate) async fn exchange(
+    message: &Message,
     request: reqwest::RequestBuilder,
     idempotent_retry: bool,
 ) -> Result<Answer, Outcome> {
+    if let Some(gate) = &message.gate {
+        gate()
+            .await
+            .map_err(|why| Outcome::transient(format!("not sent: {why}")))?;
+    }
     let response = request
         .send()
         .await
