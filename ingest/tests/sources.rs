@@ -46,7 +46,7 @@ async fn iiko_batch_each_event_on_its_own() {
     assert_eq!(e.kind, EventKind::OrderCompleted);
     assert_eq!(e.tenant, "acme");
     assert_eq!(e.recipient.phone.as_ref().unwrap().e164(), "+79161234567");
-    assert_eq!(e.dedup_key, "acme:iiko:org-7:ord-142:Delivered");
+    assert_eq!(e.dedup_key, "acme:iiko:org-7:ord-142:order_completed");
     assert_eq!(e.location.as_deref(), Some("org-7"));
     assert_eq!(e.params.order_number.as_deref(), Some("142"));
 
@@ -112,7 +112,7 @@ async fn yclients_real_capture_when_the_client_arrived() {
     assert_eq!(e.kind, EventKind::VisitCompleted);
     assert_eq!(e.recipient.phone.as_ref().unwrap().e164(), "+79999856814");
     assert_eq!(e.recipient.name.as_deref(), Some("Олеся"));
-    assert_eq!(e.dedup_key, "acme:yclients:358944:234961815:1");
+    assert_eq!(e.dedup_key, "acme:yclients:358944:234961815:visit_completed");
     assert_eq!(e.params.staff.as_deref(), Some("Герасимова Лариса"));
     assert_eq!(e.params.services.len(), 1);
     h.finish().await;
@@ -134,7 +134,7 @@ async fn amocrm_form_with_phone_and_minimal_hook_for_lookup() {
     let e = &take_events(&h.topology, 1, Duration::from_secs(3)).await[0];
     assert_eq!(e.kind, EventKind::DealWon);
     assert_eq!(e.recipient.phone.as_ref().unwrap().e164(), "+79991234567");
-    assert_eq!(e.dedup_key, "acme:amocrm:777:12345:142");
+    assert_eq!(e.dedup_key, "acme:amocrm:777:12345:deal_won");
     assert!(e.lookup.is_none());
 
     // The modern minimal hook: no phone at all → queued for a look-up.

@@ -422,7 +422,7 @@ mod tests {
         let body = r#"{"company_id": 7, "resource": "record", "resource_id": 9, "status": "update",
                        "data": {"id": 9, "attendance": 1, "client": null, "custom_fields": []}}"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "7:9:1");
+        assert_eq!(d.identity, "7:9:visit_completed");
         assert_eq!(
             d.lookup,
             Some(Lookup::Yclients {
@@ -447,7 +447,7 @@ mod tests {
           "webhook_type": "record_changed"
         }"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "4564:12345:1");
+        assert_eq!(d.identity, "4564:12345:visit_completed");
         assert_eq!(d.location.as_deref(), Some("4564"));
         assert_eq!(d.phones, vec!["+79991234567".to_string()]);
         assert_eq!(d.name.as_deref(), Some("Иван Петров"));
