@@ -112,7 +112,10 @@ async fn yclients_real_capture_when_the_client_arrived() {
     assert_eq!(e.kind, EventKind::VisitCompleted);
     assert_eq!(e.recipient.phone.as_ref().unwrap().e164(), "+79999856814");
     assert_eq!(e.recipient.name.as_deref(), Some("Олеся"));
-    assert_eq!(e.dedup_key, "acme:yclients:358944:234961815:visit_completed");
+    assert_eq!(
+        e.dedup_key,
+        "acme:yclients:358944:234961815:visit_completed"
+    );
     assert_eq!(e.params.staff.as_deref(), Some("Герасимова Лариса"));
     assert_eq!(e.params.services.len(), 1);
     h.finish().await;
