@@ -329,10 +329,7 @@ impl Worker {
     ) -> ChannelEnd {
         let (channel, provider_name) = (c.channel, c.provider.name());
         let token = uuid::Uuid::now_v7().to_string();
-        let claim = self
-            .with_store(|| self.store.claim(&event.dedup_key, channel, &token, attempt))
-            .await;
-        match claim {
+        match self.claim(&event.dedup_key, channel, &token, attempt).await {
             None => return ChannelEnd::Settled(Settle::Requeue),
             Some(Claim::Busy) => {
                 return ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await);
@@ -955,6 +952,32 @@ impl Worker {
             }
         }
         .await
+    }
+
+    /// Claims the lease. A live holder is usually done within a send, so a
+    /// busy lease is polled briefly (duplicate webhooks arriving together
+    /// are absorbed at once); past that the caller sends the delivery to the
+    /// lease-wait queue rather than hold a worker slot for a holder that
+    /// may be dead.
+    async fn claim(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        token: &str,
+        attempt: i64,
+    ) -> Option<Claim> {
+        const POLL: Duration = Duration::from_millis(100);
+        const POLLS: u32 = 10;
+        for _ in 0..POLLS {
+            match self
+                .with_store(|| self.store.claim(dedup_key, channel, token, attempt))
+                .await?
+            {
+                Claim::Busy if !*self.shutdown.borrow() => tokio::time::sleep(POLL).await,
+                other => return Some(other),
+            }
+        }
+        Some(Claim::Busy)
     }
 
     /// Another worker holds the lease: it is sending this very message, or
