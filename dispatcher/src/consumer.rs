@@ -170,7 +170,11 @@ async fn session(
                 Ok(settle) => settle,
                 Err(panic) => {
                     worker
-                        .dead_letter_panic(&delivery, &publisher, &panic_message(panic.as_ref()))
+                        .dead_letter_panic(
+                            &delivery,
+                            &publisher,
+                            &shared::telemetry::panic_text(panic.as_ref()),
+                        )
                         .await
                 }
             };
@@ -256,15 +260,6 @@ async fn watch_dead_letters(
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
     }))
-}
-
-/// The text of a panic's payload (`panic!` with a literal or a format).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-text payload".into())
 }
 
 /// Resolves once shutdown is requested (the watch guard is not held across awaits).
