@@ -37,7 +37,12 @@ pub fn to_event(draft: Draft, ctx: &Context<'_>) -> Result<Event, String> {
         kind: draft.kind,
         occurred_at: draft.occurred_at.unwrap_or(ctx.received_at),
         received_at: ctx.received_at,
-        dedup_key: format!("{}:{}:{}", ctx.tenant.id, ctx.source, draft.identity),
+        // The kind is part of it, so another kind for the same order (a
+        // cancellation) would be its own message; the status is not.
+        dedup_key: format!(
+            "{}:{}:{}:{}",
+            ctx.tenant.id, ctx.source, draft.identity, draft.kind
+        ),
         source_ref: draft.reference,
         location: draft.location,
         lookup: if phone.is_some() { None } else { draft.lookup },

@@ -544,8 +544,7 @@ fn status_change(
     let account = account_id.or(subdomain).unwrap_or("-");
     // One won deal, one message: a lead moved between two won statuses
     // (or won again after a reopen) is the same deal.
-    let kind = EventKind::DealWon;
-    let mut draft = Draft::new(kind, format!("{account}:{lead_id}:{kind}"));
+    let mut draft = Draft::new(EventKind::DealWon, format!("{account}:{lead_id}"));
     draft.reference = Some(lead_id.to_string());
     draft.location = subdomain.or(account_id).map(str::to_string);
     draft.occurred_at = lead
@@ -795,7 +794,7 @@ mod tests {
             .unwrap();
         let d = accepted(&items[0]);
         // No account[id]: the lead's account_id is the account.
-        assert_eq!(d.identity, "10216991:31926520:deal_won");
+        assert_eq!(d.identity, "10216991:31926520");
         assert_eq!(d.location.as_deref(), Some("test000002"));
         assert_eq!(d.params.amount.as_deref(), Some("1000"));
         assert_eq!(d.params.extra["deal_name"], "Some test lead");
@@ -864,7 +863,7 @@ mod tests {
         let items = Amocrm.parse(Body::Form(&body), &t).unwrap();
         let d = accepted(&items[0]);
         assert_eq!(d.kind, EventKind::DealWon);
-        assert_eq!(d.identity, "29013640:23802129:deal_won");
+        assert_eq!(d.identity, "29013640:23802129");
         assert_eq!(d.location.as_deref(), Some("drvorobjev"));
         assert!(d.phones.is_empty());
         assert_eq!(
@@ -900,7 +899,7 @@ mod tests {
         let items = form(&body).unwrap();
         assert_eq!(items.len(), 1);
         let d = accepted(&items[0]);
-        assert_eq!(d.identity, "acme:12345:deal_won");
+        assert_eq!(d.identity, "acme:12345");
         assert_eq!(d.location.as_deref(), Some("acme"));
         assert_eq!(d.phones, vec!["79991234567".to_string()]);
         assert_eq!(d.lookup, None);
@@ -955,7 +954,7 @@ mod tests {
         ]);
         let items = form(&body).unwrap();
         let d = accepted(&items[0]);
-        assert_eq!(d.identity, "777:500:deal_won");
+        assert_eq!(d.identity, "777:500");
         assert_eq!(d.phones, ["8 (916) 123-45-67", "+7 903 000-00-01"]);
         assert_eq!(d.name.as_deref(), Some("Мария"));
         assert_eq!(d.email.as_deref(), Some("maria@example.com"));
@@ -1068,11 +1067,11 @@ mod tests {
         ]);
         let items = form(&body).unwrap();
         assert_eq!(items.len(), 4);
-        assert_eq!(accepted(&items[0]).identity, "42:1:deal_won");
+        assert_eq!(accepted(&items[0]).identity, "42:1");
         assert_eq!(accepted(&items[0]).phones, ["+79161234567"]);
         assert_eq!(ignored(&items[1]), "lead status 143 is not won");
         assert_eq!(ignored(&items[2]), "lead status 100 is not won");
-        assert_eq!(accepted(&items[3]).identity, "42:3:deal_won");
+        assert_eq!(accepted(&items[3]).identity, "42:3");
     }
 
     #[test]
@@ -1089,7 +1088,7 @@ mod tests {
         let items = json(body).unwrap();
         assert_eq!(items.len(), 1);
         let d = accepted(&items[0]);
-        assert_eq!(d.identity, "5:12345:deal_won");
+        assert_eq!(d.identity, "5:12345");
         assert_eq!(d.phones, ["+79991234567", "79991234567"]);
         assert_eq!(d.params.amount.as_deref(), Some("2500.5"));
         assert_eq!(d.params.order_number.as_deref(), Some("12345"));
@@ -1099,7 +1098,7 @@ mod tests {
                                 "main_contact": {"phone": "+79991234567"}}]}}"#,
         )
         .unwrap();
-        assert_eq!(accepted(&items[0]).identity, "-:12345:deal_won");
+        assert_eq!(accepted(&items[0]).identity, "-:12345");
     }
 
     #[test]
@@ -1112,7 +1111,7 @@ mod tests {
         let items = json(body).unwrap();
         assert_eq!(ignored(&items[0]), "lead status 143 is not won");
         let d = accepted(&items[1]);
-        assert_eq!(d.identity, "acme:8:deal_won");
+        assert_eq!(d.identity, "acme:8");
         assert_eq!(d.phones, ["+79161112233"]);
     }
 
@@ -1127,12 +1126,12 @@ mod tests {
         ]);
         let items = form(&body).unwrap();
         assert_eq!(items.len(), 2);
-        assert_eq!(accepted(&items[0]).identity, "acme:2:deal_won");
-        assert_eq!(accepted(&items[1]).identity, "acme:1:deal_won");
+        assert_eq!(accepted(&items[0]).identity, "acme:2");
+        assert_eq!(accepted(&items[1]).identity, "acme:1");
         let items =
             json(r#"{"leads": {"status": {"99999999999999999999": {"id": 1, "status_id": 142}}}}"#)
                 .unwrap();
-        assert_eq!(accepted(&items[0]).identity, "-:1:deal_won");
+        assert_eq!(accepted(&items[0]).identity, "-:1");
     }
 
     #[test]
@@ -1140,7 +1139,7 @@ mod tests {
         let body =
             "leads%5bstatus%5d%5b0%5d%5bid%5d=1&leads[status][0][status_id]=142&account%5Bid%5D=3";
         let items = form(body).unwrap();
-        assert_eq!(accepted(&items[0]).identity, "3:1:deal_won");
+        assert_eq!(accepted(&items[0]).identity, "3:1");
     }
 
     #[test]
@@ -1221,7 +1220,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(items.len(), 2);
-        assert_eq!(accepted(&items[0]).identity, "acme:5:deal_won");
+        assert_eq!(accepted(&items[0]).identity, "acme:5");
         assert_eq!(
             ignored(&items[1]),
             "amocrm lead update is not a status change (5)"
@@ -1245,7 +1244,7 @@ mod tests {
             Item::Accept(d) => d.identity,
             other => panic!("{other:?}"),
         };
-        assert_eq!(parse(hook(142)), "42:9:deal_won");
+        assert_eq!(parse(hook(142)), "42:9");
         assert_eq!(parse(hook(555)), parse(hook(142)));
     }
 

@@ -159,10 +159,9 @@ fn event_item(event: &Event, tenant: &Tenant) -> Result<Item, ParseError> {
 
     // One order, one message: Delivered then Closed is the same order
     // (docs/SOURCES.md), so the status is not part of the identity.
-    let event_kind = EventKind::OrderCompleted;
     let mut draft = Draft::new(
-        event_kind,
-        format!("{}:{order_id}:{event_kind}", org.as_deref().unwrap_or("-")),
+        EventKind::OrderCompleted,
+        format!("{}:{order_id}", org.as_deref().unwrap_or("-")),
     );
     draft.reference = Some(order_id);
     draft.occurred_at = event.event_time.as_deref().and_then(parse_event_time);
@@ -335,7 +334,7 @@ mod tests {
         assert_eq!(d.kind, EventKind::OrderCompleted);
         assert_eq!(
             d.identity,
-            "550e8400-e29b-41d4-a716-446655440000:dddd1111-2222-3333-4444-555566667777:order_completed"
+            "550e8400-e29b-41d4-a716-446655440000:dddd1111-2222-3333-4444-555566667777"
         );
         assert_eq!(
             d.location.as_deref(),
@@ -397,7 +396,7 @@ mod tests {
         assert_eq!(items.len(), 3);
         assert_eq!(ignored(&items[0]), "iiko StopListUpdate is not notified");
         let table = accepted(&items[1]);
-        assert_eq!(table.identity, "org-1:t-1:order_completed");
+        assert_eq!(table.identity, "org-1:t-1");
         assert_eq!(table.phones, vec!["89161112233".to_string()]);
         assert_eq!(table.params.order_number.as_deref(), Some("77"));
         assert_eq!(table.params.extra["order_type"], "table");
@@ -495,7 +494,7 @@ mod tests {
         let items = parse(body.as_bytes()).unwrap();
         assert_eq!(items.len(), 1);
         let d = accepted(&items[0]);
-        assert_eq!(d.identity, "-:order-uuid:order_completed");
+        assert_eq!(d.identity, "-:order-uuid");
         assert_eq!(d.location, None);
         assert_eq!(d.phones, vec!["+79991234567".to_string()]);
         assert_eq!(d.name.as_deref(), Some("Иван"));
@@ -534,7 +533,10 @@ mod tests {
         t.sources.iiko.final_statuses = vec!["cookingcompleted".into()];
         let body = DELIVERED.replace("\"Delivered\"", "\"CookingCompleted\"");
         let items = Iiko.parse(Body::Json(body.as_bytes()), &t).unwrap();
-        assert!(accepted(&items[0]).identity.ends_with(":order_completed"));
+        assert_eq!(
+            accepted(&items[0]).params.extra["status"],
+            "CookingCompleted"
+        );
         let items = Iiko.parse(Body::Json(DELIVERED.as_bytes()), &t).unwrap();
         assert_eq!(
             ignored(&items[0]),

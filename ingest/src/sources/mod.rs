@@ -45,10 +45,11 @@ impl ContentKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draft {
     pub kind: EventKind,
-    /// The source's own identity of this happening, without tenant or source
-    /// (e.g. `<organizationId>:<order id>:Delivered`). Becomes the dedup key
-    /// `<tenant>:<source>:<identity>`; two deliveries of the same webhook must
-    /// give the same identity, two different happenings different ones.
+    /// What the customer event is about, without tenant, source or kind:
+    /// the order, visit or lead (e.g. `<organizationId>:<order id>`, never
+    /// its status), or for a booking the case and what changed. Becomes the
+    /// dedup key `<tenant>:<source>:<identity>:<kind>`; a webhook sent twice
+    /// and a later status of the same order give the same identity.
     pub identity: String,
     /// The source's own id of the record (iiko order id, R-Keeper order,
     /// YCLIENTS record, AmoCRM lead, booking case): what an admin searches the

@@ -116,8 +116,7 @@ fn delivery(push: &Push, order: &Order, tenant: &Tenant) -> Result<Item, ParseEr
         .ok_or_else(|| malformed("order has no id or number"))?;
 
     // One order, one message: Доставлен then Выполнен is the same order.
-    let kind = EventKind::OrderCompleted;
-    let mut draft = Draft::new(kind, format!("order:{id}:{kind}"));
+    let mut draft = Draft::new(EventKind::OrderCompleted, format!("order:{id}"));
     draft.reference = Some(id.clone());
     let people = [
         order.customer.as_ref(),
@@ -186,8 +185,7 @@ fn white_server(push: &Push, tenant: &Tenant) -> Result<Item, ParseError> {
         .and_then(id_string)
         .ok_or_else(|| malformed("White Server event has no orderGuid"))?;
 
-    let kind = EventKind::OrderCompleted;
-    let mut draft = Draft::new(kind, format!("ws:{guid}:{kind}"));
+    let mut draft = Draft::new(EventKind::OrderCompleted, format!("ws:{guid}"));
     draft.reference = Some(guid.clone());
     draft.occurred_at = common
         .and_then(|c| c.date_time_server_receive_event_from_agent.as_deref())
@@ -281,10 +279,7 @@ mod tests {
             "rkeeper_ws_event_order_status_changed_docs.json",
         )));
         assert_eq!(d.kind, EventKind::OrderCompleted);
-        assert_eq!(
-            d.identity,
-            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a:order_completed"
-        );
+        assert_eq!(d.identity, "ws:5e964af3-6e1d-4661-4db1-08d897c7079a");
         assert!(d.phones.is_empty());
         assert_eq!(d.lookup, None);
         assert_eq!(d.location.as_deref(), Some("199990160"));
@@ -317,7 +312,7 @@ mod tests {
         let lowercase = sample.replace("\"Complited\"", "\"complited\"");
         assert_eq!(
             accepted(one(lowercase.as_bytes())).identity,
-            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a:order_completed"
+            "ws:5e964af3-6e1d-4661-4db1-08d897c7079a"
         );
         let no_guid = sample.replace("\"orderGuid\"", "\"otherGuid\"");
         assert_eq!(
@@ -332,7 +327,7 @@ mod tests {
             "customer": {"phone": "+79991234567", "name": "Иван", "email": "ivan@example.com"}}}"#;
         let d = accepted(one(body.as_bytes()));
         assert_eq!(d.kind, EventKind::OrderCompleted);
-        assert_eq!(d.identity, "order:5012:order_completed");
+        assert_eq!(d.identity, "order:5012");
         assert_eq!(d.phones, vec!["+79991234567".to_string()]);
         assert_eq!(d.name.as_deref(), Some("Иван"));
         assert_eq!(d.email.as_deref(), Some("ivan@example.com"));
@@ -344,7 +339,7 @@ mod tests {
     fn delivery_status_is_case_insensitive_and_follows_the_tenant() {
         let body = r#"{"order": {"number": 77, "status": "ДОСТАВЛЕН", "client": {"phone": "89161234567"}}}"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "order:77:order_completed");
+        assert_eq!(d.identity, "order:77");
         assert_eq!(d.phones, vec!["89161234567".to_string()]);
 
         let body = r#"{"order": {"id": 1, "status": "Передан на кухню"}}"#;
@@ -358,7 +353,7 @@ mod tests {
         let items = Rkeeper.parse(Body::Json(body.as_bytes()), &t).unwrap();
         assert_eq!(
             accepted(items.into_iter().next().unwrap()).identity,
-            "order:1:order_completed"
+            "order:1"
         );
     }
 
@@ -369,7 +364,7 @@ mod tests {
             "order": {"guid": "g-1", "status": {"value": "Выполнен"},
                       "client": {"phone": "+79990000002"}, "customer": {"phone": "+79990000001"}}}"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "order:g-1:order_completed");
+        assert_eq!(d.identity, "order:g-1");
         assert_eq!(
             d.phones,
             [

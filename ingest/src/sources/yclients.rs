@@ -153,13 +153,9 @@ fn item(hook: &Hook, tenant: &Tenant) -> Result<Item, ParseError> {
 
     // One visit, one message: a record re-sent with another final
     // attendance (or edited after the visit) is the same visit.
-    let kind = EventKind::VisitCompleted;
     let mut draft = Draft::new(
-        kind,
-        format!(
-            "{}:{record_id}:{kind}",
-            company_id.as_deref().unwrap_or("-")
-        ),
+        EventKind::VisitCompleted,
+        format!("{}:{record_id}", company_id.as_deref().unwrap_or("-")),
     );
     draft.reference = Some(record_id.clone());
     draft.occurred_at = record
@@ -338,7 +334,7 @@ mod tests {
     fn real_capture_arrived_is_accepted_with_all_params() {
         let d = accepted(one(arrived().as_bytes()));
         assert_eq!(d.kind, EventKind::VisitCompleted);
-        assert_eq!(d.identity, "358944:234961815:visit_completed");
+        assert_eq!(d.identity, "358944:234961815");
         assert_eq!(d.location.as_deref(), Some("358944"));
         assert_eq!(d.phones, vec!["+79999856814".to_string()]);
         assert_eq!(d.lookup, None);
@@ -369,7 +365,7 @@ mod tests {
         let only_visit = arrived().replace("\"attendance\":1,", "");
         assert_eq!(
             accepted(one(only_visit.as_bytes())).identity,
-            "358944:234961815:visit_completed"
+            "358944:234961815"
         );
 
         let no_show = real_capture()
@@ -422,7 +418,7 @@ mod tests {
         let body = r#"{"company_id": 7, "resource": "record", "resource_id": 9, "status": "update",
                        "data": {"id": 9, "attendance": 1, "client": null, "custom_fields": []}}"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "7:9:visit_completed");
+        assert_eq!(d.identity, "7:9");
         assert_eq!(
             d.lookup,
             Some(Lookup::Yclients {
@@ -447,7 +443,7 @@ mod tests {
           "webhook_type": "record_changed"
         }"#;
         let d = accepted(one(body.as_bytes()));
-        assert_eq!(d.identity, "4564:12345:visit_completed");
+        assert_eq!(d.identity, "4564:12345");
         assert_eq!(d.location.as_deref(), Some("4564"));
         assert_eq!(d.phones, vec!["+79991234567".to_string()]);
         assert_eq!(d.name.as_deref(), Some("Иван Петров"));
