@@ -70,6 +70,15 @@ pub struct SentMessage {
     pub event: String,
 }
 
+/// What a release does with the `sending` mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    /// The request did not go out, or its outcome is known: forget it.
+    Clear,
+    /// The provider may have the message: keep it, so it is not sent again.
+    Keep,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The lease is ours: send.
@@ -102,7 +111,6 @@ pub struct Store {
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
-static RELEASE_LEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE_LUA));
 static MARK_SENDING: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENDING_LUA));
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
 
@@ -138,8 +146,10 @@ if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 return 1
 "#;
 
+/// Gives the lease back, and the `sending` mark (KEYS[2]) when it is given:
+/// without it the mark stays (the outcome is uncertain).
 const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
@@ -151,12 +161,6 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
 return 1
-"#;
-
-/// Gives up the lease only: the `sending` mark stays (the outcome is uncertain).
-const RELEASE_LEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 "#;
 
 impl Store {
@@ -347,18 +351,22 @@ impl Store {
     }
 
     /// Gives the lease back after a failure, so a retry or replay can send.
+    /// `Sending::Keep` leaves the `sending` mark: the provider may have the
+    /// message (a timeout after the request went out), so a later claim
+    /// finds it uncertain instead of sending again.
     pub async fn release(
         &self,
         dedup_key: &str,
         channel: Channel,
         token: &str,
+        sending: Sending,
     ) -> Result<(), StoreError> {
         let lease = self.key("lease", dedup_key, channel);
-        let sending = self.key("sending", dedup_key, channel);
+        let mark = (sending == Sending::Clear).then(|| self.key("sending", dedup_key, channel));
         self.run(|mut c| async move {
             RELEASE
                 .key(lease)
-                .key(sending)
+                .key(mark.into_iter().collect::<Vec<_>>())
                 .arg(token)
                 .invoke_async::<i64>(&mut c)
                 .await
@@ -390,27 +398,6 @@ impl Store {
                 .invoke_async::<i64>(&mut c)
                 .await
                 .map(|n| n == 1)
-        })
-        .await
-    }
-
-    /// Gives the lease back but keeps the `sending` mark: the provider may
-    /// have the message (a timeout after the request went out), so a later
-    /// claim of this message finds it uncertain instead of sending again.
-    pub async fn release_uncertain(
-        &self,
-        dedup_key: &str,
-        channel: Channel,
-        token: &str,
-    ) -> Result<(), StoreError> {
-        let lease = self.key("lease", dedup_key, channel);
-        self.run(|mut c| async move {
-            RELEASE_LEASE
-                .key(lease)
-                .arg(token)
-                .invoke_async::<i64>(&mut c)
-                .await
-                .map(|_| ())
         })
         .await
     }

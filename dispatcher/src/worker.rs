@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::health::Health;
-use crate::idempotency::{Claim, Sent, SentMessage, Store, StoreError};
+use crate::idempotency::{Claim, Sending, Sent, SentMessage, Store, StoreError};
 use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
@@ -372,7 +372,8 @@ impl Worker {
         let body = match self.templates.render(event, channel) {
             Ok(b) => b,
             Err(e) => {
-                self.release(&event.dedup_key, channel, &token).await;
+                self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                    .await;
                 let f = Failure {
                     class: "config",
                     reason: e.to_string(),
@@ -385,7 +386,8 @@ impl Worker {
         if *self.shutdown.borrow() {
             // Shutting down: start no new send (one cut short by the shutdown
             // timeout could reach the customer without being recorded).
-            self.release(&event.dedup_key, channel, &token).await;
+            self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                .await;
             return ChannelEnd::Settled(Settle::Requeue);
         }
         let message = Message {
@@ -476,14 +478,8 @@ impl Worker {
                 // The provider may have it: the sending mark stays, so neither
                 // a redelivery nor a duplicate webhook sends it again, and no
                 // fallback either. Only an admin's replay by id clears it.
-                if let Err(e) = self
-                    .store
-                    .release_uncertain(&event.dedup_key, channel, &token)
-                    .await
-                {
-                    self.metrics.redis_errors.inc();
-                    tracing::warn!(error = %e, "lease not released; it expires by itself");
-                }
+                self.release(&event.dedup_key, channel, &token, Sending::Keep)
+                    .await;
                 let f = Failure {
                     class: "uncertain",
                     reason,
@@ -493,7 +489,8 @@ impl Worker {
                 ChannelEnd::Settled(self.final_failure(event, job, f).await)
             }
             other => {
-                self.release(&event.dedup_key, channel, &token).await;
+                self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                    .await;
                 let class = match &other {
                     Outcome::Transient { .. } => "second_attempt_failed",
                     o => o.class(),
@@ -642,7 +639,7 @@ impl Worker {
         let key_channel = channel.unwrap_or(Channel::Whatsapp);
         let release = || async {
             if let (Some(c), Some(t)) = (channel, token) {
-                self.release(&event.dedup_key, c, t).await;
+                self.release(&event.dedup_key, c, t, Sending::Clear).await;
             }
         };
         if at.number >= 2 {
@@ -1014,9 +1011,9 @@ impl Worker {
         }
     }
 
-    async fn release(&self, dedup_key: &str, channel: Channel, token: &str) {
+    async fn release(&self, dedup_key: &str, channel: Channel, token: &str, sending: Sending) {
         // Best effort: an unreleased lease only delays a retry by its TTL.
-        if let Err(e) = self.store.release(dedup_key, channel, token).await {
+        if let Err(e) = self.store.release(dedup_key, channel, token, sending).await {
             self.metrics.redis_errors.inc();
             tracing::warn!(error = %e, "lease not released; it expires by itself");
         }
