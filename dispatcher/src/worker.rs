@@ -123,13 +123,13 @@ struct Job<'a> {
     trail: Trail,
 }
 
-impl Worker {
-    pub async fn handle(&self, delivery: &Delivery, publisher: &AmqpChannel) -> Settle {
-        let props = &delivery.properties;
-        let headers = props.headers().as_ref();
-        let job = Job {
+impl<'a> Job<'a> {
+    /// The delivery with its ladder headers read (attempt, failed channels).
+    fn new(delivery: &'a Delivery, publisher: &'a AmqpChannel, journal: bool) -> Job<'a> {
+        let headers = delivery.properties.headers().as_ref();
+        Job {
             raw: &delivery.data,
-            props,
+            props: &delivery.properties,
             attempt: header_int(headers, outbox::ATTEMPT)
                 .unwrap_or(1)
                 .clamp(1, 2),
@@ -137,8 +137,14 @@ impl Worker {
                 .map(|s| parse_channels(&s))
                 .unwrap_or_default(),
             publisher,
-            trail: Trail::new(self.journal.enabled()),
-        };
+            trail: Trail::new(journal),
+        }
+    }
+}
+
+impl Worker {
+    pub async fn handle(&self, delivery: &Delivery, publisher: &AmqpChannel) -> Settle {
+        let job = Job::new(delivery, publisher, self.journal.enabled());
         let event = match Event::from_json(&delivery.data) {
             Ok(e) => e,
             Err(e) => {
@@ -182,17 +188,7 @@ impl Worker {
         self.metrics.panics.inc();
         let reason = format!("worker panicked: {}", shared::mask::text(message));
         tracing::error!(reason = %reason, "worker task panicked: dead-lettering its delivery");
-        let headers = delivery.properties.headers().as_ref();
-        let job = Job {
-            raw: &delivery.data,
-            props: &delivery.properties,
-            attempt: header_int(headers, outbox::ATTEMPT)
-                .unwrap_or(1)
-                .clamp(1, 2),
-            failed_channels: Vec::new(),
-            publisher,
-            trail: Trail::new(false),
-        };
+        let job = Job::new(delivery, publisher, false);
         let f = Failure {
             class: "internal",
             reason,
