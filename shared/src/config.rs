@@ -85,7 +85,7 @@ impl Default for RabbitSettings {
             prefix: "vestnik".into(),
             second_attempt_delay_secs: 570,
             delivery_limit: 20,
-            lease_wait_secs: 5,
+            lease_wait_secs: crate::topology::DEFAULT_LEASE_WAIT_SECS,
             publish_channels: 4,
         }
     }

@@ -39,7 +39,7 @@ pub struct Topology {
 }
 
 /// Default of `rabbitmq.lease_wait_secs`.
-const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(5);
+pub const DEFAULT_LEASE_WAIT_SECS: u64 = 5;
 
 impl Topology {
     pub fn new(prefix: &str, second_attempt_delay: Duration, delivery_limit: u32) -> Self {
@@ -47,7 +47,7 @@ impl Topology {
             prefix: prefix.to_string(),
             second_attempt_delay,
             delivery_limit,
-            lease_wait: DEFAULT_LEASE_WAIT,
+            lease_wait: Duration::from_secs(DEFAULT_LEASE_WAIT_SECS),
         }
     }
 
