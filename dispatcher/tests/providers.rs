@@ -4,6 +4,8 @@
 //! are the shapes of providers.md and `shared/fixtures`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dispatcher::providers::{self, Address, Body, Message, Outcome, Provider};
@@ -893,19 +895,29 @@ async fn a_wait_longer_than_max_wait_is_answered_transient_without_a_request() {
     );
 }
 
+/// A write gate that counts how often it was opened and lets the request
+/// through or not.
+fn counting_gate(open: bool, opened: &Arc<AtomicUsize>) -> providers::WriteGate {
+    let opened = opened.clone();
+    Arc::new(move || {
+        let opened = opened.clone();
+        Box::pin(async move {
+            opened.fetch_add(1, Ordering::SeqCst);
+            if open {
+                Ok(())
+            } else {
+                Err("lease lost".into())
+            }
+        })
+    })
+}
+
 /// Every provider opens the worker's write gate right before its request,
-/// once per send and after the rate limit; a gate that stays shut sends
-/// nothing and is a transient failure.
+/// once per send; a gate that stays shut sends nothing and is a transient
+/// failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_provider_opens_the_write_gate_before_its_request() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     let fake = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&fake)
-        .await;
     let smsru = json!({"base_url": fake.uri(), "api_id": "test-api-id"});
     let cases: [(&str, Value, Channel); 6] = [
         ("meta", meta_section(&fake, json!(false)), Channel::Whatsapp),
@@ -918,20 +930,6 @@ async fn every_provider_opens_the_write_gate_before_its_request() {
     for (name, section, channel) in cases {
         let p = build(name, section);
         let opened = Arc::new(AtomicUsize::new(0));
-        let gate = |open: bool| -> providers::WriteGate {
-            let opened = opened.clone();
-            Arc::new(move || {
-                let opened = opened.clone();
-                Box::pin(async move {
-                    opened.fetch_add(1, Ordering::SeqCst);
-                    if open {
-                        Ok(())
-                    } else {
-                        Err("lease lost".into())
-                    }
-                })
-            })
-        };
         let mut m = match channel {
             Channel::Email => to_email(Body::Text("hi".into()), "k"),
             c => to_phone(c, Body::Text("hi".into()), "k"),
@@ -942,7 +940,7 @@ async fn every_provider_opens_the_write_gate_before_its_request() {
             .mount(&fake)
             .await;
 
-        m.gate = Some(gate(false));
+        m.gate = Some(counting_gate(false, &opened));
         let o = p.send(&m).await;
         assert_eq!(o.class(), "transient", "{name}: {o:?}");
         assert_eq!(o.reason(), "not sent: lease lost", "{name}");
@@ -951,9 +949,42 @@ async fn every_provider_opens_the_write_gate_before_its_request() {
             "{name}: nothing written behind a shut gate"
         );
 
-        m.gate = Some(gate(true));
+        m.gate = Some(counting_gate(true, &opened));
         let _ = p.send(&m).await;
         assert_eq!(fake.received_requests().await.unwrap().len(), 1, "{name}");
         assert_eq!(opened.load(Ordering::SeqCst), 2, "{name}: once per send");
     }
+}
+
+/// The gate is behind the client-side rate limit: a send the limiter holds
+/// back (here: refuses, with no wait allowed) never opens it, so a worker
+/// waiting for a permit has not marked its message as on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_held_back_by_the_rate_limit_does_not_open_the_gate() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"messages": [{"id": "wamid.x"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let p = build(
+        "meta",
+        meta_section(
+            &fake,
+            json!({"per_second": 0.01, "burst": 1, "max_wait_ms": 0}),
+        ),
+    );
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut m = to_phone(Channel::Whatsapp, Body::Text("hi".into()), "k");
+    m.gate = Some(counting_gate(true, &opened));
+    assert_eq!(p.send(&m).await.class(), "sent");
+    let held = p.send(&m).await;
+    assert_eq!(held.class(), "transient", "{held:?}");
+    assert_eq!(
+        opened.load(Ordering::SeqCst),
+        1,
+        "the held-back send did not open it"
+    );
+    assert_eq!(fake.received_requests().await.unwrap().len(), 1);
 }
