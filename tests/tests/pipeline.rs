@@ -203,6 +203,18 @@ async fn wait_requests(fake: &MockServer, n: usize) -> Vec<Request> {
     fake.received_requests().await.unwrap_or_default()
 }
 
+/// The fake Meta Cloud API accepts every message with this id.
+async fn meta_accepts(fake: &MockServer, message_id: &str) {
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": message_id}]})),
+        )
+        .mount(fake)
+        .await;
+}
+
 fn meta_bodies(got: &[Request]) -> Vec<serde_json::Value> {
     got.iter()
         .filter(|r| r.url.path().ends_with("/messages"))
@@ -213,14 +225,7 @@ fn meta_bodies(got: &[Request]) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_source_reaches_the_provider_once() {
     let fake = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v21.0/1234567890/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e"}]})),
-        )
-        .mount(&fake)
-        .await;
+    meta_accepts(&fake, "wamid.e2e").await;
     let stack = Stack::start("sources", &fake).await;
 
     let webhooks: [(&str, &str, &str, &str); 5] = [
@@ -625,14 +630,7 @@ async fn provider_500_gets_the_second_attempt_and_the_journal_tells_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_lifecycle_sends_one_message_per_happening() {
     let fake = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/v21.0/1234567890/messages"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e"}]})),
-        )
-        .mount(&fake)
-        .await;
+    meta_accepts(&fake, "wamid.e2e").await;
     let stack = Stack::start("lifecycles", &fake).await;
 
     let json = "application/json";
@@ -689,18 +687,8 @@ async fn each_lifecycle_sends_one_message_per_happening() {
     }
     // Every webhook twice (the source retried), in a random order.
     let mut posts: Vec<_> = hooks.iter().chain(hooks.iter()).collect();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
-    let mut x = seed;
-    for i in (1..posts.len()).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        posts.swap(i, (x % (i as u64 + 1)) as usize);
-    }
+    let seed = fastrand::u64(..);
+    fastrand::Rng::with_seed(seed).shuffle(&mut posts);
     for (source, ct, body) in posts {
         let (status, resp) = stack.post(source, ct, body).await;
         assert!(
