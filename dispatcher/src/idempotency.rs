@@ -3,14 +3,16 @@
 //!
 //! Keys (all under the configured prefix):
 //! - `lease:<dedup>:<channel>` = worker token, short TTL: someone is sending now;
-//! - `sending:<dedup>:<channel>` = worker token, set right before the
-//!   request is written to the provider (after rendering and the rate
-//!   limit: the providers' write gate) and removed only once the outcome is
-//!   recorded (sent, or failed and released). Found by a later claim, it
-//!   means a worker stopped (SIGKILL, crash, shutdown timeout) while its
-//!   request may have reached the provider: that message is uncertain and
-//!   is not sent again. A worker that stopped before the write left only
-//!   its lease, and the message is sent once the lease has expired;
+//! - `sending:<dedup>:<channel>` = worker token, set by the claim (the
+//!   request is about to be written: no round trip of its own) and removed
+//!   once the outcome is recorded (sent, or failed and released). A send
+//!   the client-side rate limit holds back lifts it while it waits and sets
+//!   it again when its permit comes ([`Store::lift_sending`],
+//!   [`Store::resume_sending`]). Found by a later claim, it means a worker
+//!   stopped (SIGKILL, crash, shutdown timeout) while its request may have
+//!   reached the provider: that message is uncertain and is not sent again.
+//!   A worker that stopped while waiting for a permit left only its lease,
+//!   and the message is sent once the lease has expired;
 //! - `done:<dedup>:<channel>` = JSON with provider and message id, long TTL: sent;
 //! - `second:<dedup>:<channel>` = time of the first failure: the one second
 //!   attempt is scheduled (never two);
@@ -110,8 +112,8 @@ pub struct Store {
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
 static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
-static MARK_SENDING: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENDING_LUA));
+static DELETE_OURS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_OURS_LUA));
+static RESUME_SENDING: LazyLock<Script> = LazyLock::new(|| Script::new(RESUME_SENDING_LUA));
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
 
 /// Moves a message's delivery state forward only (ranks in ARGV[1]); returns
@@ -132,6 +134,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('DEL', KEYS[2])
     return {'uncertain', ''}
   end
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
   return {'acquired', ''}
 end
 return {'busy', ''}
@@ -146,17 +149,20 @@ if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 return 1
 "#;
 
-/// Gives the lease back, and the `sending` mark (KEYS[2]) when it is given:
-/// without it the mark stays (the outcome is uncertain).
-const RELEASE_LUA: &str = r#"
-if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+/// Deletes each key that still holds this worker's token (ARGV[1]): a
+/// release (lease, and the sending mark unless it must stay) or a lift.
+const DELETE_OURS_LUA: &str = r#"
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then n = n + redis.call('DEL', k) end
+end
+return n
 "#;
 
-/// At the write: only while the lease is still ours (a wait for the rate
-/// limit could have outlasted it), renewed for the send; 1 when marked.
-const MARK_SENDING_LUA: &str = r#"
+/// After a wait for a permit, right before the write: only while the lease
+/// is still ours (the wait could have outlasted it), renewed for the send;
+/// 1 when marked.
+const RESUME_SENDING_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
@@ -292,6 +298,7 @@ impl Store {
         let retry = self.key("retry", dedup_key, channel);
         let sending = self.key("sending", dedup_key, channel);
         let ttl_ms = self.lease_ttl.as_millis() as u64;
+        let sending_ttl = self.done_ttl.as_secs();
         let (state, value): (String, String) = self
             .run(|mut c| async move {
                 CLAIM
@@ -302,6 +309,7 @@ impl Store {
                     .arg(token)
                     .arg(ttl_ms)
                     .arg(attempt.to_string())
+                    .arg(sending_ttl)
                     .invoke_async(&mut c)
                     .await
             })
@@ -361,12 +369,30 @@ impl Store {
         token: &str,
         sending: Sending,
     ) -> Result<(), StoreError> {
-        let lease = self.key("lease", dedup_key, channel);
-        let mark = (sending == Sending::Clear).then(|| self.key("sending", dedup_key, channel));
+        let mut keys = vec![self.key("lease", dedup_key, channel)];
+        if sending == Sending::Clear {
+            keys.push(self.key("sending", dedup_key, channel));
+        }
+        self.delete_ours(keys, token).await
+    }
+
+    /// Lifts the `sending` mark while a send waits for a rate-limit permit:
+    /// nothing goes out meanwhile, so a worker dying in the wait leaves a
+    /// message that is simply sent once its lease expires.
+    pub async fn lift_sending(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        token: &str,
+    ) -> Result<(), StoreError> {
+        let keys = vec![self.key("sending", dedup_key, channel)];
+        self.delete_ours(keys, token).await
+    }
+
+    async fn delete_ours(&self, keys: Vec<String>, token: &str) -> Result<(), StoreError> {
         self.run(|mut c| async move {
-            RELEASE
-                .key(lease)
-                .key(mark.into_iter().collect::<Vec<_>>())
+            DELETE_OURS
+                .key(keys)
                 .arg(token)
                 .invoke_async::<i64>(&mut c)
                 .await
@@ -375,10 +401,10 @@ impl Store {
         .await
     }
 
-    /// Sets the `sending` mark right before the request is written, if the
-    /// lease is still ours (and renews it). False when it is not: another
-    /// worker may be sending this message, so this one must not.
-    pub async fn mark_sending(
+    /// Sets the `sending` mark again when the permit came, right before the
+    /// write, if the lease is still ours (and renews it). False when it is
+    /// not: another worker may be sending this message, so this one must not.
+    pub async fn resume_sending(
         &self,
         dedup_key: &str,
         channel: Channel,
@@ -389,7 +415,7 @@ impl Store {
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let sending_ttl = self.done_ttl.as_secs();
         self.run(|mut c| async move {
-            MARK_SENDING
+            RESUME_SENDING
                 .key(lease)
                 .key(sending)
                 .arg(token)

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use futures_util::future::BoxFuture;
 use lapin::message::Delivery;
 use lapin::{BasicProperties, Channel as AmqpChannel};
 use shared::Event;
@@ -27,7 +28,7 @@ use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Headers, header_int, header_str, int, text};
-use crate::providers::{Address, Message, Outcome, Provider, WriteGate};
+use crate::providers::{Address, Hold, Message, Outcome, Provider};
 use crate::templates::Templates;
 
 /// What to tell the broker about a delivery once its outcome is recorded.
@@ -391,7 +392,12 @@ impl Worker {
             to: c.address.clone(),
             body,
             idempotency_key: format!("{}/{}", event.dedup_key, channel),
-            gate: Some(self.write_gate(&event.dedup_key, channel, &token)),
+            hold: Some(Arc::new(SendingMark {
+                store: self.store.clone(),
+                dedup_key: event.dedup_key.clone(),
+                channel,
+                token: token.clone(),
+            })),
         };
 
         let started = Instant::now();
@@ -516,22 +522,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    /// The providers' write gate for this claim: the `sending` mark, set
-    /// only while the lease is still ours.
-    fn write_gate(&self, dedup_key: &str, channel: Channel, token: &str) -> WriteGate {
-        let (store, key, token) = (self.store.clone(), dedup_key.to_string(), token.to_string());
-        Arc::new(move || {
-            let (store, key, token) = (store.clone(), key.clone(), token.clone());
-            Box::pin(async move {
-                match store.mark_sending(&key, channel, &token).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err("the lease ran out before the request was written".into()),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-        })
     }
 
     /// The channels of the tenant's policy that can reach the recipient and
@@ -1044,6 +1034,43 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// This claim's `sending` mark, lifted and resumed by the rate limiter
+/// around a wait for a permit ([`Hold`]).
+struct SendingMark {
+    store: Store,
+    dedup_key: String,
+    channel: Channel,
+    token: String,
+}
+
+impl Hold for SendingMark {
+    fn lift(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let lifted = self
+                .store
+                .lift_sending(&self.dedup_key, self.channel, &self.token)
+                .await;
+            if let Err(e) = lifted {
+                tracing::warn!(error = %e, "sending mark not lifted for the rate-limit wait");
+            }
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match self
+                .store
+                .resume_sending(&self.dedup_key, self.channel, &self.token)
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => Err("the lease ran out while waiting for the rate limit".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
     }
 }
 

@@ -4,11 +4,11 @@
 //! are the shapes of providers.md and `shared/fixtures`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dispatcher::providers::{self, Address, Body, Message, Outcome, Provider};
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use shared::tenant::Channel;
@@ -50,7 +50,7 @@ fn to_phone(channel: Channel, body: Body, key: &str) -> Message {
         to: Address::Phone(shared::phone::normalise(PHONE).unwrap()),
         body,
         idempotency_key: key.into(),
-        gate: None,
+        hold: None,
     }
 }
 
@@ -60,7 +60,7 @@ fn to_email(body: Body, key: &str) -> Message {
         to: Address::Email(EMAIL.into()),
         body,
         idempotency_key: key.into(),
-        gate: None,
+        hold: None,
     }
 }
 
@@ -895,72 +895,36 @@ async fn a_wait_longer_than_max_wait_is_answered_transient_without_a_request() {
     );
 }
 
-/// A write gate that counts how often it was opened and lets the request
-/// through or not.
-fn counting_gate(open: bool, opened: &Arc<AtomicUsize>) -> providers::WriteGate {
-    let opened = opened.clone();
-    Arc::new(move || {
-        let opened = opened.clone();
-        Box::pin(async move {
-            opened.fetch_add(1, Ordering::SeqCst);
-            if open {
-                Ok(())
-            } else {
-                Err("lease lost".into())
-            }
-        })
-    })
+/// Records what the rate limiter did with the worker's sending mark.
+struct Recorder {
+    seen: Arc<Mutex<Vec<&'static str>>>,
+    resume: Result<(), String>,
 }
 
-/// Every provider opens the worker's write gate right before its request,
-/// once per send; a gate that stays shut sends nothing and is a transient
-/// failure.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_provider_opens_the_write_gate_before_its_request() {
-    let fake = MockServer::start().await;
-    let smsru = json!({"base_url": fake.uri(), "api_id": "test-api-id"});
-    let cases: [(&str, Value, Channel); 6] = [
-        ("meta", meta_section(&fake, json!(false)), Channel::Whatsapp),
-        ("dialog360", dialog360(&fake), Channel::Whatsapp),
-        ("wazzup", wazzup(&fake), Channel::Whatsapp),
-        ("exolve", exolve(&fake), Channel::Sms),
-        ("smsru", smsru, Channel::Sms),
-        ("resend", resend(&fake), Channel::Email),
-    ];
-    for (name, section, channel) in cases {
-        let p = build(name, section);
-        let opened = Arc::new(AtomicUsize::new(0));
-        let mut m = match channel {
-            Channel::Email => to_email(Body::Text("hi".into()), "k"),
-            c => to_phone(c, Body::Text("hi".into()), "k"),
-        };
-        fake.reset().await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(500))
-            .mount(&fake)
-            .await;
+impl providers::Hold for Recorder {
+    fn lift(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move { self.seen.lock().unwrap().push("lift") })
+    }
 
-        m.gate = Some(counting_gate(false, &opened));
-        let o = p.send(&m).await;
-        assert_eq!(o.class(), "transient", "{name}: {o:?}");
-        assert_eq!(o.reason(), "not sent: lease lost", "{name}");
-        assert!(
-            fake.received_requests().await.unwrap().is_empty(),
-            "{name}: nothing written behind a shut gate"
-        );
-
-        m.gate = Some(counting_gate(true, &opened));
-        let _ = p.send(&m).await;
-        assert_eq!(fake.received_requests().await.unwrap().len(), 1, "{name}");
-        assert_eq!(opened.load(Ordering::SeqCst), 2, "{name}: once per send");
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.seen.lock().unwrap().push("resume");
+            self.resume.clone()
+        })
     }
 }
 
-/// The gate is behind the client-side rate limit: a send the limiter holds
-/// back (here: refuses, with no wait allowed) never opens it, so a worker
-/// waiting for a permit has not marked its message as on the wire.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_send_held_back_by_the_rate_limit_does_not_open_the_gate() {
+/// A Meta provider behind the given rate limit, a fake that accepts, and a
+/// message whose sending mark is recorded.
+async fn limited_meta(
+    limit: Value,
+    resume: Result<(), String>,
+) -> (
+    MockServer,
+    Box<dyn Provider>,
+    Message,
+    Arc<Mutex<Vec<&'static str>>>,
+) {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
@@ -968,23 +932,67 @@ async fn a_send_held_back_by_the_rate_limit_does_not_open_the_gate() {
         )
         .mount(&fake)
         .await;
-    let p = build(
-        "meta",
-        meta_section(
-            &fake,
-            json!({"per_second": 0.01, "burst": 1, "max_wait_ms": 0}),
-        ),
-    );
-    let opened = Arc::new(AtomicUsize::new(0));
+    let p = build("meta", meta_section(&fake, limit));
+    let seen = Arc::new(Mutex::new(Vec::new()));
     let mut m = to_phone(Channel::Whatsapp, Body::Text("hi".into()), "k");
-    m.gate = Some(counting_gate(true, &opened));
+    m.hold = Some(Arc::new(Recorder {
+        seen: seen.clone(),
+        resume,
+    }));
+    (fake, p, m, seen)
+}
+
+/// The hot path: a send with a permit at hand leaves the mark the claim set
+/// alone (no round trip) and is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_with_a_permit_at_hand_leaves_the_sending_mark_alone() {
+    let (fake, p, m, seen) = limited_meta(json!({"per_second": 1000, "burst": 10}), Ok(())).await;
+    assert_eq!(p.send(&m).await.class(), "sent");
+    assert!(seen.lock().unwrap().is_empty());
+    assert_eq!(fake.received_requests().await.unwrap().len(), 1);
+}
+
+/// A send the limiter holds back lifts the mark while it waits (a worker
+/// dying there has written nothing) and sets it again before writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_send_lifts_the_sending_mark_while_it_waits() {
+    let (fake, p, m, seen) = limited_meta(json!({"per_second": 5, "burst": 1}), Ok(())).await;
+    assert_eq!(p.send(&m).await.class(), "sent");
+    assert!(seen.lock().unwrap().is_empty(), "the first had its permit");
+    assert_eq!(p.send(&m).await.class(), "sent");
+    assert_eq!(*seen.lock().unwrap(), ["lift", "resume"]);
+    assert_eq!(fake.received_requests().await.unwrap().len(), 2);
+}
+
+/// When the mark cannot be set again after the wait (the lease ran out and
+/// another worker may be sending), nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_lease_ran_out_in_the_wait_writes_nothing() {
+    let (fake, p, m, seen) = limited_meta(
+        json!({"per_second": 5, "burst": 1}),
+        Err("lease lost".into()),
+    )
+    .await;
+    assert_eq!(p.send(&m).await.class(), "sent");
+    let o = p.send(&m).await;
+    assert_eq!(o.class(), "transient", "{o:?}");
+    assert_eq!(o.reason(), "not sent: lease lost");
+    assert_eq!(*seen.lock().unwrap(), ["lift", "resume"]);
+    assert_eq!(fake.received_requests().await.unwrap().len(), 1);
+}
+
+/// A send the limiter refuses outright (the wait is over its budget) does
+/// not wait, so the mark is not touched; the worker releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_leaves_the_sending_mark_to_the_worker() {
+    let (fake, p, m, seen) = limited_meta(
+        json!({"per_second": 0.01, "burst": 1, "max_wait_ms": 0}),
+        Ok(()),
+    )
+    .await;
     assert_eq!(p.send(&m).await.class(), "sent");
     let held = p.send(&m).await;
     assert_eq!(held.class(), "transient", "{held:?}");
-    assert_eq!(
-        opened.load(Ordering::SeqCst),
-        1,
-        "the held-back send did not open it"
-    );
+    assert!(seen.lock().unwrap().is_empty());
     assert_eq!(fake.received_requests().await.unwrap().len(), 1);
 }

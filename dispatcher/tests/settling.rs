@@ -234,13 +234,14 @@ async fn wait_letters(dlq: &Dlq, n: usize) -> Vec<dispatcher::dlq::Entry> {
     dlq.list(&Filter::default()).await.unwrap()
 }
 
-/// The `sending` mark is set at the write, not at the claim: a worker that
-/// died before writing its request (rendering, waiting for the rate limit)
-/// leaves a message that is simply sent once its lease has expired; only one
-/// that died after the write leaves it uncertain. A worker whose lease ran
-/// out meanwhile may not write at all.
+/// The `sending` mark says the request may be on the wire: the claim sets
+/// it (the write follows at once), and a send that waits for a rate-limit
+/// permit lifts it meanwhile. A worker that died in that wait leaves a
+/// message that is simply sent once its lease has expired; one that died
+/// after its claim without waiting leaves it uncertain. A worker whose lease
+/// ran out meanwhile may not write at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_a_send_that_reached_the_write_is_uncertain_after_a_crash() {
+async fn only_a_send_that_may_be_on_the_wire_is_uncertain_after_a_crash() {
     use dispatcher::idempotency::{Claim, Store};
     let prefix = common::unique("write-gate");
     let lease = Duration::from_secs(2);
@@ -254,37 +255,37 @@ async fn only_a_send_that_reached_the_write_is_uncertain_after_a_crash() {
     )
     .unwrap();
     let wa = Channel::Whatsapp;
-    // Died before the write.
+    // Died while waiting for a rate-limit permit.
     assert_eq!(
-        store.claim("before", wa, "dead-1", 1).await.unwrap(),
+        store.claim("waiting", wa, "dead-1", 1).await.unwrap(),
         Claim::Acquired
     );
-    // Died after the write.
+    store.lift_sending("waiting", wa, "dead-1").await.unwrap();
+    // Died right after its claim, at the write.
     assert_eq!(
-        store.claim("after", wa, "dead-2", 1).await.unwrap(),
+        store.claim("writing", wa, "dead-2", 1).await.unwrap(),
         Claim::Acquired
     );
-    assert!(store.mark_sending("after", wa, "dead-2").await.unwrap());
     // Meanwhile nobody else may send either.
     assert_eq!(
-        store.claim("before", wa, "other", 1).await.unwrap(),
+        store.claim("waiting", wa, "other", 1).await.unwrap(),
         Claim::Busy
     );
-    assert!(!store.mark_sending("before", wa, "other").await.unwrap());
+    assert!(!store.resume_sending("waiting", wa, "other").await.unwrap());
 
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     assert_eq!(
-        store.claim("before", wa, "survivor", 1).await.unwrap(),
+        store.claim("waiting", wa, "survivor", 1).await.unwrap(),
         Claim::Acquired,
         "never written: sent by the survivor"
     );
     assert_eq!(
-        store.claim("after", wa, "survivor", 1).await.unwrap(),
+        store.claim("writing", wa, "survivor", 1).await.unwrap(),
         Claim::Uncertain,
         "may have reached the provider: not sent again"
     );
     assert!(
-        !store.mark_sending("before", wa, "dead-1").await.unwrap(),
+        !store.resume_sending("waiting", wa, "dead-1").await.unwrap(),
         "a worker whose lease ran out does not write"
     );
     common::delete_keys(&prefix).await;

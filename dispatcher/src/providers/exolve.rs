@@ -87,7 +87,7 @@ impl Exolve {
             status,
             retry_after: wait,
             text,
-        } = match exchange(m, request, false).await {
+        } = match exchange(request, false).await {
             Ok(a) => a,
             Err(o) => return o,
         };

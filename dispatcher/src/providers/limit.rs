@@ -64,7 +64,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use serde::Deserialize;
 use shared::tenant::Channel;
 
-use super::{Address, Message, Outcome, Provider};
+use super::{Address, Hold, Message, Outcome, Provider};
 
 /// A resolved rate limit (config merged with the provider's defaults).
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +238,10 @@ impl<P: Provider> Limited<P> {
 
     async fn send_limited(&self, m: &Message) -> Outcome {
         let started = tokio::time::Instant::now();
+        let mut held = Held {
+            hold: m.hold.as_deref(),
+            lifted: false,
+        };
         if let Some(keyed) = &self.per_recipient {
             let key = recipient_key(&m.to);
             let waited = wait_for(
@@ -245,6 +249,7 @@ impl<P: Provider> Limited<P> {
                 self.max_wait,
                 "per-recipient",
                 self.inner.name(),
+                &mut held,
             )
             .await;
             if self.sends.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
@@ -255,11 +260,46 @@ impl<P: Provider> Limited<P> {
             }
         }
         let left = self.max_wait.saturating_sub(started.elapsed());
-        if let Err(o) = wait_for(|| self.account.check(), left, "account", self.inner.name()).await
+        if let Err(o) = wait_for(
+            || self.account.check(),
+            left,
+            "account",
+            self.inner.name(),
+            &mut held,
+        )
+        .await
         {
             return o;
         }
+        if let Err(why) = held.resume().await {
+            return Outcome::transient(format!("not sent: {why}"));
+        }
         self.inner.send(m).await
+    }
+}
+
+/// The worker's `sending` mark across this send's waits: lifted before the
+/// first one, resumed after the last (see [`Hold`]).
+struct Held<'a> {
+    hold: Option<&'a dyn Hold>,
+    lifted: bool,
+}
+
+impl Held<'_> {
+    async fn before_wait(&mut self) {
+        if !self.lifted {
+            if let Some(h) = self.hold {
+                h.lift().await;
+            }
+            self.lifted = true;
+        }
+    }
+
+    async fn resume(&self) -> Result<(), String> {
+        match self.hold {
+            Some(h) if self.lifted => h.resume().await,
+            _ => Ok(()),
+        }
     }
 }
 
@@ -294,6 +334,7 @@ async fn wait_for(
     budget: Duration,
     which: &str,
     provider: &str,
+    held: &mut Held<'_>,
 ) -> Result<(), Outcome> {
     let clock = DefaultClock::default();
     let deadline = tokio::time::Instant::now() + budget;
@@ -312,6 +353,7 @@ async fn wait_for(
                 retry_after: Some(wait),
             });
         }
+        held.before_wait().await;
         // A zero wait can come from rounding; do not spin.
         tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
     }
@@ -352,7 +394,7 @@ mod tests {
             to: Address::Phone(shared::phone::normalise(phone).unwrap()),
             body: super::super::Body::Text("hi".into()),
             idempotency_key: "k".into(),
-            gate: None,
+            hold: None,
         }
     }
 

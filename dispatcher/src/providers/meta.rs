@@ -80,7 +80,7 @@ pub(crate) async fn send_cloud_api(
         Err(o) => return o,
     };
     // No idempotency key in the Cloud API: a timeout after sending is uncertain.
-    match exchange(m, request.json(&body), false).await {
+    match exchange(request.json(&body), false).await {
         Ok(a) => classify(a.status, &a.text, a.retry_after),
         Err(o) => o,
     }

@@ -23,12 +23,20 @@ pub mod wazzup;
 
 pub use limit::{Limited, RateLimit};
 
-/// Opened by [`exchange`] right before the request is written, after
-/// rendering and the client-side rate limit: the worker sets its `sending`
-/// mark there, so after a crash only a send that may really have reached
-/// the provider counts as uncertain. An error stops the send (nothing was
-/// written) and says why.
-pub type WriteGate = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// The worker's `sending` mark, as seen by the client-side rate limit
+/// ([`Limited`]). The claim sets the mark, as the request is about to be
+/// written; a send the limiter holds back lifts it before waiting and
+/// resumes it when the permit comes, so a worker that dies while waiting
+/// has written nothing and its message is not taken for uncertain. A send
+/// that waits for nothing costs no round trip here.
+pub trait Hold: Send + Sync {
+    /// Before the wait (best effort: a mark left up only makes a crash in
+    /// the wait look uncertain).
+    fn lift(&self) -> BoxFuture<'_, ()>;
+    /// After the wait, right before the write. An error stops the send
+    /// (nothing was written) and says why.
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>>;
+}
 
 /// What to send, already rendered.
 #[derive(Clone)]
@@ -39,7 +47,7 @@ pub struct Message {
     /// Stable per (event, channel): providers with an idempotency mechanism
     /// of their own get it as a second guard behind ours.
     pub idempotency_key: String,
-    pub gate: Option<WriteGate>,
+    pub hold: Option<Arc<dyn Hold>>,
 }
 
 #[derive(Clone)]
@@ -226,19 +234,12 @@ pub(crate) struct Answer {
     pub text: String,
 }
 
-/// Sends a request for `message` and reads the answer; a transport error is
-/// already classified ([`transport_error`]). The message's write gate is
-/// opened first; a closed gate is a transient failure with nothing sent.
+/// Sends a request and reads the answer; a transport error is already
+/// classified ([`transport_error`]).
 pub(crate) async fn exchange(
-    message: &Message,
     request: reqwest::RequestBuilder,
     idempotent_retry: bool,
 ) -> Result<Answer, Outcome> {
-    if let Some(gate) = &message.gate {
-        gate()
-            .await
-            .map_err(|why| Outcome::transient(format!("not sent: {why}")))?;
-    }
     let response = request
         .send()
         .await

@@ -103,7 +103,7 @@ impl Resend {
         }
         // With the key, Resend answers a repeat with the first result
         // instead of sending again, so a timeout is worth retrying.
-        match exchange(m, request, key.is_some()).await {
+        match exchange(request, key.is_some()).await {
             Ok(a) => classify(a.status, &a.text, a.retry_after),
             Err(o) => o,
         }

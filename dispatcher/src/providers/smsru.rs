@@ -85,7 +85,7 @@ impl SmsRu {
         }
         let request = self.http.post(&self.url).timeout(self.timeout).form(&form);
         // No idempotency at SMS.ru: a timeout after sending may have sent it.
-        match exchange(m, request, false).await {
+        match exchange(request, false).await {
             Ok(a) => classify(a.status, &a.text, phone.digits()),
             Err(o) => o,
         }

@@ -118,7 +118,7 @@ impl Wazzup {
             .json(&body);
         // crmMessageId turns a repeat within 60 s into REPEATED_CRM_MESSAGE_ID,
         // so retrying after a timeout cannot send twice.
-        match exchange(m, request, true).await {
+        match exchange(request, true).await {
             Ok(a) => classify(a.status, &a.text, a.retry_after, &m.idempotency_key),
             Err(o) => o,
         }
