@@ -52,6 +52,10 @@
 //!
 //! Limits are per built provider, that is per tenant account and per
 //! dispatcher process: with several dispatcher replicas, divide.
+//!
+//! A send that has to wait lifts the worker's `sending` mark for the wait
+//! and sets it again before writing ([`Hold`](super::Hold)); one with a
+//! permit at hand touches nothing.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
