@@ -17,8 +17,8 @@ use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
+use crate::delivery_state::Store;
 use crate::dlq::{self, Dlq, Entry, Filter, Report};
-use crate::idempotency::Store;
 use crate::journal::{self, Journal};
 use shared::topology::Topology;
 

@@ -14,8 +14,8 @@ use utoipa_actix_web::AppExt;
 
 use crate::admin::{AdminError, AdminState};
 use crate::consumer::{self, ConsumerSettings};
+use crate::delivery_state::Store;
 use crate::health::Health;
-use crate::idempotency::Store;
 use crate::journal::Journal;
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;

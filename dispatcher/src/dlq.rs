@@ -19,7 +19,7 @@ use shared::Event;
 use shared::tenant::Channel;
 use shared::topology::{ROUTE_DISPATCH, Topology};
 
-use crate::idempotency::Store;
+use crate::delivery_state::{Sending, Store};
 use crate::outbox::{self, header_int, header_str};
 
 /// Which dead letters an operation applies to. Empty = all.
@@ -180,10 +180,22 @@ impl Dlq {
                 report.replayed += 1;
                 continue;
             }
-            // A fresh ladder: forget the old second attempt and retry flags.
+            // A fresh ladder: forget the old second attempt. An uncertain
+            // letter replayed on purpose also clears the mark that held it
+            // (the admin checked the message did not arrive); any other
+            // letter leaves it, so a bulk replay cannot resend a message that
+            // another event of the same customer event left uncertain.
+            let sending = if l.entry.reason == "uncertain" {
+                Sending::Clear
+            } else {
+                Sending::Keep
+            };
             let mut cleared = true;
             for c in [Channel::Whatsapp, Channel::Sms, Channel::Email] {
-                cleared &= store.reset_ladder(&event.dedup_key, c).await.is_ok();
+                cleared &= store
+                    .reset_ladder(&event.dedup_key, c, sending)
+                    .await
+                    .is_ok();
             }
             if !cleared || self.republish(&publisher, &l.msg).await.is_err() {
                 report.failed += 1;

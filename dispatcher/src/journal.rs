@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use shared::Event;
 use shared::tenant::Channel;
 
-use crate::idempotency::{Store, StoreError};
+use crate::delivery_state::{Store, StoreError};
 
 /// One step of an event's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +84,11 @@ pub enum Step {
         channel: Channel,
         after_secs: u64,
     },
+    /// This channel's second attempt for the customer event is already
+    /// queued (an earlier webhook's first attempt failed): it alone sends.
+    AwaitsSecondAttempt {
+        channel: Channel,
+    },
     SecondAttemptScheduled {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         channel: Option<Channel>,
@@ -125,7 +130,11 @@ pub fn status(history: &[Record]) -> &'static str {
         status = match &r.step {
             Step::Received { .. } if status == "unknown" => "in_progress",
             Step::Attempt { outcome, .. } if outcome == "sent" => "sent",
-            Step::AlreadySent { .. } if status == "in_progress" => "duplicate",
+            Step::AlreadySent { .. } | Step::AwaitsSecondAttempt { .. }
+                if status == "in_progress" =>
+            {
+                "duplicate"
+            }
             Step::SecondAttemptScheduled { .. } => "second_attempt_scheduled",
             Step::Fallback { .. } => "in_progress",
             Step::Callback { state, .. } => match state.as_str() {

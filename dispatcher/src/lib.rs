@@ -5,9 +5,9 @@
 pub mod admin;
 pub mod app;
 pub mod consumer;
+pub mod delivery_state;
 pub mod dlq;
 pub mod health;
-pub mod idempotency;
 pub mod journal;
 pub mod lookup;
 pub mod metrics;

@@ -22,8 +22,8 @@ use shared::topology::Topology;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::delivery_state::{Claim, Sending, Sent, SentMessage, Store, StoreError};
 use crate::health::Health;
-use crate::idempotency::{Claim, Sending, Sent, SentMessage, Store, StoreError};
 use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
@@ -111,6 +111,26 @@ struct Candidate {
 struct Attempt<'a> {
     number: i64,
     failed: &'a [Channel],
+}
+
+/// The delivery a second attempt repeats, and the (event, channel) it is for.
+struct SecondAttempt<'a> {
+    raw: &'a [u8],
+    props: &'a BasicProperties,
+    dedup_key: &'a str,
+    channel: Channel,
+    /// The first attempt was accepted and then reported failed (this is its
+    /// message id): the second may send past its done mark.
+    allow_past_done: Option<&'a str>,
+}
+
+/// What scheduling the one second attempt came to.
+enum Scheduled {
+    Now,
+    /// An earlier failure of this (event, channel) scheduled it.
+    Already,
+    /// Not confirmed by the broker, or shutting down: hand the delivery back.
+    NotDone,
 }
 
 /// A delivery as the worker sees it.
@@ -326,7 +346,15 @@ impl Worker {
     ) -> ChannelEnd {
         let (channel, provider_name) = (c.channel, c.provider.name());
         let token = uuid::Uuid::now_v7().to_string();
-        match self.claim(&event.dedup_key, channel, &token, attempt).await {
+        // Another channel that carried this event (and did not fail) makes it sent.
+        let others: Vec<Channel> = Channel::ALL
+            .into_iter()
+            .filter(|c| *c != channel && !failed.contains(c))
+            .collect();
+        match self
+            .claim(&event.dedup_key, channel, &others, &token, attempt)
+            .await
+        {
             None => return ChannelEnd::Settled(Settle::Requeue),
             Some(Claim::Busy) => {
                 return ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await);
@@ -362,6 +390,21 @@ impl Worker {
                     duplicate_of,
                 });
                 return ChannelEnd::Settled(Settle::Ack);
+            }
+            Some(Claim::SecondAttemptQueued) => {
+                self.metrics.duplicates.inc();
+                tracing::info!(channel = %channel, "the second attempt for this customer event is queued: it sends, not this one");
+                job.trail.push(Step::AwaitsSecondAttempt { channel });
+                return ChannelEnd::Settled(Settle::Ack);
+            }
+            Some(Claim::Failed) => {
+                let f = Failure {
+                    class: "channel_failed",
+                    reason: format!("{channel} already failed for good for this event"),
+                    channel: Some(channel),
+                    provider: Some(provider_name),
+                };
+                return ChannelEnd::Fallback(f);
             }
             Some(Claim::Acquired) => {}
         }
@@ -642,56 +685,101 @@ impl Worker {
             };
             return self.final_failure(event, job, f).await;
         }
-        let Some(first) = self
-            .with_store(|| {
-                self.store
-                    .schedule_second_attempt(&event.dedup_key, key_channel)
-            })
-            .await
-        else {
-            release().await;
-            return Settle::Requeue;
-        };
-        if first {
-            let mut headers: Headers = vec![
-                (outbox::ATTEMPT, int(2)),
-                (
-                    outbox::FIRST_FAILURE_AT,
-                    text(chrono::Utc::now().to_rfc3339()),
-                ),
-                (outbox::ERROR, text(reason.clone())),
-                (outbox::FAILED_CHANNELS, text(join_channels(at.failed))),
-            ];
-            if let Some((_, p)) = sent_on {
-                headers.push((outbox::PROVIDER, text(p)));
-            }
-            if let Err(e) =
-                outbox::second_attempt(job.publisher, &self.topology, job.raw, job.props, headers)
-                    .await
-            {
-                tracing::error!(error = %e, "second attempt could not be scheduled; handing the event back");
-                let _ = self
-                    .with_store(|| {
-                        self.store
-                            .unschedule_second_attempt(&event.dedup_key, key_channel)
-                    })
-                    .await;
-                release().await;
-                return Settle::Requeue;
-            }
-            self.metrics.second_attempts.inc();
-            job.trail.push(Step::SecondAttemptScheduled {
-                channel,
-                after_secs: self.topology.second_attempt_delay().as_secs(),
-                reason: reason.clone(),
-            });
-            tracing::warn!(channel = ?channel, class, reason = %reason,
-                delay_s = self.topology.second_attempt_delay().as_secs(), "first attempt failed: second attempt scheduled");
-        } else {
-            tracing::info!(channel = ?channel, "first attempt failed again, second attempt already scheduled");
+        // The request did not go out: the sending mark goes first, so a crash
+        // from here on leaves only a lease that runs out (a plain resend of a
+        // failed message), never an uncertain letter.
+        if let (Some(c), Some(t)) = (channel, token)
+            && let Err(e) = self.store.lift_sending(&event.dedup_key, c, t).await
+        {
+            self.metrics.redis_errors.inc();
+            tracing::debug!(error = %e, "sending mark not lifted; the release removes it");
         }
+        let mut headers: Headers = vec![
+            (outbox::ATTEMPT, int(2)),
+            (
+                outbox::FIRST_FAILURE_AT,
+                text(chrono::Utc::now().to_rfc3339()),
+            ),
+            (outbox::ERROR, text(reason.clone())),
+            (outbox::FAILED_CHANNELS, text(join_channels(at.failed))),
+        ];
+        if let Some((_, p)) = sent_on {
+            headers.push((outbox::PROVIDER, text(p)));
+        }
+        let second = SecondAttempt {
+            raw: job.raw,
+            props: job.props,
+            dedup_key: &event.dedup_key,
+            channel: key_channel,
+            allow_past_done: None,
+        };
+        let settle = match self
+            .schedule_second_attempt(job.publisher, second, headers)
+            .await
+        {
+            Scheduled::Now => {
+                job.trail.push(Step::SecondAttemptScheduled {
+                    channel,
+                    after_secs: self.topology.second_attempt_delay().as_secs(),
+                    reason: reason.clone(),
+                });
+                tracing::warn!(channel = ?channel, class, reason = %reason,
+                    delay_s = self.topology.second_attempt_delay().as_secs(), "first attempt failed: second attempt scheduled");
+                Settle::Ack
+            }
+            Scheduled::Already => {
+                tracing::info!(channel = ?channel, "first attempt failed again, second attempt already scheduled");
+                Settle::Ack
+            }
+            Scheduled::NotDone => Settle::Requeue,
+        };
         release().await;
-        Settle::Ack
+        settle
+    }
+
+    /// Schedules the one second attempt, in the only order where no crash
+    /// loses it: already recorded → nothing to do; else (the retry flag,
+    /// for a message the provider accepted and then reported failed) →
+    /// publish to the wait queue with a confirm → record it. A crash after
+    /// the publish and before the record makes the redelivery publish a
+    /// second copy, which the claim turns into at most one send.
+    async fn schedule_second_attempt(
+        &self,
+        publisher: &AmqpChannel,
+        second: SecondAttempt<'_>,
+        headers: Headers,
+    ) -> Scheduled {
+        let (key, channel) = (second.dedup_key, second.channel);
+        match self
+            .with_store(|| self.store.second_attempt_scheduled(key, channel))
+            .await
+        {
+            None => return Scheduled::NotDone,
+            Some(true) => return Scheduled::Already,
+            Some(false) => {}
+        }
+        if let Some(failed_id) = second.allow_past_done
+            && self
+                .with_store(|| self.store.allow_retry(key, channel, failed_id))
+                .await
+                .is_none()
+        {
+            return Scheduled::NotDone;
+        }
+        if let Err(e) =
+            outbox::second_attempt(publisher, &self.topology, second.raw, second.props, headers)
+                .await
+        {
+            tracing::error!(error = %e, "second attempt could not be scheduled; handing the delivery back");
+            return Scheduled::NotDone;
+        }
+        // Published and confirmed: the record only spares a redelivery a
+        // second copy, so shutting down before it is written changes nothing.
+        let _ = self
+            .with_store(|| self.store.record_second_attempt(key, channel))
+            .await;
+        self.metrics.second_attempts.inc();
+        Scheduled::Now
     }
 
     async fn final_failure(&self, event: &Event, job: &Job<'_>, f: Failure) -> Settle {
@@ -767,41 +855,49 @@ impl Worker {
             return Settle::Ack;
         };
         let provider = status.provider.as_str();
-        let moved = self
-            .with_store(|| {
-                self.store
-                    .advance_state(provider, &status.message_id, status.state.rank())
-            })
-            .await;
-        let Some(moved) = moved else {
-            return Settle::Requeue;
-        };
-        if !moved {
-            self.metrics
-                .statuses
-                .with_label_values(&[status.state.as_str(), "stale"])
-                .inc();
-            return Settle::Ack;
-        }
         let label = |outcome: &str| {
             self.metrics
                 .statuses
                 .with_label_values(&[status.state.as_str(), outcome])
                 .inc()
         };
-        if status.state != DeliveryState::Failed && !self.journal.enabled() {
+        let failed = status.state == DeliveryState::Failed;
+        // A failure triggers the second attempt or the fallback; its state
+        // advances only once that is durable (below). Any other state
+        // triggers nothing: it advances at once.
+        let fresh = if failed {
+            self.with_store(|| {
+                self.store
+                    .state_moves(provider, &status.message_id, status.state.rank())
+            })
+            .await
+        } else {
+            self.with_store(|| {
+                self.store
+                    .advance_state(provider, &status.message_id, status.state.rank())
+            })
+            .await
+        };
+        let Some(fresh) = fresh else {
+            return Settle::Requeue;
+        };
+        if !fresh {
+            label("stale");
+            return Settle::Ack;
+        }
+        if !failed && !self.journal.enabled() {
             label("recorded");
             return Settle::Ack;
         }
         let Some(sent) = self
-            .with_store(|| self.store.sent_message(provider, &status.message_id))
+            .sent_message(provider, &status.message_id, failed)
             .await
         else {
             return Settle::Requeue;
         };
         let Some(sent) = sent else {
             label("unknown_message");
-            if status.state == DeliveryState::Failed {
+            if failed {
                 tracing::warn!(
                     provider,
                     "failure reported for a message we do not know (expired or another deployment)"
@@ -827,10 +923,26 @@ impl Worker {
             .ok();
         let span = tracing::info_span!("status", event_id = event_id.as_deref().unwrap_or("-"),
             provider, channel = %sent.channel, attempt = sent.attempt);
-        let settle = if status.state == DeliveryState::Failed {
-            self.status_failed(&status, &sent, &trail, publisher)
+        let settle = if failed {
+            let settle = self
+                .status_failed(&status, &sent, &trail, publisher)
                 .instrument(span)
-                .await
+                .await;
+            // What it triggered is durable: now the state may move (a crash
+            // before this redelivers the callback, which finds the second
+            // attempt already recorded or publishes the fallback again).
+            if settle == Settle::Ack
+                && self
+                    .with_store(|| {
+                        self.store
+                            .advance_state(provider, &status.message_id, status.state.rank())
+                    })
+                    .await
+                    .is_none()
+            {
+                return Settle::Requeue;
+            }
+            settle
         } else {
             label("recorded");
             Settle::Ack
@@ -873,19 +985,6 @@ impl Worker {
         );
         async {
             if sent.attempt < 2 {
-                let Some(first) = self
-                    .with_store(|| self.store.schedule_second_attempt(&sent.dedup_key, sent.channel))
-                    .await
-                else {
-                    return Settle::Requeue;
-                };
-                if !first {
-                    label("second_attempt_already_scheduled");
-                    return Settle::Ack;
-                }
-                if self.with_store(|| self.store.allow_retry(&sent.dedup_key, sent.channel)).await.is_none() {
-                    return Settle::Requeue;
-                }
                 let headers: Headers = vec![
                     (outbox::ATTEMPT, int(2)),
                     (outbox::FIRST_FAILURE_AT, text(status.at.to_rfc3339())),
@@ -893,14 +992,21 @@ impl Worker {
                     (outbox::PROVIDER, text(provider.to_string())),
                     (outbox::FAILED_CHANNELS, text(join_channels(&sent.failed_channels))),
                 ];
-                if let Err(e) = outbox::second_attempt(publisher, &self.topology, sent.event.as_bytes(), &props, headers).await {
-                    tracing::error!(error = %e, "second attempt after a failure callback not scheduled; will retry");
-                    let _ = self
-                        .with_store(|| self.store.unschedule_second_attempt(&sent.dedup_key, sent.channel))
-                        .await;
-                    return Settle::Requeue;
+                let second = SecondAttempt {
+                    raw: sent.event.as_bytes(),
+                    props: &props,
+                    dedup_key: &sent.dedup_key,
+                    channel: sent.channel,
+                    allow_past_done: Some(&status.message_id),
+                };
+                match self.schedule_second_attempt(publisher, second, headers).await {
+                    Scheduled::Now => {}
+                    Scheduled::Already => {
+                        label("second_attempt_already_scheduled");
+                        return Settle::Ack;
+                    }
+                    Scheduled::NotDone => return Settle::Requeue,
                 }
-                self.metrics.second_attempts.inc();
                 label("second_attempt_scheduled");
                 trail.push(Step::SecondAttemptScheduled {
                     channel: Some(sent.channel),
@@ -912,9 +1018,13 @@ impl Worker {
             } else {
                 let mut failed = sent.failed_channels.clone();
                 failed.push(sent.channel);
-                let _ = self
+                if self
                     .with_store(|| self.store.mark_failed(&sent.dedup_key, sent.channel, "second_attempt_failed", &reason))
-                    .await;
+                    .await
+                    .is_none()
+                {
+                    return Settle::Requeue;
+                }
                 let headers: Headers = vec![
                     (outbox::ATTEMPT, int(1)),
                     (outbox::FAILED_CHANNELS, text(join_channels(&failed))),
@@ -937,6 +1047,30 @@ impl Worker {
         .await
     }
 
+    /// The message a callback is about. A provider can call back before
+    /// the send is recorded (its answer and the callback race): a failure
+    /// for a message not found yet is looked up again for a second before
+    /// it is called unknown (other states are only journaled, so they do
+    /// not wait). None when shutting down.
+    async fn sent_message(
+        &self,
+        provider: &str,
+        message_id: &str,
+        patient: bool,
+    ) -> Option<Option<SentMessage>> {
+        const LOOKS: u32 = 5;
+        for look in 1..=LOOKS {
+            let found = self
+                .with_store(|| self.store.sent_message(provider, message_id))
+                .await?;
+            if found.is_some() || !patient || look == LOOKS || *self.shutdown.borrow() {
+                return Some(found);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Some(None)
+    }
+
     /// Claims the lease. A live holder is usually done within a send, so a
     /// busy lease is polled briefly (duplicate webhooks arriving together
     /// are absorbed at once); past that the caller sends the delivery to the
@@ -946,6 +1080,7 @@ impl Worker {
         &self,
         dedup_key: &str,
         channel: Channel,
+        others: &[Channel],
         token: &str,
         attempt: i64,
     ) -> Option<Claim> {
@@ -953,7 +1088,7 @@ impl Worker {
         const POLLS: u32 = 10;
         for _ in 0..POLLS {
             match self
-                .with_store(|| self.store.claim(dedup_key, channel, token, attempt))
+                .with_store(|| self.store.claim(dedup_key, channel, others, token, attempt))
                 .await?
             {
                 Claim::Busy if !*self.shutdown.borrow() => tokio::time::sleep(POLL).await,

@@ -242,7 +242,7 @@ async fn wait_letters(dlq: &Dlq, n: usize) -> Vec<dispatcher::dlq::Entry> {
 /// ran out meanwhile may not write at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_send_that_may_be_on_the_wire_is_uncertain_after_a_crash() {
-    use dispatcher::idempotency::{Claim, Store};
+    use dispatcher::delivery_state::{Claim, Store};
     let prefix = common::unique("write-gate");
     let lease = Duration::from_secs(2);
     let store = Store::new(
@@ -257,30 +257,36 @@ async fn only_a_send_that_may_be_on_the_wire_is_uncertain_after_a_crash() {
     let wa = Channel::Whatsapp;
     // Died while waiting for a rate-limit permit.
     assert_eq!(
-        store.claim("waiting", wa, "dead-1", 1).await.unwrap(),
+        store.claim("waiting", wa, &[], "dead-1", 1).await.unwrap(),
         Claim::Acquired
     );
     store.lift_sending("waiting", wa, "dead-1").await.unwrap();
     // Died right after its claim, at the write.
     assert_eq!(
-        store.claim("writing", wa, "dead-2", 1).await.unwrap(),
+        store.claim("writing", wa, &[], "dead-2", 1).await.unwrap(),
         Claim::Acquired
     );
     // Meanwhile nobody else may send either.
     assert_eq!(
-        store.claim("waiting", wa, "other", 1).await.unwrap(),
+        store.claim("waiting", wa, &[], "other", 1).await.unwrap(),
         Claim::Busy
     );
     assert!(!store.resume_sending("waiting", wa, "other").await.unwrap());
 
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     assert_eq!(
-        store.claim("waiting", wa, "survivor", 1).await.unwrap(),
+        store
+            .claim("waiting", wa, &[], "survivor", 1)
+            .await
+            .unwrap(),
         Claim::Acquired,
         "never written: sent by the survivor"
     );
     assert_eq!(
-        store.claim("writing", wa, "survivor", 1).await.unwrap(),
+        store
+            .claim("writing", wa, &[], "survivor", 1)
+            .await
+            .unwrap(),
         Claim::Uncertain,
         "may have reached the provider: not sent again"
     );

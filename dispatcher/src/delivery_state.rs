@@ -1,5 +1,39 @@
-//! One message per (event dedup key, channel), whatever happens: duplicate
-//! webhooks, broker redeliveries after a crash, DLQ replays.
+//! The delivery state machine: one message per (event dedup key, channel),
+//! whatever happens (duplicate webhooks, later statuses of the same order,
+//! broker redeliveries after a crash, DLQ replays, callbacks in any order).
+//! Its states are [`Phase`]; its transitions are the functions below, each
+//! one Redis command or Lua script, and the worker only calls them:
+//!
+//! | from | transition | to |
+//! |---|---|---|
+//! | Fresh; SecondAttemptScheduled (attempt 2) | [`Store::claim`] | Sending (lease + sending mark) |
+//! | SecondAttemptScheduled (attempt 1) | [`Store::claim`] | unchanged (`SecondAttemptQueued`: acked, the queued attempt sends) |
+//! | RetryAllowed (attempt 2 only) | [`Store::claim`] | Sending |
+//! | Sent | [`Store::claim`] | Sent (`AlreadySent`: a duplicate, journaled) |
+//! | any, another channel not failed for this event Sent / Leased / Uncertain | [`Store::claim`] | unchanged (`AlreadySent` / `Busy` / `Uncertain`) |
+//! | Leased, Sending (lease alive) | [`Store::claim`] | unchanged (`Busy`: lease-wait queue) |
+//! | Uncertain | [`Store::claim`] | Uncertain (dead letter `uncertain`) |
+//! | Sending | [`Store::lift_sending`] (rate-limit wait) | Leased |
+//! | Leased | [`Store::resume_sending`] (permit came, lease still ours) | Sending |
+//! | Sending | [`Store::mark_sent`] (provider accepted) | Sent |
+//! | Sending | [`Store::release`] `Keep` (outcome uncertain) | Uncertain |
+//! | Sending, Leased | [`Store::release`] `Clear` (did not go out) | what it was before the claim |
+//! | Sending (worker died) | lease TTL runs out | Uncertain |
+//! | Leased (worker died in a wait) | lease TTL runs out | what it was before the claim |
+//! | any | [`Store::record_second_attempt`] (after the broker confirmed the publish) | SecondAttemptScheduled |
+//! | Sent | [`Store::allow_retry`] (a failure callback, before its second attempt is published) | RetryAllowed |
+//! | any | [`Store::mark_failed`] | Failed |
+//! | Failed | [`Store::claim`] | Failed (`Failed`: the next channel) |
+//! | any but Sent | [`Store::reset_ladder`] (admin replay) | Fresh |
+//!
+//! Order rules that keep a crash at any point from losing or duplicating:
+//! the done mark is written before the broker ack (a redelivery finds it);
+//! the `sending` mark is on only while a request may be on the wire (a
+//! redelivery that finds it alone does not send again); the second attempt
+//! is published with a confirm before its mark is written (a crash between
+//! leaves no mark, so the redelivery publishes it again, and the claim makes
+//! the two copies one send), and a callback's state advances only after what
+//! it triggered is durable.
 //!
 //! Keys (all under the configured prefix):
 //! - `lease:<dedup>:<channel>` = worker token, short TTL: someone is sending now;
@@ -14,11 +48,12 @@
 //!   A worker that stopped while waiting for a permit left only its lease,
 //!   and the message is sent once the lease has expired;
 //! - `done:<dedup>:<channel>` = JSON with provider and message id, long TTL: sent;
-//! - `second:<dedup>:<channel>` = time of the first failure: the one second
-//!   attempt is scheduled (never two);
+//! - `second:<dedup>:<channel>` = time the one second attempt was scheduled
+//!   (its publish confirmed): a repeated first failure schedules no other;
 //! - `failed:<dedup>:<channel>` = last failure class and reason;
-//! - `retry:<dedup>:<channel>`: a provider reported the sent message failed
-//!   (callback); only the one second attempt may send past the done mark;
+//! - `retry:<dedup>:<channel>` = id of a sent message its provider reported
+//!   failed (callback); only the one second attempt may send past the done
+//!   mark, and only while that mark is this message's;
 //! - `msg:<provider>:<message id>` = what was sent (event, channel, attempt),
 //!   so a delivery-status callback can find its event;
 //! - `state:<provider>:<message id>` = the furthest delivery state seen.
@@ -92,6 +127,38 @@ pub enum Claim {
     /// A worker stopped while sending this message (its `sending` mark
     /// outlived its lease): the provider may have it. Not sent again.
     Uncertain,
+    /// This channel already failed for good for this event (recipient,
+    /// config, or its second attempt): the next channel takes over, so a
+    /// duplicate webhook or a redelivered copy does not try it again.
+    Failed,
+    /// A first attempt while this channel's one second attempt is queued:
+    /// that attempt sends, this one does not.
+    SecondAttemptQueued,
+}
+
+/// Where one (event dedup key, channel) stands: the states of the delivery
+/// state machine (see the module documentation for its transitions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing recorded: the next claim sends.
+    Fresh,
+    /// Claimed by a worker that has not written its request yet (rendering,
+    /// or waiting for a rate-limit permit).
+    Leased,
+    /// The request is being written to the provider.
+    Sending,
+    /// Sent: every later claim is a duplicate.
+    Sent,
+    /// Sent, then reported failed by the provider: only the second attempt
+    /// may send again.
+    RetryAllowed,
+    /// A worker stopped mid-send: the provider may have it; not sent again
+    /// until an admin replays it by id.
+    Uncertain,
+    /// The first attempt failed and the second is queued.
+    SecondAttemptScheduled,
+    /// The channel failed for good (the next channel or the DLQ took over).
+    Failed,
 }
 
 /// Shared multiplexed connections checked out of the pool.
@@ -126,13 +193,48 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 "#;
 
+/// KEYS: done, lease, retry, sending of this channel, then done, lease,
+/// sending of each other channel that has not failed for this event: one
+/// message per customer event, whichever channel carried it (sent there:
+/// a duplicate; being sent there: busy; maybe sent there: uncertain). ARGV[5]: the failed
+/// mark (a variable number of KEYS comes before it, so it is passed as an
+/// argument; it sits beside the others under the same dedup key): a channel
+/// that failed for good for this event is not tried again by a duplicate
+/// webhook or a redelivered copy, which move on to the next channel; only
+/// an admin's replay clears it. ARGV[6]: the second-attempt mark: once the
+/// one second attempt is queued, a first attempt (a duplicate webhook, a
+/// redelivered copy) does not send; the queued attempt does.
 const CLAIM_LUA: &str = r#"
 local done = redis.call('GET', KEYS[1])
-if done and not (ARGV[3] == '2' and redis.call('EXISTS', KEYS[3]) == 1) then return {'done', done} end
+if done then
+  local pass = false
+  if ARGV[3] == '2' then
+    local failed_id = redis.call('GET', KEYS[3])
+    if failed_id then
+      local ok, sent = pcall(cjson.decode, done)
+      pass = ok and type(sent) == 'table' and sent.message_id == failed_id
+    end
+  end
+  if not pass then return {'done', done} end
+end
+for i = 5, #KEYS, 3 do
+  local other = redis.call('GET', KEYS[i])
+  if other then return {'done', other} end
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then return {'busy', ''} end
+  if redis.call('EXISTS', KEYS[i + 2]) == 1 then return {'uncertain', ''} end
+end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if redis.call('EXISTS', KEYS[4]) == 1 then
     redis.call('DEL', KEYS[2])
     return {'uncertain', ''}
+  end
+  if redis.call('EXISTS', ARGV[5]) == 1 then
+    redis.call('DEL', KEYS[2])
+    return {'failed', ''}
+  end
+  if ARGV[3] == '1' and redis.call('EXISTS', ARGV[6]) == 1 then
+    redis.call('DEL', KEYS[2])
+    return {'scheduled', ''}
   end
   redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[4])
   return {'acquired', ''}
@@ -142,7 +244,7 @@ return {'busy', ''}
 
 const MARK_SENT_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('DEL', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[6])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
@@ -285,18 +387,30 @@ impl Store {
         .await
     }
 
-    /// `attempt` 2 may pass a done mark that a failure callback flagged for retry.
+    /// `attempt` 2 may pass a done mark that a failure callback flagged for
+    /// retry. `others`: the channels whose done mark also makes this event
+    /// sent (every channel but this one and those that failed for it: a
+    /// duplicate webhook must not try WhatsApp again after the fallback
+    /// reached the customer by SMS).
     pub async fn claim(
         &self,
         dedup_key: &str,
         channel: Channel,
+        others: &[Channel],
         token: &str,
         attempt: i64,
     ) -> Result<Claim, StoreError> {
+        let other_done: Vec<String> = others
+            .iter()
+            .filter(|&&c| c != channel)
+            .flat_map(|&c| ["done", "lease", "sending"].map(|k| self.key(k, dedup_key, c)))
+            .collect();
         let done = self.key("done", dedup_key, channel);
         let lease = self.key("lease", dedup_key, channel);
         let retry = self.key("retry", dedup_key, channel);
         let sending = self.key("sending", dedup_key, channel);
+        let failed = self.key("failed", dedup_key, channel);
+        let second = self.key("second", dedup_key, channel);
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let sending_ttl = self.done_ttl.as_secs();
         let (state, value): (String, String) = self
@@ -306,10 +420,13 @@ impl Store {
                     .key(lease)
                     .key(retry)
                     .key(sending)
+                    .key(other_done)
                     .arg(token)
                     .arg(ttl_ms)
                     .arg(attempt.to_string())
                     .arg(sending_ttl)
+                    .arg(failed)
+                    .arg(second)
                     .invoke_async(&mut c)
                     .await
             })
@@ -318,6 +435,8 @@ impl Store {
             "done" => Claim::AlreadySent(serde_json::from_str(&value).ok()),
             "acquired" => Claim::Acquired,
             "uncertain" => Claim::Uncertain,
+            "failed" => Claim::Failed,
+            "scheduled" => Claim::SecondAttemptQueued,
             _ => Claim::Busy,
         })
     }
@@ -337,6 +456,7 @@ impl Store {
         let retry = self.key("retry", dedup_key, channel);
         let msg = format!("{}:msg:{}:{}", self.prefix, sent.provider, sent.message_id);
         let sending = self.key("sending", dedup_key, channel);
+        let failed = self.key("failed", dedup_key, channel);
         let value = serde_json::to_string(sent).unwrap_or_default();
         let remembered = serde_json::to_string(message).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
@@ -347,6 +467,7 @@ impl Store {
                 .key(retry)
                 .key(msg)
                 .key(sending)
+                .key(failed)
                 .arg(token)
                 .arg(value)
                 .arg(ttl)
@@ -428,47 +549,66 @@ impl Store {
         .await
     }
 
-    /// Records that the one second attempt is scheduled. False when it
-    /// already was (a duplicate first attempt must not schedule another).
-    pub async fn schedule_second_attempt(
+    /// Whether the one second attempt is already scheduled (its publish was
+    /// confirmed and recorded). Checked before publishing it.
+    pub async fn second_attempt_scheduled(
         &self,
         dedup_key: &str,
         channel: Channel,
     ) -> Result<bool, StoreError> {
         let key = self.key("second", dedup_key, channel);
-        let ttl = self.done_ttl.as_secs();
-        let now = chrono::Utc::now().to_rfc3339();
         self.run(|mut c| async move {
-            redis::cmd("SET")
+            redis::cmd("EXISTS")
                 .arg(key)
-                .arg(now)
-                .arg("NX")
-                .arg("EX")
-                .arg(ttl)
-                .query_async::<Option<String>>(&mut c)
+                .query_async::<i64>(&mut c)
                 .await
-                .map(|r| r.is_some())
+                .map(|n| n == 1)
         })
         .await
     }
 
-    /// Undoes [`schedule_second_attempt`] when the schedule could not be published.
-    pub async fn unschedule_second_attempt(
+    /// Records that the one second attempt is scheduled, once the broker has
+    /// confirmed its publish (a crash between the two leaves no mark, so a
+    /// redelivery schedules it again: at worst two copies of the second
+    /// attempt, which the claim makes one send; never none).
+    pub async fn record_second_attempt(
         &self,
         dedup_key: &str,
         channel: Channel,
     ) -> Result<(), StoreError> {
         let key = self.key("second", dedup_key, channel);
-        self.run(|mut c| async move {
-            redis::cmd("DEL")
-                .arg(key)
-                .query_async::<i64>(&mut c)
-                .await
-                .map(|_| ())
-        })
-        .await
+        self.set_for_done_ttl(key, chrono::Utc::now().to_rfc3339())
+            .await
     }
 
+    /// Where one (event, channel) stands, read in one round trip (admin
+    /// tools, the journal and the model test).
+    pub async fn phase(&self, dedup_key: &str, channel: Channel) -> Result<Phase, StoreError> {
+        let keys: Vec<String> = ["done", "retry", "lease", "sending", "failed", "second"]
+            .iter()
+            .map(|k| self.key(k, dedup_key, channel))
+            .collect();
+        let v: Vec<Option<String>> = self
+            .run(|mut c| async move { redis::cmd("MGET").arg(keys).query_async(&mut c).await })
+            .await?;
+        let has = |i: usize| v.get(i).is_some_and(Option::is_some);
+        Ok(match () {
+            _ if has(0) && has(1) => Phase::RetryAllowed,
+            _ if has(0) => Phase::Sent,
+            _ if has(2) && has(3) => Phase::Sending,
+            _ if has(2) => Phase::Leased,
+            _ if has(3) => Phase::Uncertain,
+            _ if has(4) => Phase::Failed,
+            _ if has(5) => Phase::SecondAttemptScheduled,
+            _ => Phase::Fresh,
+        })
+    }
+
+    /// The channel failed for good for this event (recipient, config,
+    /// uncertain, or its second attempt). A done mark goes with it: it can
+    /// only be there for a message its provider reported failed (a second
+    /// attempt passed it), so a replay or a later webhook may try again; a
+    /// duplicate webhook still finds the fallback channel's done mark.
     pub async fn mark_failed(
         &self,
         dedup_key: &str,
@@ -476,17 +616,44 @@ impl Store {
         class: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let key = self.key("failed", dedup_key, channel);
+        let failed = self.key("failed", dedup_key, channel);
+        let done = self.key("done", dedup_key, channel);
+        let retry = self.key("retry", dedup_key, channel);
         let value = serde_json::json!({"class": class, "reason": reason, "at": chrono::Utc::now()})
             .to_string();
-        self.set_for_done_ttl(key, value).await
+        let ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(failed)
+                .arg(value)
+                .arg("EX")
+                .arg(ttl)
+                .ignore()
+                .cmd("DEL")
+                .arg(done)
+                .arg(retry)
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
     }
 
     /// Lets the one second attempt send although the first was accepted
-    /// (the provider reported it failed afterwards).
-    pub async fn allow_retry(&self, dedup_key: &str, channel: Channel) -> Result<(), StoreError> {
+    /// (the provider reported it failed afterwards): only past the done
+    /// mark of that very message, so a copy of the failure callback cannot
+    /// let a second attempt pass the mark of the message that replaced it.
+    pub async fn allow_retry(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        failed_message_id: &str,
+    ) -> Result<(), StoreError> {
         let key = self.key("retry", dedup_key, channel);
-        self.set_for_done_ttl(key, "1".into()).await
+        self.set_for_done_ttl(key, failed_message_id.to_string())
+            .await
     }
 
     pub async fn sent_message(
@@ -523,19 +690,44 @@ impl Store {
         .await
     }
 
-    /// Forgets a scheduled second attempt and a retry flag, so a replayed
-    /// event gets the whole ladder again (the done mark stays: a channel
-    /// that succeeded is never sent twice).
-    pub async fn reset_ladder(&self, dedup_key: &str, channel: Channel) -> Result<(), StoreError> {
-        let second = self.key("second", dedup_key, channel);
-        let retry = self.key("retry", dedup_key, channel);
-        // An admin replaying an uncertain letter has checked it did not arrive.
-        let sending = self.key("sending", dedup_key, channel);
+    /// Whether a delivery state would move the message forward (read only:
+    /// a failure callback advances with [`Store::advance_state`] once what
+    /// it triggered is durable).
+    pub async fn state_moves(
+        &self,
+        provider: &str,
+        message_id: &str,
+        rank: u8,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{}:state:{provider}:{message_id}", self.prefix);
+        let cur: Option<u8> = self
+            .run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
+            .await?;
+        Ok(cur.unwrap_or(0) < rank)
+    }
+
+    /// Forgets a scheduled second attempt and a failure, so a replayed
+    /// event gets the whole ladder again. The done mark stays (a channel that succeeded is
+    /// never sent twice), and so does a retry flag (a second attempt that a
+    /// failure callback scheduled is still on its way and needs it).
+    /// `Sending::Clear` also drops the mark of an uncertain send: only for
+    /// the uncertain letter an admin replays on purpose.
+    pub async fn reset_ladder(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        sending: Sending,
+    ) -> Result<(), StoreError> {
+        let mut keys = vec![
+            self.key("second", dedup_key, channel),
+            self.key("failed", dedup_key, channel),
+        ];
+        if sending == Sending::Clear {
+            keys.push(self.key("sending", dedup_key, channel));
+        }
         self.run(|mut c| async move {
             redis::cmd("DEL")
-                .arg(second)
-                .arg(retry)
-                .arg(sending)
+                .arg(keys)
                 .query_async::<i64>(&mut c)
                 .await
                 .map(|_| ())
