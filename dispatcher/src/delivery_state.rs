@@ -12,7 +12,8 @@
 //! | Sent | [`Store::claim`] | Sent (`AlreadySent`: a duplicate, journaled) |
 //! | any, another channel not failed for this event Sent / Leased / Uncertain | [`Store::claim`] | unchanged (`AlreadySent` / `Busy` / `Uncertain`) |
 //! | Leased, Sending (lease alive) | [`Store::claim`] | unchanged (`Busy`: lease-wait queue) |
-//! | Uncertain | [`Store::claim`] | Uncertain (dead letter `uncertain`) |
+//! | Uncertain | [`Store::claim`] | Uncertain (the worker decides: repeat it with [`Store::take_over`] when the provider dedups our key within its window, or on the check attempt when its callbacks would have told; otherwise a dead letter `uncertain`) |
+//! | Uncertain | [`Store::settle_by_callback`] (a callback echoed the key) | Sent, or Fresh when it failed |
 //! | Sending | [`Store::lift_sending`] (rate-limit wait) | Leased |
 //! | Leased | [`Store::resume_sending`] (permit came, lease still ours) | Sending |
 //! | Sending | [`Store::mark_sent`] (provider accepted) | Sent |
@@ -125,8 +126,11 @@ pub enum Claim {
     /// Another worker is sending this very message right now.
     Busy,
     /// A worker stopped while sending this message (its `sending` mark
-    /// outlived its lease): the provider may have it. Not sent again.
-    Uncertain,
+    /// outlived its lease), or its answer was lost: the provider may have
+    /// it. `mark` is that send's token (empty when the uncertain send is on
+    /// another channel): the worker decides from it and the provider whether
+    /// a resend is safe ([`Store::take_over`]).
+    Uncertain { mark: String },
     /// This channel already failed for good for this event (recipient,
     /// config, or its second attempt): the next channel takes over, so a
     /// duplicate webhook or a redelivered copy does not try it again.
@@ -134,6 +138,21 @@ pub enum Claim {
     /// A first attempt while this channel's one second attempt is queued:
     /// that attempt sends, this one does not.
     SecondAttemptQueued,
+}
+
+/// What a callback with our delivery key did to an uncertain send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// It arrived: now sent, never repeated.
+    Delivered,
+    /// It did not: the mark is lifted, the check attempt sends again.
+    NotDelivered,
+    /// Failed while a worker still holds it: that worker records it.
+    InFlight,
+    /// Recorded as sent already (the usual case).
+    AlreadySent,
+    /// Nothing uncertain under that key.
+    Nothing,
 }
 
 /// Where one (event dedup key, channel) stands: the states of the delivery
@@ -182,6 +201,8 @@ static MARK_SENT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_SENT_LUA)
 static DELETE_OURS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_OURS_LUA));
 static RESUME_SENDING: LazyLock<Script> = LazyLock::new(|| Script::new(RESUME_SENDING_LUA));
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
+static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_OVER_LUA));
+static SETTLE_BY_CALLBACK: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_BY_CALLBACK_LUA));
 
 /// Moves a message's delivery state forward only (ranks in ARGV[1]); returns
 /// 1 when it moved, 0 for a stale or repeated callback.
@@ -224,9 +245,10 @@ for i = 5, #KEYS, 3 do
   if redis.call('EXISTS', KEYS[i + 2]) == 1 then return {'uncertain', ''} end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if redis.call('EXISTS', KEYS[4]) == 1 then
+  local mark = redis.call('GET', KEYS[4])
+  if mark then
     redis.call('DEL', KEYS[2])
-    return {'uncertain', ''}
+    return {'uncertain', mark}
   end
   if redis.call('EXISTS', ARGV[5]) == 1 then
     redis.call('DEL', KEYS[2])
@@ -249,6 +271,35 @@ redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
 return 1
+"#;
+
+/// Takes over an uncertain send to repeat it (KEYS: lease, sending; ARGV:
+/// the mark found, our token, lease ms, sending TTL): only while the mark
+/// is still the one found (a callback may have settled it) and the lease
+/// is free; 1 when ours.
+const TAKE_OVER_LUA: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+return 1
+"#;
+
+/// A status callback that echoed the delivery key (KEYS: done, lease,
+/// sending; ARGV: the done record, its TTL, `ok` or `failed`): settles an
+/// uncertain send. Arrived: sent, even while a (possibly dead) worker's
+/// lease is alive; failed: the mark is lifted only once no worker holds it
+/// (a live one records its own outcome).
+const SETTLE_BY_CALLBACK_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'done' end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 'unknown' end
+if ARGV[3] == 'failed' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'in_flight' end
+  redis.call('DEL', KEYS[3])
+  return 'not_delivered'
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('DEL', KEYS[3])
+return 'delivered'
 "#;
 
 /// Deletes each key that still holds this worker's token (ARGV[1]): a
@@ -434,7 +485,7 @@ impl Store {
         Ok(match state.as_str() {
             "done" => Claim::AlreadySent(serde_json::from_str(&value).ok()),
             "acquired" => Claim::Acquired,
-            "uncertain" => Claim::Uncertain,
+            "uncertain" => Claim::Uncertain { mark: value },
             "failed" => Claim::Failed,
             "scheduled" => Claim::SecondAttemptQueued,
             _ => Claim::Busy,
@@ -704,6 +755,73 @@ impl Store {
             .run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
             .await?;
         Ok(cur.unwrap_or(0) < rank)
+    }
+
+    /// Takes over the uncertain send whose mark a claim found, to repeat it
+    /// (the provider dedups by our key, or its callback did not come). True
+    /// when the lease and mark are now `token`'s.
+    pub async fn take_over(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        found: &str,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let lease = self.key("lease", dedup_key, channel);
+        let sending = self.key("sending", dedup_key, channel);
+        let ttl_ms = self.lease_ttl.as_millis() as u64;
+        let sending_ttl = self.done_ttl.as_secs();
+        self.run(|mut c| async move {
+            TAKE_OVER
+                .key(lease)
+                .key(sending)
+                .arg(found)
+                .arg(token)
+                .arg(ttl_ms)
+                .arg(sending_ttl)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(|n| n == 1)
+        })
+        .await
+    }
+
+    /// A provider's callback for a message whose send was uncertain (its
+    /// answer lost, or the worker died): `delivered` true for sent /
+    /// delivered / read, which makes it sent; false for failed, which only
+    /// lifts the mark so its check attempt sends again.
+    pub async fn settle_by_callback(
+        &self,
+        dedup_key: &str,
+        channel: Channel,
+        sent: &Sent,
+        delivered: bool,
+    ) -> Result<Settled, StoreError> {
+        let done = self.key("done", dedup_key, channel);
+        let lease = self.key("lease", dedup_key, channel);
+        let sending = self.key("sending", dedup_key, channel);
+        let value = serde_json::to_string(sent).unwrap_or_default();
+        let ttl = self.done_ttl.as_secs();
+        let outcome: String = self
+            .run(|mut c| async move {
+                SETTLE_BY_CALLBACK
+                    .key(done)
+                    .key(lease)
+                    .key(sending)
+                    .arg(value)
+                    .arg(ttl)
+                    .arg(if delivered { "ok" } else { "failed" })
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match outcome.as_str() {
+            "delivered" => Settled::Delivered,
+            "not_delivered" => Settled::NotDelivered,
+            "in_flight" => Settled::InFlight,
+            "done" => Settled::AlreadySent,
+            _ => Settled::Nothing,
+        })
     }
 
     /// Forgets a scheduled second attempt and a failure, so a replayed

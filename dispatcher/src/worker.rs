@@ -22,7 +22,7 @@ use shared::topology::Topology;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::delivery_state::{Claim, Sending, Sent, SentMessage, Store, StoreError};
+use crate::delivery_state::{Claim, Sending, Sent, SentMessage, Settled, Store, StoreError};
 use crate::health::Health;
 use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
@@ -345,7 +345,7 @@ impl Worker {
         failed: &[Channel],
     ) -> ChannelEnd {
         let (channel, provider_name) = (c.channel, c.provider.name());
-        let token = uuid::Uuid::now_v7().to_string();
+        let token = claim_token(attempt);
         // Another channel that carried this event (and did not fail) makes it sent.
         let others: Vec<Channel> = Channel::ALL
             .into_iter()
@@ -359,19 +359,70 @@ impl Worker {
             Some(Claim::Busy) => {
                 return ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await);
             }
-            Some(Claim::Uncertain) => {
-                // No fallback either: the customer may already have it here.
-                let f = Failure {
-                    class: "uncertain",
-                    reason: format!(
-                        "a dispatcher stopped while sending this {channel} message through {provider_name}; \
-                         the provider may have delivered it, so it is not sent again \
-                         (check, then replay by id if it did not arrive)"
-                    ),
-                    channel: Some(channel),
-                    provider: Some(provider_name),
-                };
-                return ChannelEnd::Settled(self.final_failure(event, job, f).await);
+            Some(Claim::Uncertain { mark }) => {
+                let p = &c.provider;
+                // Safe to repeat: the provider turns a repeat of our key into
+                // no second message, or this is the check attempt of a
+                // provider whose callback would have settled it by now.
+                let repeatable = p
+                    .resend_window()
+                    .zip(token_age(&mark))
+                    .is_some_and(|(window, age)| age < window);
+                let checked =
+                    p.echoes_delivery_key() && attempt >= 2 && token_attempt(&mark) == Some(1);
+                if repeatable || checked {
+                    match self
+                        .with_store(|| {
+                            self.store
+                                .take_over(&event.dedup_key, channel, &mark, &token)
+                        })
+                        .await
+                    {
+                        None => return ChannelEnd::Settled(Settle::Requeue),
+                        Some(false) => {
+                            let settle = self.lease_wait(job, channel, attempt, failed).await;
+                            return ChannelEnd::Settled(settle);
+                        }
+                        Some(true) => {
+                            tracing::warn!(channel = %channel, provider = provider_name,
+                                by_key = repeatable, "repeating a send whose outcome was uncertain");
+                        }
+                    }
+                } else if p.echoes_delivery_key() && attempt < 2 && !mark.is_empty() {
+                    let at = Attempt {
+                        number: attempt,
+                        failed,
+                    };
+                    let reason = format!(
+                        "a dispatcher stopped while sending this {channel} message through \
+                         {provider_name}; its status callback settles it, or it is sent once more"
+                    );
+                    let settle = self
+                        .transient_failure(
+                            event,
+                            job,
+                            at,
+                            Some((channel, provider_name)),
+                            "uncertain",
+                            reason,
+                            None,
+                        )
+                        .await;
+                    return ChannelEnd::Settled(settle);
+                } else {
+                    // No fallback either: the customer may already have it here.
+                    let f = Failure {
+                        class: "uncertain",
+                        reason: format!(
+                            "a dispatcher stopped while sending this {channel} message through {provider_name}; \
+                             the provider may have delivered it, so it is not sent again \
+                             (check, then replay by id if it did not arrive)"
+                        ),
+                        channel: Some(channel),
+                        provider: Some(provider_name),
+                    };
+                    return ChannelEnd::Settled(self.final_failure(event, job, f).await);
+                }
             }
             Some(Claim::AlreadySent(sent)) => {
                 self.metrics.duplicates.inc();
@@ -379,7 +430,7 @@ impl Worker {
                 let (message_id, duplicate_of) = match sent {
                     Some(s) => (
                         Some(s.message_id),
-                        Some(s.event_id).filter(|id| *id != this),
+                        Some(s.event_id).filter(|id| *id != this && !id.is_empty()),
                     ),
                     None => (None, None),
                 };
@@ -522,9 +573,32 @@ impl Worker {
             Outcome::Uncertain { reason } => {
                 // The provider may have it: the sending mark stays, so neither
                 // a redelivery nor a duplicate webhook sends it again, and no
-                // fallback either. Only an admin's replay by id clears it.
+                // fallback either. A provider that echoes our key in its
+                // callbacks settles it (the check attempt resends only if no
+                // callback came); otherwise an admin's replay by id.
                 self.release(&event.dedup_key, channel, &token, Sending::Keep)
                     .await;
+                if c.provider.echoes_delivery_key() && attempt < 2 {
+                    let at = Attempt {
+                        number: attempt,
+                        failed,
+                    };
+                    let reason = format!(
+                        "{reason}; {provider_name}'s status callback settles it, or it is sent once more"
+                    );
+                    let settle = self
+                        .transient_failure(
+                            event,
+                            job,
+                            at,
+                            Some((channel, provider_name)),
+                            "uncertain",
+                            reason,
+                            None,
+                        )
+                        .await;
+                    return ChannelEnd::Settled(settle);
+                }
                 let f = Failure {
                     class: "uncertain",
                     reason,
@@ -611,9 +685,20 @@ impl Worker {
     async fn send_with_quick_retries(&self, provider: &dyn Provider, message: &Message) -> Outcome {
         let r = &self.retry;
         let max_retry_after = Duration::from_millis(r.max_retry_after_ms);
+        // An uncertain send is repeated only while the provider still turns
+        // a repeat of our key into no second message.
+        let started = Instant::now();
+        let window = provider.resend_window();
         let op = || async {
             match provider.send(message).await {
                 o @ Outcome::Transient { .. } => Err(o),
+                o @ Outcome::Uncertain { .. }
+                    if window.is_some_and(|w| {
+                        started.elapsed() + Duration::from_millis(r.max_delay_ms) < w
+                    }) =>
+                {
+                    Err(o)
+                }
                 o => Ok(o),
             }
         };
@@ -885,6 +970,18 @@ impl Worker {
             label("stale");
             return Settle::Ack;
         }
+        // It arrived: if its send was left uncertain (answer lost, worker
+        // died), this settles it as sent, so its check attempt does not repeat it.
+        if !failed && let Some(key) = status.delivery_key.as_deref() {
+            match self.settle_by_callback(&status, key, true).await {
+                None => return Settle::Requeue,
+                Some(Settled::Delivered) => {
+                    label("settled_uncertain");
+                    return Settle::Ack;
+                }
+                Some(_) => {}
+            }
+        }
         if !failed && !self.journal.enabled() {
             label("recorded");
             return Settle::Ack;
@@ -896,6 +993,17 @@ impl Worker {
             return Settle::Requeue;
         };
         let Some(sent) = sent else {
+            // A failure of a send left uncertain: its check attempt sends again.
+            if failed && let Some(key) = status.delivery_key.as_deref() {
+                match self.settle_by_callback(&status, key, false).await {
+                    None => return Settle::Requeue,
+                    Some(Settled::NotDelivered) => {
+                        label("settled_uncertain");
+                        return self.advance_after_failure(&status).await;
+                    }
+                    Some(_) => {}
+                }
+            }
             label("unknown_message");
             if failed {
                 tracing::warn!(
@@ -931,16 +1039,8 @@ impl Worker {
             // What it triggered is durable: now the state may move (a crash
             // before this redelivers the callback, which finds the second
             // attempt already recorded or publishes the fallback again).
-            if settle == Settle::Ack
-                && self
-                    .with_store(|| {
-                        self.store
-                            .advance_state(provider, &status.message_id, status.state.rank())
-                    })
-                    .await
-                    .is_none()
-            {
-                return Settle::Requeue;
+            if settle == Settle::Ack {
+                return self.advance_after_failure(&status).await;
             }
             settle
         } else {
@@ -951,6 +1051,52 @@ impl Worker {
             self.write_journal(&id, &[], &trail.take()).await;
         }
         settle
+    }
+
+    /// A failure callback's state moves once what it triggered is durable.
+    async fn advance_after_failure(&self, status: &StatusUpdate) -> Settle {
+        let (provider, id, rank) = (
+            status.provider.as_str(),
+            status.message_id.as_str(),
+            status.state.rank(),
+        );
+        match self
+            .with_store(|| self.store.advance_state(provider, id, rank))
+            .await
+        {
+            Some(_) => Settle::Ack,
+            None => Settle::Requeue,
+        }
+    }
+
+    /// Settles a send left uncertain under the key the provider echoed.
+    /// None when shutting down.
+    async fn settle_by_callback(
+        &self,
+        status: &StatusUpdate,
+        key: &str,
+        delivered: bool,
+    ) -> Option<Settled> {
+        let Some((dedup_key, channel)) = parse_delivery_key(key) else {
+            return Some(Settled::Nothing);
+        };
+        let sent = Sent {
+            provider: status.provider.clone(),
+            message_id: status.message_id.clone(),
+            event_id: String::new(),
+            at: status.at,
+        };
+        let settled = self
+            .with_store(|| {
+                self.store
+                    .settle_by_callback(dedup_key, channel, &sent, delivered)
+            })
+            .await?;
+        if matches!(settled, Settled::Delivered | Settled::NotDelivered) {
+            tracing::info!(provider = %status.provider, channel = %channel, delivered,
+                "a send left uncertain was settled by its status callback");
+        }
+        Some(settled)
     }
 
     /// A provider reported a sent message failed: its one second attempt,
@@ -1222,4 +1368,60 @@ fn parse_channels(s: &str) -> Vec<Channel> {
 
 fn join_channels(c: &[Channel]) -> String {
     c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// A claim's token: the attempt that set it and a time-ordered id, so a
+/// later claim that finds it left behind can tell what it was and how old.
+fn claim_token(attempt: i64) -> String {
+    format!("a{attempt}-{}", uuid::Uuid::now_v7())
+}
+
+fn token_attempt(token: &str) -> Option<i64> {
+    token.strip_prefix('a')?.split_once('-')?.0.parse().ok()
+}
+
+/// How long ago the token was made (its claim, or the permit that resumed it).
+fn token_age(token: &str) -> Option<Duration> {
+    let id = uuid::Uuid::parse_str(token.split_once('-')?.1).ok()?;
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    let made = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    Some(
+        std::time::SystemTime::now()
+            .duration_since(made)
+            .unwrap_or_default(),
+    )
+}
+
+/// `<dedup key>/<channel>`, as the providers echo it.
+fn parse_delivery_key(key: &str) -> Option<(&str, Channel)> {
+    let (dedup, channel) = key.rsplit_once('/')?;
+    let channel = parse_channels(channel).into_iter().next()?;
+    (!dedup.is_empty()).then_some((dedup, channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_tells_its_attempt_and_age() {
+        let t = claim_token(1);
+        assert_eq!(token_attempt(&t), Some(1));
+        assert_eq!(token_attempt(&claim_token(2)), Some(2));
+        assert!(token_age(&t).is_some_and(|a| a < Duration::from_secs(5)));
+        assert_eq!(token_attempt("a-dead-worker"), None);
+        assert_eq!(token_age("a-dead-worker"), None);
+        assert_eq!(token_age(""), None);
+    }
+
+    #[test]
+    fn delivery_keys_parse_back() {
+        assert_eq!(
+            parse_delivery_key("acme:iiko:org:o-1:order_completed/whatsapp"),
+            Some(("acme:iiko:org:o-1:order_completed", Channel::Whatsapp))
+        );
+        assert_eq!(parse_delivery_key("no-channel"), None);
+        assert_eq!(parse_delivery_key("/sms"), None);
+        assert_eq!(parse_delivery_key("x/fax"), None);
+    }
 }

@@ -45,6 +45,7 @@ async fn publish_status(h: &Harness, provider: &str, message_id: &str, state: De
         received_at: chrono::Utc::now(),
         error_code: (state == DeliveryState::Failed).then(|| "131026".into()),
         error: None,
+        delivery_key: None,
     };
     let conn = common::connect().await;
     let ch = conn.create_channel().await.unwrap();

@@ -11,7 +11,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions}
 use lapin::types::FieldTable;
 use shared::EventKind;
 use wiremock::matchers::method;
-use wiremock::{Mock, MockServer};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_unreachable_sends_nothing_and_resumes_when_back() {
@@ -195,15 +195,30 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
 
 /// A worker dying while its request is at the provider (SIGKILL mid-send):
 /// the provider may have delivered it, so the redelivery must not send it
-/// again. It goes to the DLQ as `uncertain` for an admin to check.
+/// again. SMS.ru takes no idempotency key and calls nothing back, so it
+/// goes to the DLQ as `uncertain` for an admin to check (Meta's and
+/// Wazzup's are settled without one: tests/uncertain.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_dying_mid_send_leaves_it_uncertain_not_sent_twice() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(meta_ok("wamid.slow").set_delay(Duration::from_millis(1500)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({
+                    "status": "OK", "status_code": 100,
+                    "sms": {"79161234567": {"status": "OK", "status_code": 100, "sms_id": "000000-20000001"}}
+                }))
+                .set_delay(Duration::from_millis(1500)),
+        )
         .mount(&fake)
         .await;
-    let h = Harness::prepare("midsend", &Options::meta(&fake)).await;
+    let mut o = Options::meta(&fake);
+    o.channels = r#"["sms"]"#;
+    o.providers = format!(
+        "\n[tenants.providers.smsru]\nbase_url = \"{}\"\napi_id = \"test-api-id-0001\"\n",
+        fake.uri()
+    );
+    let h = Harness::prepare("midsend", &o).await;
     let e = event(
         EventKind::OrderCompleted,
         "org:o-midsend:Delivered",

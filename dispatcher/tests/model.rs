@@ -361,6 +361,7 @@ access_token = "EAAtest-token-not-real"
             received_at: chrono::Utc::now(),
             error_code: failed.then(|| "131026".to_string()),
             error: None,
+            delivery_key: None,
         };
         self.publish(ROUTE_STATUS, &status.to_json(), BasicProperties::default())
             .await;

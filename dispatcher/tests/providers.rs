@@ -221,7 +221,7 @@ async fn wazzup_answers_are_classified() {
 }
 
 #[tokio::test]
-async fn wazzup_timeout_is_transient_thanks_to_crm_message_id() {
+async fn wazzup_timeout_is_uncertain_and_repeatable_only_within_the_crm_message_id_window() {
     let section = |fake: &MockServer| {
         let mut s = wazzup(fake);
         s["timeout_ms"] = json!(200);
@@ -237,7 +237,12 @@ async fn wazzup_timeout_is_transient_thanks_to_crm_message_id() {
         &to_phone(Channel::Whatsapp, text("hi"), "k"),
     )
     .await;
-    assert_eq!(o.class(), "transient", "{o:?}");
+    // The request went out: whether it arrived is not known. The worker
+    // repeats it with the same crmMessageId within Wazzup's 60 s only.
+    assert_eq!(o.class(), "uncertain", "{o:?}");
+    let p = build("wazzup", section(&MockServer::start().await));
+    let window = p.resend_window().expect("wazzup dedups by crmMessageId");
+    assert!(window < Duration::from_secs(60), "{window:?}");
 }
 
 #[tokio::test]
@@ -357,7 +362,8 @@ async fn dialog360_sends_the_cloud_api_body_with_its_key() {
                 "name": "order_ready",
                 "language": {"code": "ru"},
                 "components": [{"type": "body", "parameters": [{"type": "text", "text": "42"}]}]
-            }
+            },
+            "biz_opaque_callback_data": "k"
         })
     );
 }
@@ -383,7 +389,8 @@ async fn dialog360_text_body() {
             "recipient_type": "individual",
             "to": "+79161234567",
             "type": "text",
-            "text": {"preview_url": false, "body": "Готово"}
+            "text": {"preview_url": false, "body": "Готово"},
+            "biz_opaque_callback_data": "k"
         })
     );
 }

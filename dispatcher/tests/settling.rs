@@ -287,8 +287,10 @@ async fn only_a_send_that_may_be_on_the_wire_is_uncertain_after_a_crash() {
             .claim("writing", wa, &[], "survivor", 1)
             .await
             .unwrap(),
-        Claim::Uncertain,
-        "may have reached the provider: not sent again"
+        Claim::Uncertain {
+            mark: "dead-2".into()
+        },
+        "may have reached the provider: not sent again (the mark tells whose)"
     );
     assert!(
         !store.resume_sending("waiting", wa, "dead-1").await.unwrap(),

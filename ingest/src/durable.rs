@@ -230,6 +230,7 @@ mod tests {
             received_at: chrono::Utc::now(),
             error_code: None,
             error: None,
+            delivery_key: None,
         };
         let record = SpoolRecord::status_bytes(&u);
         assert!(record.starts_with(STATUS_RECORD_TAG));

@@ -64,6 +64,11 @@ pub struct StatusUpdate {
     pub error_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The delivery key the dispatcher put in the request and the provider
+    /// echoed (Meta's `biz_opaque_callback_data`: `<dedup key>/<channel>`),
+    /// which settles a send whose answer was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_key: Option<String>,
 }
 
 impl StatusUpdate {

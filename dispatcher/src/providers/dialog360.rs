@@ -63,6 +63,10 @@ impl Provider for Dialog360 {
         "dialog360"
     }
 
+    fn echoes_delivery_key(&self) -> bool {
+        true // the Cloud API body and its callbacks pass through (B7)
+    }
+
     fn channel(&self) -> Channel {
         Channel::Whatsapp
     }

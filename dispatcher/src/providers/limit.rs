@@ -319,6 +319,14 @@ impl<P: Provider> Provider for Limited<P> {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_limited(message).boxed()
     }
+
+    fn resend_window(&self) -> Option<Duration> {
+        self.inner.resend_window()
+    }
+
+    fn echoes_delivery_key(&self) -> bool {
+        self.inner.echoes_delivery_key()
+    }
 }
 
 fn recipient_key(to: &Address) -> String {

@@ -62,6 +62,9 @@ impl Meta {
     }
 }
 
+/// Meta's limit on `biz_opaque_callback_data` (providers.md B7).
+const MAX_CALLBACK_DATA: usize = 512;
+
 /// One Cloud API send, for Meta and for 360dialog (which differ only in
 /// how the request is addressed and authenticated, and in how their own
 /// non-Meta errors read): body, send, classify.
@@ -75,10 +78,15 @@ pub(crate) async fn send_cloud_api(
             reason: "WhatsApp needs a phone number".into(),
         };
     };
-    let body = match cloud_api_body(phone, &m.body) {
+    let mut body = match cloud_api_body(phone, &m.body) {
         Ok(b) => b,
         Err(o) => return o,
     };
+    // Echoed in every status callback of this message: a `sent` for a send
+    // whose answer was lost tells the dispatcher it arrived (B7).
+    if m.idempotency_key.len() <= MAX_CALLBACK_DATA {
+        body["biz_opaque_callback_data"] = json!(m.idempotency_key);
+    }
     // No idempotency key in the Cloud API: a timeout after sending is uncertain.
     match exchange(request.json(&body), false).await {
         Ok(a) => classify(a.status, &a.text, a.retry_after),
@@ -128,6 +136,10 @@ pub(crate) fn cloud_api_body(phone: &Phone, body: &Body) -> Result<serde_json::V
 impl Provider for Meta {
     fn name(&self) -> &'static str {
         "meta"
+    }
+
+    fn echoes_delivery_key(&self) -> bool {
+        true
     }
 
     fn channel(&self) -> Channel {

@@ -139,6 +139,21 @@ pub trait Provider: Send + Sync {
     fn name(&self) -> &'static str;
     fn channel(&self) -> Channel;
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome>;
+
+    /// How long the provider itself turns a repeat of a request with the
+    /// same idempotency key into no second message (Wazzup's `crmMessageId`:
+    /// 60 s; Resend's `Idempotency-Key`: 24 h). Within it, a send whose
+    /// outcome is uncertain is sent again with the same key; None: never.
+    fn resend_window(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether the provider echoes our delivery key in its status callbacks
+    /// (Meta's and 360dialog's `biz_opaque_callback_data`), so a callback
+    /// settles a send whose outcome is uncertain.
+    fn echoes_delivery_key(&self) -> bool {
+        false
+    }
 }
 
 /// So a built `Box<dyn Provider>` can be wrapped (e.g. in [`Limited`]).
@@ -153,6 +168,14 @@ impl<P: Provider + ?Sized> Provider for Box<P> {
 
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         (**self).send(message)
+    }
+
+    fn resend_window(&self) -> Option<Duration> {
+        (**self).resend_window()
+    }
+
+    fn echoes_delivery_key(&self) -> bool {
+        (**self).echoes_delivery_key()
     }
 }
 

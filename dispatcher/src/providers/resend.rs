@@ -115,6 +115,11 @@ impl Provider for Resend {
         "resend"
     }
 
+    fn resend_window(&self) -> Option<Duration> {
+        // Resend keeps an Idempotency-Key for 24 h (B6); an hour's margin.
+        Some(Duration::from_secs(23 * 3600))
+    }
+
     fn channel(&self) -> Channel {
         Channel::Email
     }

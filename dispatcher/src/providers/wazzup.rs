@@ -116,9 +116,10 @@ impl Wazzup {
             .bearer_auth(&self.api_key)
             .timeout(self.timeout)
             .json(&body);
-        // crmMessageId turns a repeat within 60 s into REPEATED_CRM_MESSAGE_ID,
-        // so retrying after a timeout cannot send twice.
-        match exchange(request, true).await {
+        // crmMessageId turns a repeat within 60 s into REPEATED_CRM_MESSAGE_ID:
+        // a timeout is uncertain, and the worker repeats it with the same id
+        // only within that window (`resend_window`), never 9.5 min later.
+        match exchange(request, false).await {
             Ok(a) => classify(a.status, &a.text, a.retry_after, &m.idempotency_key),
             Err(o) => o,
         }
@@ -128,6 +129,11 @@ impl Wazzup {
 impl Provider for Wazzup {
     fn name(&self) -> &'static str {
         "wazzup"
+    }
+
+    fn resend_window(&self) -> Option<Duration> {
+        // Wazzup keeps a crmMessageId for 60 s (A3); a margin for clocks and the trip.
+        Some(Duration::from_secs(50))
     }
 
     fn channel(&self) -> Channel {

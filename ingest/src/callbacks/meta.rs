@@ -106,6 +106,9 @@ struct MetaStatus {
     timestamp: Option<Value>,
     #[serde(default)]
     errors: Vec<MetaError>,
+    /// Our delivery key, echoed (providers.md B7).
+    #[serde(default)]
+    biz_opaque_callback_data: Option<String>,
     // recipient_id (a phone number) is deliberately not read.
 }
 
@@ -212,8 +215,16 @@ fn status(
     let first = s.errors.first();
     let code = first.and_then(|e| e.code.as_ref()).and_then(code_string);
     let text = first.and_then(|e| e.title.as_deref().or(e.message.as_deref()));
-    update(provider, &s.id, state, at, received_at, code, text)
+    let mut u = update(provider, &s.id, state, at, received_at, code, text)?;
+    // Only what our dispatcher could have put there: `<dedup key>/<channel>`.
+    u.delivery_key = s.biz_opaque_callback_data.filter(|k| {
+        k.len() <= MAX_DELIVERY_KEY && k.contains('/') && !k.chars().any(char::is_control)
+    });
+    Some(u)
 }
+
+/// Meta's own limit on `biz_opaque_callback_data`.
+const MAX_DELIVERY_KEY: usize = 512;
 
 /// `"1689380458"` or `1689380458`.
 fn unix_seconds(v: &Value) -> Option<DateTime<Utc>> {
@@ -317,6 +328,37 @@ mod tests {
         );
         let json = String::from_utf8(u.to_json()).unwrap();
         assert!(!json.contains("972987654321"), "{json}");
+    }
+
+    #[test]
+    fn our_delivery_key_is_carried_and_anything_else_dropped() {
+        let body = |data: &str| {
+            serde_json::to_vec(&serde_json::json!({"entry": [{"changes": [{"field": "messages",
+                "value": {"statuses": [{"id": "wamid.1", "status": "sent", "timestamp": "1698266945",
+                    "recipient_id": "79161234567", "biz_opaque_callback_data": data}]}}]}]}))
+            .unwrap()
+        };
+        let key = |data: &str| {
+            parse(&body(data), Provider::Meta, Utc::now())
+                .unwrap()
+                .updates[0]
+                .delivery_key
+                .clone()
+        };
+        assert_eq!(
+            key("acme:iiko:org:o-1:order_completed/whatsapp").as_deref(),
+            Some("acme:iiko:org:o-1:order_completed/whatsapp")
+        );
+        assert_eq!(key("no channel"), None);
+        assert_eq!(key("a\nb/whatsapp"), None);
+        assert_eq!(key(&format!("{}/sms", "x".repeat(600))), None);
+        let plain = parse(
+            &fixture("meta_wa_status_sent_pywa_fixture.json"),
+            Provider::Meta,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(plain.updates[0].delivery_key, None);
     }
 
     #[test]

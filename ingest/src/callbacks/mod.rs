@@ -266,6 +266,7 @@ pub(crate) fn update(
         error: error
             .map(|e| shared::mask::text(&truncate(e.trim(), MAX_ERROR_TEXT)))
             .filter(|e| !e.is_empty()),
+        delivery_key: None,
     })
 }
 
