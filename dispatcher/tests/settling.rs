@@ -76,19 +76,32 @@ async fn a_held_lease_waits_in_the_broker_and_stalls_nothing() {
     h.finish().await;
 }
 
-/// A send that timed out after the request went out (Meta has no
-/// idempotency key) is uncertain: dead-lettered, and neither a duplicate
-/// webhook nor a bulk replay sends it again; a replay by id does.
+/// SMS.ru's answer to a send.
+fn sms_ok() -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "status": "OK", "status_code": 100,
+        "sms": {"79161234567": {"status": "OK", "status_code": 100, "sms_id": "000000-20000001"}}
+    }))
+}
+
+/// A send that timed out after the request went out (SMS.ru takes no
+/// idempotency key and calls nothing back) is uncertain: dead-lettered, and
+/// neither a duplicate webhook nor a bulk replay sends it again; a replay by
+/// id does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uncertain_send_is_not_resent_by_duplicates_or_bulk_replay() {
     let fake = MockServer::start().await;
-    // Longer than the provider timeout of the test config (2 s).
+    // Longer than the provider timeout below (2 s).
     Mock::given(method("POST"))
-        .respond_with(meta_ok("wamid.late").set_delay(Duration::from_secs(3)))
+        .respond_with(sms_ok().set_delay(Duration::from_secs(3)))
         .mount(&fake)
         .await;
     let mut o = Options::meta(&fake);
-    o.channels = r#"["whatsapp", "sms"]"#;
+    o.channels = r#"["sms", "email"]"#;
+    o.providers = format!(
+        "\n[tenants.providers.smsru]\nbase_url = \"{}\"\napi_id = \"test-api-id-0001\"\ntimeout_ms = 2000\n",
+        fake.uri()
+    );
     let h = Harness::start("uncertain", &o).await;
     let e = event(EventKind::OrderCompleted, "org:o-unc:x", "+79161234567");
     h.publish(&e).await;
@@ -110,7 +123,7 @@ async fn an_uncertain_send_is_not_resent_by_duplicates_or_bulk_replay() {
     // A bulk replay keeps them; the provider answers quickly now.
     fake.reset().await;
     Mock::given(method("POST"))
-        .respond_with(meta_ok("wamid.ok"))
+        .respond_with(sms_ok())
         .mount(&fake)
         .await;
     let tenant = Filter {
