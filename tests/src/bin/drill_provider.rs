@@ -9,7 +9,13 @@
 //! delivers whatever it received, whether or not the answer reaches the
 //! caller); `--latency-ms` delays only the answer.
 //!
-//! `drill_provider ADDR [--latency-ms N]`
+//! With `--callback URL --app-secret S`, every accepted send is followed,
+//! as at Meta, by a signed `sent` status callback to URL (ingest's
+//! `/api/callback/meta`) that echoes the request's `biz_opaque_callback_data`
+//! (providers.md A5, B7): what settles a send whose answer a killed
+//! dispatcher never read.
+//!
+//! `drill_provider ADDR [--latency-ms N] [--callback URL --app-secret S]`
 //! - `POST /{version}/{phone_number_id}/messages`: the send;
 //! - `POST /mode/ok` | `POST /mode/fail`: answer 200 / 500 to every send;
 //! - `POST /phase/{name}`: label what follows (sends are counted per phase);
@@ -20,7 +26,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
+use hmac::{Hmac, Mac};
 use serde_json::json;
+use sha2::Sha256;
 
 /// Duplicates listed in /stats (the count is always complete).
 const LISTED_DUPLICATES: usize = 200;
@@ -50,7 +58,50 @@ struct State {
 struct Provider {
     state: Mutex<State>,
     latency: Duration,
+    callback: Option<Callback>,
 }
+
+/// Where and how status callbacks go.
+struct Callback {
+    url: String,
+    secret: Vec<u8>,
+    http: reqwest::Client,
+}
+
+impl Callback {
+    /// Meta's `sent` status for one message, signed with the app secret;
+    /// retried a few times (Meta retries for days).
+    async fn sent(&self, wamid: String, key: String, sent: &std::sync::atomic::AtomicU64) {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "drill",
+            "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+                "statuses": [{"id": wamid, "status": "sent",
+                    "timestamp": (now_ms() / 1000).to_string(), "recipient_id": "70000000000",
+                    "biz_opaque_callback_data": key}]}}]}]})
+        .to_string();
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.secret) else {
+            return;
+        };
+        mac.update(body.as_bytes());
+        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        for attempt in 0..5u32 {
+            let answer = self
+                .http
+                .post(&self.url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", &signature)
+                .body(body.clone())
+                .send()
+                .await;
+            if answer.is_ok_and(|a| a.status().is_success()) {
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+    }
+}
+
+static CALLBACKS_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -71,10 +122,12 @@ fn order_number(body: &serde_json::Value) -> Option<u64> {
 
 async fn send(body: web::Bytes, p: web::Data<Provider>) -> HttpResponse {
     let now = now_ms();
-    let order = serde_json::from_slice(&body)
-        .ok()
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let order = parsed.as_ref().and_then(order_number);
+    let key = parsed
         .as_ref()
-        .and_then(order_number);
+        .and_then(|b| b["biz_opaque_callback_data"].as_str())
+        .map(str::to_string);
     let (fail, seq) = {
         let Ok(mut s) = p.state.lock() else {
             return HttpResponse::InternalServerError().finish();
@@ -118,10 +171,21 @@ async fn send(body: web::Bytes, p: web::Data<Provider>) -> HttpResponse {
             "error": {"message": "(#100) Invalid parameter", "type": "OAuthException", "code": 100}
         }));
     }
+    let wamid = format!("wamid.drill.{seq}");
+    if let (Some(key), Some(_)) = (key, &p.callback) {
+        let p = p.clone();
+        let wamid = wamid.clone();
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(cb) = &p.callback {
+                cb.sent(wamid, key, &CALLBACKS_SENT).await;
+            }
+        });
+    }
     HttpResponse::Ok().json(json!({
         "messaging_product": "whatsapp",
         "contacts": [{"input": "drill", "wa_id": "drill"}],
-        "messages": [{"id": format!("wamid.drill.{seq}")}]
+        "messages": [{"id": wamid}]
     }))
 }
 
@@ -150,6 +214,7 @@ async fn stats(p: web::Data<Provider>) -> HttpResponse {
         "unreadable": s.unreadable,
         "delivered": delivered,
         "duplicated": s.accepted - delivered,
+        "callbacks_sent": CALLBACKS_SENT.load(std::sync::atomic::Ordering::Relaxed),
         "phases": phases,
         "duplicates": s.duplicates.iter()
             .map(|(n, first, again)| json!({"order": n, "first_ms": first, "again_ms": again}))
@@ -207,18 +272,39 @@ async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:18190".into());
     let mut latency = Duration::ZERO;
+    let (mut url, mut secret) = (None, None);
     while let Some(flag) = args.next() {
-        match (flag.as_str(), args.next().and_then(|v| v.parse().ok())) {
-            ("--latency-ms", Some(ms)) => latency = Duration::from_millis(ms),
+        let value = args.next();
+        match (flag.as_str(), value) {
+            ("--latency-ms", Some(ms)) if ms.parse::<u64>().is_ok() => {
+                latency = Duration::from_millis(ms.parse().unwrap_or(0))
+            }
+            ("--callback", Some(u)) => url = Some(u),
+            ("--app-secret", Some(s)) => secret = Some(s),
             _ => {
-                eprintln!("usage: drill_provider ADDR [--latency-ms N]");
+                eprintln!(
+                    "usage: drill_provider ADDR [--latency-ms N] [--callback URL --app-secret S]"
+                );
                 std::process::exit(2);
             }
         }
     }
+    let callback = match (url, secret) {
+        (Some(url), Some(secret)) => Some(Callback {
+            url,
+            secret: secret.into_bytes(),
+            http: reqwest::Client::new(),
+        }),
+        (None, None) => None,
+        _ => {
+            eprintln!("--callback and --app-secret go together");
+            std::process::exit(2);
+        }
+    };
     let provider = web::Data::new(Provider {
         state: Mutex::new(State::default()),
         latency,
+        callback,
     });
     HttpServer::new(move || {
         App::new()

@@ -7,7 +7,8 @@
 //! - `--count N`: N requests in all (instead of R × S, or of S seconds' worth).
 //!
 //! `{n}` in the body is replaced by the request number, so every webhook is a
-//! different order. Prints one JSON line of figures. `--acked FILE` writes the
+//! different order (`{n7}`: the same in seven digits, for a phone of its
+//! own). Prints one JSON line of figures. `--acked FILE` writes the
 //! number of every request answered 2xx, one a line (the failure drills check
 //! those id by id).
 
@@ -124,7 +125,10 @@ async fn main() {
                 if due > now {
                     tokio::time::sleep(due - now).await;
                 }
-                let body = args.body.replace("{n}", &n.to_string());
+                let body = args
+                    .body
+                    .replace("{n}", &n.to_string())
+                    .replace("{n7}", &format!("{:07}", n % 10_000_000));
                 let req = format!(
                     "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{}",
                     args.path,
