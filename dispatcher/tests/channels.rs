@@ -515,3 +515,39 @@ async fn every_provider_sends_through_the_worker() {
         h.finish().await;
     }
 }
+
+/// The AmoCRM token goes only to the tenant's own account: a hook naming
+/// another subdomain is dead-lettered as `config`, and no request leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amocrm_hook_from_another_account_gets_no_look_up() {
+    let fake = MockServer::start().await;
+    let mut o = Options::meta(&fake);
+    o.providers.push_str(&format!(
+        "\n[tenants.lookup.amocrm]\nbase_url = \"{}\"\nsubdomain = \"drvorobjev\"\naccess_token = \"amo-long-lived-token\"\n",
+        fake.uri()
+    ));
+    let h = Harness::start("lookup-foreign", &o).await;
+    let mut e = event(EventKind::DealWon, "1:23802129:142", "");
+    e.lookup = Some(Lookup::Amocrm {
+        account_id: Some("1".into()),
+        subdomain: Some("attacker".into()),
+        lead_id: "23802129".into(),
+    });
+    h.publish(&e).await;
+    let dead = h.dead_letters(1, Duration::from_secs(10)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0].1, "x-dlq-reason").as_deref(),
+        Some("config")
+    );
+    let reason = header(&dead[0].1, "x-dlq-error").unwrap();
+    assert!(
+        reason.contains("attacker") && reason.contains("drvorobjev"),
+        "{reason}"
+    );
+    assert!(
+        fake.received_requests().await.unwrap().is_empty(),
+        "the token went nowhere"
+    );
+    h.finish().await;
+}

@@ -1,6 +1,11 @@
 //! AmoCRM: `GET /api/v4/leads/{id}?with=contacts`, then the main contact's
 //! `GET /api/v4/contacts/{id}` and its PHONE field (several values: the
 //! first that normalises).
+//!
+//! The tenant's token goes only to the account the tenant configured
+//! (`base_url`, or `subdomain` → `https://<subdomain>.amocrm.ru`), never to a
+//! host a hook names: a hook from another account (its `account[subdomain]`
+//! is not ours) gets no look-up and is dead-lettered as `config`.
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -13,9 +18,12 @@ use super::{LookupError, PhoneLookup, http_error, transport};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// `https://<subdomain>.amocrm.ru` is derived from the hook when absent.
+    /// The account's API root; or give `subdomain`.
     #[serde(default)]
     base_url: Option<String>,
+    /// `<subdomain>` of `https://<subdomain>.amocrm.ru`.
+    #[serde(default)]
+    subdomain: Option<String>,
     /// Long-lived token of the integration.
     access_token: String,
     #[serde(default = "crate::providers::default_timeout_ms")]
@@ -23,7 +31,10 @@ struct Config {
 }
 
 pub struct AmoCrm {
-    base_url: Option<String>,
+    base_url: String,
+    /// The account's subdomain when known (configured, or read off an
+    /// amoCRM/Kommo `base_url`): a hook naming another is refused.
+    subdomain: Option<String>,
     token: String,
     timeout: std::time::Duration,
     http: reqwest::Client,
@@ -76,8 +87,25 @@ impl AmoCrm {
         if c.access_token.is_empty() {
             return Err("access_token is required".into());
         }
+        let subdomain = match &c.subdomain {
+            Some(s) if valid_subdomain(s) => Some(s.to_ascii_lowercase()),
+            Some(s) => return Err(format!("subdomain {s:?} is not an amoCRM subdomain")),
+            None => None,
+        };
+        let base_url = match (c.base_url, &subdomain) {
+            (Some(b), _) => b.trim_end_matches('/').to_string(),
+            (None, Some(s)) => format!("https://{s}.amocrm.ru"),
+            (None, None) => {
+                return Err(
+                    "set base_url or subdomain: the token goes only to the account you configure"
+                        .into(),
+                );
+            }
+        };
+        let subdomain = subdomain.or_else(|| subdomain_of(&base_url));
         Ok(AmoCrm {
-            base_url: c.base_url.map(|b| b.trim_end_matches('/').to_string()),
+            base_url,
+            subdomain,
             token: c.access_token,
             timeout: std::time::Duration::from_millis(c.timeout_ms),
             http,
@@ -113,17 +141,16 @@ impl AmoCrm {
         else {
             return Err(LookupError::Config("not an AmoCRM look-up".into()));
         };
-        let base = match (&self.base_url, subdomain) {
-            (Some(b), _) => b.clone(),
-            (None, Some(s)) if s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
-                format!("https://{s}.amocrm.ru")
-            }
-            _ => {
-                return Err(LookupError::Config(
-                    "no base_url and no usable subdomain in the hook".into(),
-                ));
-            }
-        };
+        if let (Some(hook), Some(ours)) = (subdomain, &self.subdomain)
+            && !hook.eq_ignore_ascii_case(ours)
+        {
+            return Err(LookupError::Config(format!(
+                "the hook comes from amoCRM account {:?}, but this tenant's look-up account is {ours:?}: \
+                 no look-up (the token goes only to the configured account)",
+                shared::mask::text(&hook.chars().take(64).collect::<String>())
+            )));
+        }
+        let base = &self.base_url;
         let lead_id: u64 = lead_id
             .parse()
             .map_err(|_| LookupError::NotFound("lead id is not a number".into()))?;
@@ -177,5 +204,73 @@ impl AmoCrm {
 impl PhoneLookup for AmoCrm {
     fn find<'a>(&'a self, lookup: &'a Lookup) -> BoxFuture<'a, Result<Phone, LookupError>> {
         self.find_phone(lookup).boxed()
+    }
+}
+
+fn valid_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// `acme` of `https://acme.amocrm.ru` (or `.amocrm.com`, `.kommo.com`).
+fn subdomain_of(base_url: &str) -> Option<String> {
+    let host = reqwest::Url::parse(base_url)
+        .ok()?
+        .host_str()?
+        .to_ascii_lowercase();
+    let (first, rest) = host.split_once('.')?;
+    matches!(rest, "amocrm.ru" | "amocrm.com" | "kommo.com")
+        .then(|| first.to_string())
+        .filter(|s| valid_subdomain(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(v: serde_json::Value) -> Result<AmoCrm, String> {
+        AmoCrm::from_config(&v, reqwest::Client::new())
+    }
+
+    #[test]
+    fn the_account_is_configured_never_taken_from_the_hook() {
+        let err = built(serde_json::json!({"access_token": "t"}))
+            .err()
+            .unwrap();
+        assert!(err.contains("base_url or subdomain"), "{err}");
+        let a = built(serde_json::json!({"access_token": "t", "subdomain": "Acme"})).unwrap();
+        assert_eq!(a.base_url, "https://acme.amocrm.ru");
+        assert_eq!(a.subdomain.as_deref(), Some("acme"));
+        let b =
+            built(serde_json::json!({"access_token": "t", "base_url": "https://shop.kommo.com/"}))
+                .unwrap();
+        assert_eq!(b.subdomain.as_deref(), Some("shop"));
+        let c = built(serde_json::json!({"access_token": "t", "base_url": "http://127.0.0.1:9"}))
+            .unwrap();
+        assert_eq!(c.subdomain, None);
+        assert!(
+            built(serde_json::json!({"access_token": "t", "subdomain": "evil.com/x"})).is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hook_from_another_account_gets_no_request() {
+        // Nothing listens on port 9: a request would be a transient error, not this.
+        let a = built(serde_json::json!({"access_token": "t", "subdomain": "acme",
+            "base_url": "http://127.0.0.1:9"}))
+        .unwrap();
+        let lookup = Lookup::Amocrm {
+            account_id: None,
+            subdomain: Some("attacker".into()),
+            lead_id: "1".into(),
+        };
+        match a.find_phone(&lookup).await {
+            Err(LookupError::Config(reason)) => {
+                assert!(
+                    reason.contains("attacker") && reason.contains("acme"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 }
