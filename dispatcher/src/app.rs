@@ -170,6 +170,36 @@ fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
     })
 }
 
+/// How often an idle dispatcher checks that Redis answers.
+const REDIS_CHECK: Duration = Duration::from_secs(5);
+
+/// Readiness tells the truth without traffic: Redis is PINGed on a timer
+/// (a dispatcher with nothing to do would otherwise report the last state
+/// an event saw, however old). Logged once per change.
+async fn watch_redis(worker: Arc<Worker>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REDIS_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = consumer::stopped(&mut shutdown) => return,
+        }
+        match worker.store.ping().await {
+            Ok(()) => {
+                if worker.health.set_redis(true) {
+                    tracing::info!("redis answers again");
+                }
+            }
+            Err(e) => {
+                worker.metrics.redis_errors.inc();
+                if worker.health.set_redis(false) {
+                    tracing::error!(error = %e, "redis unreachable: not ready, nothing is sent until it is back");
+                }
+            }
+        }
+    }
+}
+
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
     start_with(settings, |_| {}).await
 }
@@ -188,6 +218,7 @@ pub async fn start_with(
         worker.health.set_redis(false);
         tracing::error!(error = %e, "redis unreachable at start: events are held until it answers");
     }
+    tokio::spawn(watch_redis(worker.clone(), shutdown_rx.clone()));
     let d = &settings.dispatcher;
     let consumer = tokio::spawn(consumer::run(
         worker.clone(),

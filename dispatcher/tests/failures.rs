@@ -283,3 +283,39 @@ async fn doomed_delivery(
         .unwrap();
     (conn, publisher, delivery)
 }
+
+/// Readiness follows Redis even with no traffic at all: the dispatcher
+/// PINGs it on a timer (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_without_any_event() {
+    let fake = MockServer::start().await;
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let mut o = Options::meta(&fake);
+    o.redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let h = Harness::start("redis-idle", &o).await;
+    let ready = format!("http://{}/readyz", h.running().addr);
+    let status = || async {
+        reqwest::get(&ready)
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let until = |want: u16| async move {
+        for _ in 0..40 {
+            if status().await == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
+    };
+    assert!(until(200).await, "ready with Redis up");
+    proxy.cut().await;
+    assert!(
+        until(503).await,
+        "not ready within a check once Redis is gone"
+    );
+    proxy.restore();
+    assert!(until(200).await, "ready again once it answers");
+    h.finish().await;
+}
