@@ -73,9 +73,25 @@ pub fn build_worker(
         .build()
         .map_err(|e| StartError::Config(format!("http client: {e}")))?;
     let mut tenants = HashMap::new();
+    let lease = Duration::from_secs(d.lease_ttl_secs);
     for t in &settings.tenants {
         let built = providers::build(&t.providers, &http)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
+        for (name, section) in &t.providers {
+            let budget = providers::attempt_budget(name, section, &d.retry)
+                .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
+            if budget > lease {
+                return Err(StartError::Config(format!(
+                    "tenant {}: one attempt through {name} can take {} s without renewing its lease \
+                     (its timeout and quick retries), longer than dispatcher.lease_ttl_secs = {} s: another \
+                     dispatcher could claim a send still in flight. Raise the lease or lower \
+                     timeout_ms / dispatcher.retry",
+                    t.id,
+                    budget.as_secs_f64().ceil(),
+                    d.lease_ttl_secs
+                )));
+            }
+        }
         let mut by_channel: BTreeMap<Channel, Vec<Arc<dyn Provider>>> = BTreeMap::new();
         for p in built {
             by_channel

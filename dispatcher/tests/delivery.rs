@@ -198,3 +198,27 @@ async fn without_credentials_messages_go_to_the_log() {
     );
     h.finish().await;
 }
+
+/// A lease shorter than one attempt (every try's timeout and the waits
+/// between tries) is refused at start, naming the tenant and provider.
+#[test]
+fn a_lease_shorter_than_one_attempt_is_refused() {
+    let mut o = Options::meta_at("http://127.0.0.1:9");
+    o.providers = o
+        .providers
+        .replace("timeout_ms = 2000", "timeout_ms = 10000");
+    let mut settings = common::settings("lease-check", &o);
+    settings.dispatcher.lease_ttl_secs = 20;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let err = match dispatcher::app::build_worker(&settings, rx) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a 20 s lease passed for 3 tries of 10 s"),
+    };
+    assert!(
+        err.contains("tenant acme") && err.contains("meta") && err.contains("lease_ttl_secs = 20"),
+        "{err}"
+    );
+    settings.dispatcher.lease_ttl_secs = 120;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    assert!(dispatcher::app::build_worker(&settings, rx).is_ok());
+}

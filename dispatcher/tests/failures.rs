@@ -237,6 +237,8 @@ async fn a_worker_dying_mid_send_leaves_it_uncertain_not_sent_twice() {
         let _ = sending.await;
         let _ = conn.close(320, "killed".into()).await;
     }
+    // Its lease runs out (120 s in production).
+    common::expire_leases(&h.prefix).await;
 
     let h = h.with_dispatcher().await;
     let dead = h.dead_letters(1, Duration::from_secs(15)).await;

@@ -224,6 +224,33 @@ pub fn build(
     Ok(out)
 }
 
+/// The longest one attempt through this provider can hold its lease
+/// without renewing it: every try's timeout plus the waits between tries.
+/// The lease must outlast it, or a second worker could claim a send still
+/// in flight (and find it uncertain). A wait for a rate-limit permit does
+/// not count: the permit renews the lease, and a try whose lease ran out
+/// while it waited is not made.
+pub fn attempt_budget(
+    name: &str,
+    section: &serde_json::Value,
+    retry: &shared::config::QuickRetrySettings,
+) -> Result<Duration, ConfigError> {
+    let err = |message: String| ConfigError {
+        provider: name.to_string(),
+        message,
+    };
+    let (section, _) = limit::split_section(name, section).map_err(err)?;
+    let timeout = Duration::from_millis(
+        section
+            .get("timeout_ms")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or_else(default_timeout_ms),
+    );
+    let gap = Duration::from_millis(retry.max_delay_ms.max(retry.max_retry_after_ms));
+    let tries = retry.retries as u32 + 1;
+    Ok(timeout * tries + gap * (tries - 1))
+}
+
 /// "Auto" provider choice when a tenant configured several for one channel
 /// and forced none (`provider_for`): the official API first.
 pub const AUTO_ORDER: &[&str] = &["meta", "wazzup", "dialog360", "smsru", "exolve", "resend"];

@@ -54,6 +54,11 @@ pub struct Options {
 
 impl Options {
     pub fn meta(fake: &MockServer) -> Options {
+        Self::meta_at(&fake.uri())
+    }
+
+    /// Meta at this base address (no fake needed when nothing is sent).
+    pub fn meta_at(uri: &str) -> Options {
         Options {
             redis_url: REDIS.into(),
             channels: r#"["whatsapp", "sms"]"#,
@@ -65,7 +70,7 @@ phone_number_id = "1234567890"
 access_token = "EAAtest-token-not-real"
 timeout_ms = 2000
 "#,
-                fake.uri()
+                uri
             ),
             delay_secs: 2,
             extra: String::new(),
@@ -91,7 +96,9 @@ timeout_ms = 300
 listen = "127.0.0.1:0"
 prefetch = 16
 concurrency = 8
-lease_ttl_secs = 5
+# Production's lease: a test that needs a dead worker's lease to run out
+# makes it run out (`expire_leases`).
+lease_ttl_secs = 120
 shutdown_timeout_secs = 5
 {dispatcher_extra}
 [dispatcher.retry]
@@ -393,5 +400,18 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
+    }
+}
+
+/// What the passing of a lease TTL does to the leases a dead worker left.
+pub async fn expire_leases(prefix: &str) {
+    let mut c = redis_conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:lease:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
     }
 }
