@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -163,10 +163,14 @@ pub fn build_worker(
 
 /// Providers built from routing that came with a webhook (seed 000's
 /// Wazzup parameters in the booking URL): one per account, kept, so its rate
-/// limit holds across events.
+/// limit holds across events; at most [`ROUTE_ACCOUNTS`] of them, each
+/// forgotten after [`ROUTE_ACCOUNT_IDLE`] unused (the keys with them).
 fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
-    type Accounts = Mutex<HashMap<(String, String, String), Arc<dyn Provider>>>;
-    let accounts: Accounts = Mutex::new(HashMap::new());
+    let accounts: moka::sync::Cache<(String, String, String), Arc<dyn Provider>> =
+        moka::sync::Cache::builder()
+            .max_capacity(ROUTE_ACCOUNTS)
+            .time_to_idle(ROUTE_ACCOUNT_IDLE)
+            .build();
     Box::new(move |route| {
         let shared::event::Route::Wazzup {
             api_key,
@@ -174,17 +178,21 @@ fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
             chat_type,
         } = route;
         let key = (api_key.clone(), channel_id.clone(), chat_type.clone());
-        let mut accounts = accounts.lock().ok()?;
-        let provider = accounts.entry(key).or_insert_with(|| {
+        Some(accounts.get_with(key, || {
             let wazzup = Wazzup::for_route(&base_url, api_key, channel_id, chat_type, http.clone());
             match RateLimit::default_for("wazzup") {
                 Some(limit) => Arc::new(Limited::new(wazzup, &limit)),
                 None => Arc::new(wazzup),
             }
-        });
-        Some(provider.clone())
+        }))
     })
 }
+
+/// At most this many webhook-routed accounts are kept (each with its rate
+/// limiter); the least used go first.
+const ROUTE_ACCOUNTS: u64 = 10_000;
+/// An account not used for this long is forgotten (its key with it).
+const ROUTE_ACCOUNT_IDLE: Duration = Duration::from_secs(3600);
 
 /// How often an idle dispatcher checks that Redis answers.
 const REDIS_CHECK: Duration = Duration::from_secs(5);
@@ -337,4 +345,27 @@ fn bound_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartErr
         addr: listen.to_string(),
         source: std::io::Error::other("no address bound"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_routed_account_is_built_once_and_kept() {
+        let routes = route_provider(reqwest::Client::new(), "http://127.0.0.1:9".into());
+        let route = |key: &str| shared::event::Route::Wazzup {
+            api_key: key.into(),
+            channel_id: "c".into(),
+            chat_type: "whatsapp".into(),
+        };
+        let a = routes(&route("key-a")).unwrap();
+        let again = routes(&route("key-a")).unwrap();
+        let b = routes(&route("key-b")).unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &again),
+            "one provider (and rate limit) per account"
+        );
+        assert!(!Arc::ptr_eq(&a, &b));
+    }
 }
