@@ -15,6 +15,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -78,8 +79,12 @@ impl Spool {
         max_bytes: u64,
         segment_bytes: u64,
     ) -> Result<(Spool, Drain), SpoolError> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new()
+        // Events hold phone numbers: only the service's user reads them.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let lock = private()
             .create(true)
             .truncate(false)
             .write(true)
@@ -119,7 +124,7 @@ impl Spool {
                         cut = len - valid_end,
                         "spool: cutting a torn frame left by a crash"
                     );
-                    let f = OpenOptions::new().write(true).open(segment_path(dir, id))?;
+                    let f = private().write(true).open(segment_path(dir, id))?;
                     f.set_len(valid_end)?;
                     f.sync_all()?;
                 } else {
@@ -134,10 +139,7 @@ impl Spool {
         }
         let active_id = segments.last().copied().unwrap_or(cursor.segment.max(1));
         let active_path = segment_path(dir, active_id);
-        let active = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&active_path)?;
+        let active = private().create(true).append(true).open(&active_path)?;
         let active_len = active.metadata()?.len();
         sync_dir(dir)?;
 
@@ -295,7 +297,7 @@ impl Writer {
 
     fn rotate(&mut self) -> io::Result<()> {
         let next = self.segment + 1;
-        let file = OpenOptions::new()
+        let file = private()
             .create(true)
             .append(true)
             .open(segment_path(&self.shared.dir, next))?;
@@ -497,7 +499,11 @@ fn read_cursor(dir: &Path) -> io::Result<Position> {
 
 fn write_cursor(dir: &Path, pos: Position) -> io::Result<()> {
     let tmp = dir.join("cursor.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = private()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)?;
     writeln!(f, "{} {}", pos.segment, pos.offset)?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join("cursor"))?;
@@ -514,6 +520,27 @@ mod tests {
 
     fn open(dir: &Path) -> (Spool, Drain) {
         Spool::open(dir, 1 << 20, 4096).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_spool_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("spool");
+        let (spool, mut drain) = open(&dir);
+        spool.append(b"+79161234567".to_vec()).await.unwrap();
+        let batch = drain.read_batch(1).unwrap();
+        drain.commit(batch).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "the directory");
+        let files: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files.len() >= 2, "{files:?}");
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
     }
 
     #[tokio::test]
@@ -583,7 +610,7 @@ mod tests {
             spool.append(b"complete".to_vec()).await.unwrap();
         }
         let seg = segment_path(dir.path(), list_segments(dir.path()).unwrap()[0]);
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        let mut f = private().append(true).open(&seg).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap(); // half a header, as a crash mid-write leaves it
         drop(f);
         let (spool, mut drain) = open(dir.path());
@@ -617,4 +644,11 @@ mod tests {
             Err(SpoolError::Locked(_))
         ));
     }
+}
+
+/// Options for a spool file: created 0600 (events hold personal data).
+fn private() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(0o600);
+    o
 }

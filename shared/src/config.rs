@@ -102,10 +102,14 @@ pub struct SpoolSettings {
     pub segment_bytes: u64,
 }
 
+/// Where the spool lives unless configured: not under whatever directory
+/// the process happened to start in.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/vestnik/spool";
+
 impl Default for SpoolSettings {
     fn default() -> Self {
         SpoolSettings {
-            dir: PathBuf::from("var/spool"),
+            dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
         }
@@ -341,10 +345,11 @@ impl Settings {
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let env_path = std::env::var_os("VESTNIK_CONFIG").map(PathBuf::from);
         let mut builder = config::Config::builder();
-        if let Some(p) = path.map(Path::to_path_buf).or(env_path) {
-            builder = builder.add_source(config::File::from(p).required(true));
+        let file = path.map(Path::to_path_buf).or(env_path);
+        if let Some(p) = &file {
+            builder = builder.add_source(config::File::from(p.clone()).required(true));
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .add_source(
                 config::Environment::with_prefix("VESTNIK")
                     .prefix_separator("_")
@@ -354,6 +359,14 @@ impl Settings {
             )
             .build()?
             .try_deserialize()?;
+        // A relative spool directory is the config file's neighbour, never
+        // the working directory's (which differs between a shell, systemd
+        // and a container).
+        if let Some(base) = file.as_deref().and_then(Path::parent)
+            && settings.spool.dir.is_relative()
+        {
+            settings.spool.dir = base.join(&settings.spool.dir);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -440,6 +453,27 @@ fn overrides_from_env() -> config::Map<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_relative_spool_dir_is_the_config_files_neighbour() {
+        let dir = std::env::temp_dir().join(format!("vestnik-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vestnik.toml");
+        std::fs::write(&file, "[spool]\ndir = \"spool-here\"\n").unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        assert_eq!(s.spool.dir, dir.join("spool-here"));
+        std::fs::write(&file, "[spool]\ndir = \"/srv/spool\"\n").unwrap();
+        assert_eq!(
+            Settings::load(Some(&file)).unwrap().spool.dir,
+            Path::new("/srv/spool")
+        );
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(
+            Settings::load(Some(&file)).unwrap().spool.dir,
+            Path::new(DEFAULT_SPOOL_DIR)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     #[test]
