@@ -335,8 +335,31 @@ fn matches(f: &Filter, e: &Entry) -> bool {
             .is_none_or(|d| e.age_secs.is_some_and(|a| a >= d.as_secs() as i64))
 }
 
-/// Phones, e-mails and route keys masked in `dlq show` output.
+/// Personal data and secrets masked in `dlq show` output (CLI and API):
+/// phones, e-mails, names, addresses (iiko's `place` is a home address),
+/// free text that may quote them, and route keys.
 pub fn mask_event(mut v: serde_json::Value) -> serde_json::Value {
+    let mask_str = |v: &mut serde_json::Value, key: &str, f: fn(&str) -> String| {
+        if let Some(s) = v.get(key).and_then(|s| s.as_str()).map(f) {
+            v[key] = s.into();
+        }
+    };
+    if let Some(r) = v.get_mut("recipient") {
+        mask_str(r, "name", shared::mask::name);
+    }
+    if let Some(p) = v.get_mut("params") {
+        for key in ["place", "previous_place", "staff"] {
+            mask_str(p, key, shared::mask::name);
+        }
+        mask_str(p, "description", shared::mask::text);
+        if let Some(extra) = p.get_mut("extra").and_then(|e| e.as_object_mut()) {
+            for value in extra.values_mut() {
+                if let Some(s) = value.as_str().map(shared::mask::text) {
+                    *value = s.into();
+                }
+            }
+        }
+    }
     if let Some(r) = v.get_mut("recipient") {
         if let Some(p) = r
             .get("phone")
@@ -362,4 +385,39 @@ pub fn mask_event(mut v: serde_json::Value) -> serde_json::Value {
         v["route"]["api_key"] = k.into();
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shown_letter_names_and_places_no_one() {
+        let shown = mask_event(serde_json::json!({
+            "recipient": {"phone": "+79161234567", "email": "ivan.petrov@mail.ru", "name": "Иван Петров"},
+            "params": {"place": "ул. Ленина, 1, кв. 5", "previous_place": "пр. Мира 2",
+                       "staff": "Мария Сидорова", "description": "звонить +7 916 765-43-21",
+                       "extra": {"comment": "ivan@mail.ru"}, "order_number": "142"},
+            "route": {"api_key": "wz-secret-key-123456"}
+        }));
+        let text = shown.to_string();
+        for secret in [
+            "1234567",
+            "ivan.petrov",
+            "Петров",
+            "Ленина",
+            "Мира",
+            "Сидорова",
+            "765-43-21",
+            "ivan@",
+            "secret-key",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(
+            shown["params"]["order_number"], "142",
+            "what is not personal stays"
+        );
+        assert_eq!(shown["recipient"]["name"], "И***");
+    }
 }

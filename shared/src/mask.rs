@@ -31,6 +31,15 @@ pub fn email(email: &str) -> String {
     }
 }
 
+/// A person's name, or any short personal text (an address): its first
+/// letter, nothing more (`Иван Петров` → `И***`).
+pub fn name(name: &str) -> String {
+    match name.trim().chars().next() {
+        Some(first) => format!("{first}***"),
+        None => String::new(),
+    }
+}
+
 /// API keys and tokens: the first two characters and the length, nothing more.
 pub fn secret(secret: &str) -> String {
     let n = secret.chars().count();
