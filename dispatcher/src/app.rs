@@ -153,7 +153,11 @@ pub fn build_worker(
         templates,
         tenants,
         log_providers,
-        route_provider: route_provider(http.clone(), d.wazzup_base_url.clone()),
+        route_provider: route_provider(
+            http.clone(),
+            d.wazzup_base_url.clone(),
+            settings.security.sealer(),
+        ),
         retry: d.retry.clone(),
         metrics: Metrics::new(),
         health: Health::new(),
@@ -165,7 +169,11 @@ pub fn build_worker(
 /// Wazzup parameters in the booking URL): one per account, kept, so its rate
 /// limit holds across events; at most [`ROUTE_ACCOUNTS`] of them, each
 /// forgotten after [`ROUTE_ACCOUNT_IDLE`] unused (the keys with them).
-fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
+fn route_provider(
+    http: reqwest::Client,
+    base_url: String,
+    sealer: Option<shared::seal::Sealer>,
+) -> RouteProvider {
     let accounts: moka::sync::Cache<(String, String, String), Arc<dyn Provider>> =
         moka::sync::Cache::builder()
             .max_capacity(ROUTE_ACCOUNTS)
@@ -177,9 +185,19 @@ fn route_provider(http: reqwest::Client, base_url: String) -> RouteProvider {
             channel_id,
             chat_type,
         } = route;
+        // Sealed by the ingest when a seal key is set; one that cannot be
+        // opened (no key here, another key) routes nowhere.
+        let api_key = match shared::seal::Sealer::open(sealer.as_ref(), api_key) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "the webhook's Wazzup key cannot be opened: not used");
+                return None;
+            }
+        };
         let key = (api_key.clone(), channel_id.clone(), chat_type.clone());
         Some(accounts.get_with(key, || {
-            let wazzup = Wazzup::for_route(&base_url, api_key, channel_id, chat_type, http.clone());
+            let wazzup =
+                Wazzup::for_route(&base_url, &api_key, channel_id, chat_type, http.clone());
             match RateLimit::default_for("wazzup") {
                 Some(limit) => Arc::new(Limited::new(wazzup, &limit)),
                 None => Arc::new(wazzup),
@@ -353,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_routed_account_is_built_once_and_kept() {
-        let routes = route_provider(reqwest::Client::new(), "http://127.0.0.1:9".into());
+        let routes = route_provider(reqwest::Client::new(), "http://127.0.0.1:9".into(), None);
         let route = |key: &str| shared::event::Route::Wazzup {
             api_key: key.into(),
             channel_id: "c".into(),
@@ -367,5 +385,29 @@ mod tests {
             "one provider (and rate limit) per account"
         );
         assert!(!Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn a_sealed_route_key_is_opened_with_the_seal_key_only() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let sealer = shared::seal::Sealer::from_base64(key).unwrap();
+        let routes = route_provider(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9".into(),
+            Some(sealer.clone()),
+        );
+        let route = |api_key: String| shared::event::Route::Wazzup {
+            api_key,
+            channel_id: "c".into(),
+            chat_type: "whatsapp".into(),
+        };
+        let sealed = routes(&route(sealer.seal("key-a"))).expect("opened");
+        let clear = routes(&route("key-a".into())).unwrap();
+        assert!(Arc::ptr_eq(&sealed, &clear), "the same account once opened");
+        let unkeyed = route_provider(reqwest::Client::new(), "http://127.0.0.1:9".into(), None);
+        assert!(
+            unkeyed(&route(sealer.seal("key-a"))).is_none(),
+            "no key: not used"
+        );
     }
 }

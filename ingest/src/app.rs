@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub max_body: usize,
     default_format: FormatOptions,
+    /// Seals credentials that come in webhook URLs (`security.seal_key`).
+    sealer: Option<shared::seal::Sealer>,
 }
 
 impl AppState {
@@ -32,6 +34,24 @@ impl AppState {
     /// the URL gave none); other sources only when the URL gave some.
     pub fn booking_defaults(&self, source: SourceId) -> Option<&FormatOptions> {
         (source == SourceId::Booking).then_some(&self.default_format)
+    }
+
+    /// A route's credentials as they may be written (spool, RabbitMQ, and
+    /// from there Redis and the DLQ): sealed when a key is configured.
+    pub fn sealed_route(&self, route: &shared::event::Route) -> shared::event::Route {
+        let Some(sealer) = &self.sealer else {
+            return route.clone();
+        };
+        let shared::event::Route::Wazzup {
+            api_key,
+            channel_id,
+            chat_type,
+        } = route;
+        shared::event::Route::Wazzup {
+            api_key: sealer.seal(api_key),
+            channel_id: channel_id.clone(),
+            chat_type: chat_type.clone(),
+        }
     }
 }
 
@@ -124,7 +144,14 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         metrics,
         max_body: settings.ingest.max_body_bytes,
         default_format: FormatOptions::default(),
+        sealer: settings.security.sealer(),
     });
+    if settings.security.seal_key.is_none() {
+        tracing::warn!(
+            "security.seal_key is not set: provider keys that come in booking webhook URLs \
+             (key_api) are written in clear to the spool and RabbitMQ"
+        );
+    }
     let mut server = HttpServer::new(move || {
         App::new()
             .into_utoipa_app()

@@ -161,12 +161,13 @@ async fn handle_webhook(
         ));
     }
 
+    let route = url.route.as_ref().map(|r| state.sealed_route(r));
     let ctx = Context {
         tenant: &tenant,
         source: source_id,
         received_at: chrono::Utc::now(),
         format: url.format.as_ref().or(state.booking_defaults(source_id)),
-        route: url.route.as_ref(),
+        route: route.as_ref(),
     };
     let mut events = Vec::new();
     let mut ignored = Vec::new();

@@ -222,6 +222,46 @@ async fn booking_carries_url_formatting_and_wazzup_route() {
     h.finish().await;
 }
 
+/// With `security.seal_key`, the Wazzup key of a booking URL is sealed
+/// before the event is written anywhere: RabbitMQ never holds it in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_from_a_booking_url_is_sealed_before_it_is_written() {
+    const SEAL_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let h = Harness::start_with(
+        "src-seal",
+        common::AMQP,
+        &format!("[security]\nseal_key = \"{SEAL_KEY}\"\n"),
+    )
+    .await;
+    let body = r#"{"event":"UpdateCaseTime","case":{"id":"c-7","number":"7","type":"booking","previous_start":"2026-12-01T09:00:00+03:00",
+        "name":"Стрижка","start":"2026-12-01T10:00:00+03:00"},"client":{"name":"Иван","phone":"+79161234567"}}"#;
+    let key_api = "f8f1955587ac6d7894cee95f92dcaca4";
+    let (status, resp) = h
+        .post_to(
+            &format!(
+                "/api/webhook/booking?key={}&key_api={key_api}&channel_id=3349fab8-b01b-4232-b9cb-a15ec3acc053&chat_type=whatsapp",
+                common::KEY
+            ),
+            "application/json",
+            body.as_bytes().to_vec(),
+        )
+        .await;
+    assert_eq!(status, 202, "{resp}");
+    let e = &take_events(&h.topology, 1, Duration::from_secs(3)).await[0];
+    let raw = String::from_utf8(e.to_json()).unwrap();
+    assert!(!raw.contains(key_api), "{raw}");
+    let Some(Route::Wazzup { api_key, .. }) = &e.route else {
+        panic!("the route is kept: {raw}");
+    };
+    let sealer = shared::seal::Sealer::from_base64(SEAL_KEY).unwrap();
+    assert_eq!(
+        shared::seal::Sealer::open(Some(&sealer), api_key).unwrap(),
+        key_api,
+        "the dispatcher, holding the key, opens it"
+    );
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_webhook_twice_has_one_dedup_key_and_bad_phones_are_ignored() {
     let h = Harness::start("src-dedup").await;

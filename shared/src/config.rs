@@ -30,7 +30,37 @@ pub struct Settings {
     #[serde(default)]
     pub callbacks: CallbackSettings,
     #[serde(default)]
+    pub security: SecuritySettings,
+    #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// Secrets of the deployment itself.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySettings {
+    /// 32 bytes, base64 (`openssl rand -base64 32`), the same in every
+    /// ingest and dispatcher: seals provider credentials that arrive in
+    /// webhook URLs (seed 000's `key_api`) before the event is written
+    /// anywhere. Unset: they travel in clear (a warning at start).
+    pub seal_key: Option<String>,
+}
+
+impl std::fmt::Debug for SecuritySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecuritySettings")
+            .field("seal_key_set", &self.seal_key.is_some())
+            .finish()
+    }
+}
+
+impl SecuritySettings {
+    /// The sealer for `seal_key`, when set (validated at load).
+    pub fn sealer(&self) -> Option<crate::seal::Sealer> {
+        self.seal_key
+            .as_deref()
+            .and_then(|k| crate::seal::Sealer::from_base64(k).ok())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -381,6 +411,10 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.security.seal_key {
+            crate::seal::Sealer::from_base64(key)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         if self.ingest.publish_timeout_ms == 0 || self.ingest.publish_timeout_ms > 1900 {
             return Err(ConfigError::Invalid(
                 "ingest.publish_timeout_ms must be between 1 and 1900 (AmoCRM's budget is 2 s)"

@@ -5,6 +5,7 @@ pub mod config;
 pub mod event;
 pub mod mask;
 pub mod phone;
+pub mod seal;
 pub mod status;
 pub mod telemetry;
 pub mod tenant;
