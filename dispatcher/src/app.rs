@@ -162,6 +162,7 @@ pub fn build_worker(
         metrics: Metrics::new(),
         health: Health::new(),
         shutdown,
+        sealer: settings.security.sealer(),
     })
 }
 

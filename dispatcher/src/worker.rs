@@ -82,6 +82,8 @@ pub struct Worker {
     pub metrics: Metrics,
     pub health: Health,
     pub shutdown: watch::Receiver<bool>,
+    /// `security.seal_key`: seals what is kept in Redis about a sent message.
+    pub sealer: Option<shared::seal::Sealer>,
 }
 
 /// The failure that ends an attempt or the event, as recorded in the DLQ.
@@ -217,6 +219,13 @@ impl Worker {
             provider: None,
         };
         self.dead_letter(&job, f).await
+    }
+
+    fn seal(&self, text: &str) -> String {
+        match &self.sealer {
+            Some(s) => s.seal(text),
+            None => text.to_string(),
+        }
     }
 
     /// Best effort: the journal records, it never holds a delivery.
@@ -534,7 +543,9 @@ impl Worker {
                     channel,
                     attempt,
                     failed_channels: failed.to_vec(),
-                    event: String::from_utf8_lossy(job.raw).into_owned(),
+                    // Kept for its callbacks (the second attempt, the fallback):
+                    // sealed at rest when a seal key is configured.
+                    event: self.seal(&String::from_utf8_lossy(job.raw)),
                 };
                 // The mark must be durable before the ack: hold until Redis takes it.
                 if self
@@ -1013,6 +1024,16 @@ impl Worker {
             }
             return Settle::Ack;
         };
+        // The remembered event is sealed when a seal key is configured.
+        let mut sent = sent;
+        match shared::seal::Sealer::open(self.sealer.as_ref(), &sent.event) {
+            Ok(event) => sent.event = event,
+            Err(e) => {
+                label("unreadable_record");
+                tracing::error!(error = %e, "the event behind this message cannot be opened");
+                return Settle::Ack;
+            }
+        }
         let trail = Trail::new(self.journal.enabled());
         trail.push(Step::Callback {
             provider: provider.to_string(),

@@ -131,6 +131,17 @@ async fn no_whatsapp_falls_back_to_sms_exactly_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_callback_gives_a_second_attempt_then_falls_back() {
+    second_attempt_then_fallback(false).await;
+}
+
+/// With a seal key, what Redis keeps about a sent message (for its
+/// callbacks) holds no personal data in clear, and the ladder still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_record_still_gives_the_second_attempt_and_the_fallback() {
+    second_attempt_then_fallback(true).await;
+}
+
+async fn second_attempt_then_fallback(sealed: bool) {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/v21.0/1234567890/messages"))
@@ -150,7 +161,12 @@ async fn failed_callback_gives_a_second_attempt_then_falls_back() {
         .respond_with(sms_ok())
         .mount(&fake)
         .await;
-    let h = Harness::start("callback", &meta_and_sms(&fake)).await;
+    let mut o = meta_and_sms(&fake);
+    if sealed {
+        o.extra =
+            "[security]\nseal_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n".into();
+    }
+    let h = Harness::start("callback", &o).await;
     let e = event(
         EventKind::OrderCompleted,
         "org:o-cb:Delivered",
@@ -159,6 +175,14 @@ async fn failed_callback_gives_a_second_attempt_then_falls_back() {
     h.publish(&e).await;
     assert_eq!(requests(&fake, 1, Duration::from_secs(10)).await.len(), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let record = common::redis_get(&format!("{}:msg:meta:wamid.first", h.prefix))
+        .await
+        .expect("the sent message is remembered for its callbacks");
+    assert_eq!(
+        record.contains("9161234567"),
+        !sealed,
+        "the phone is at rest in clear only without a seal key: {record}"
+    );
 
     // Meta reports the accepted message failed: the one second attempt, after the delay.
     publish_status(&h, "meta", "wamid.first", DeliveryState::Sent).await;
