@@ -76,11 +76,16 @@ pub struct Running {
     pub broker: Broker,
     pub spool: Spool,
     drain: tokio::task::JoinHandle<()>,
+    /// The internal `/metrics` listener, when `ingest.metrics_listen` is set.
+    pub metrics: Option<(SocketAddr, actix_web::dev::ServerHandle)>,
 }
 
 impl Running {
     /// Graceful stop: no new connections, in-flight requests finish.
     pub async fn stop(self) {
+        if let Some((_, h)) = &self.metrics {
+            h.stop(true).await;
+        }
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.drain.abort();
@@ -152,12 +157,21 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
              (key_api) are written in clear to the spool and RabbitMQ"
         );
     }
+    let separate_metrics = settings.ingest.metrics_listen.is_some();
+    let metrics_server = match &settings.ingest.metrics_listen {
+        Some(listen) => Some(start_metrics(listen, state.clone(), handle_signals)?),
+        None => None,
+    };
     let mut server = HttpServer::new(move || {
         App::new()
             .into_utoipa_app()
             .openapi(crate::openapi::base())
             .app_data(state.clone())
-            .configure(crate::routes::configure)
+            .configure(if separate_metrics {
+                crate::routes::public
+            } else {
+                crate::routes::configure
+            })
             .openapi_service(crate::openapi::service)
             .default_service(web::to(crate::routes::not_found))
             .into_app()
@@ -193,5 +207,41 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         broker,
         spool,
         drain,
+        metrics: metrics_server,
     })
+}
+
+/// `/metrics` alone, on an internal address.
+fn start_metrics(
+    listen: &str,
+    state: web::Data<AppState>,
+    handle_signals: bool,
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle), StartError> {
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(crate::routes::metrics_only)
+    })
+    .workers(1)
+    .bind(listen)
+    .map_err(|source| StartError::Bind {
+        addr: listen.to_string(),
+        source,
+    })?;
+    if !handle_signals {
+        server = server.disable_signals();
+    }
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| StartError::Bind {
+            addr: listen.to_string(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    tracing::info!(%addr, "ingest metrics listening");
+    Ok((addr, handle))
 }

@@ -23,14 +23,24 @@ use crate::sources::{Body, ContentKind, Item};
 /// Every route, each registered through utoipa so it is in /openapi.json.
 /// Order matters: `/api/callback/meta` before `/api/callback/{provider}`.
 pub fn configure(cfg: &mut ServiceConfig) {
+    public(cfg);
+    cfg.service(metrics);
+}
+
+/// The public port's routes when `/metrics` is served on its own listener.
+pub fn public(cfg: &mut ServiceConfig) {
     cfg.service(webhook)
         .service(check)
         .service(meta_verify)
         .service(meta_callback)
         .service(status_callback)
         .service(healthz)
-        .service(readyz)
-        .service(metrics);
+        .service(readyz);
+}
+
+/// The internal metrics listener (`ingest.metrics_listen`).
+pub fn metrics_only(cfg: &mut actix_web::web::ServiceConfig) {
+    cfg.service(metrics);
 }
 
 /// No route for this request: 405 when the path exists with other methods,

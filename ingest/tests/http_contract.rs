@@ -279,3 +279,29 @@ async fn openapi_document_lists_every_served_route() {
     assert_eq!((s, b["error"].as_str()), (405, Some("method_not_allowed")));
     h.finish().await;
 }
+
+/// `ingest.metrics_listen` moves `/metrics` off the public webhook port to
+/// an internal address (and out of the public OpenAPI document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_an_internal_listener() {
+    let h = common::Harness::start_tweaked("metrics-apart", "", |s| {
+        s.ingest.metrics_listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    let public = reqwest::get(h.url("/metrics")).await.unwrap();
+    assert_eq!(public.status(), 404, "not on the public port");
+    let doc = reqwest::get(h.url("/openapi.json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!doc.contains("\"/metrics\""), "nor in its document");
+    let (addr, _) = h.running().metrics.clone().expect("the metrics listener");
+    let internal = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(internal.status(), 200);
+    assert!(internal.text().await.unwrap().contains("vestnik_ingest"));
+    h.finish().await;
+}

@@ -75,6 +75,9 @@ pub struct IngestSettings {
     pub publish_timeout_ms: u64,
     /// actix workers; 0 = one per core.
     pub workers: usize,
+    /// Serve `/metrics` on this internal address instead of the public
+    /// webhook port (e.g. `127.0.0.1:9100`). Unset: on the public port.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for IngestSettings {
@@ -84,6 +87,7 @@ impl Default for IngestSettings {
             max_body_bytes: 1024 * 1024,
             publish_timeout_ms: 1500,
             workers: 0,
+            metrics_listen: None,
         }
     }
 }
