@@ -113,6 +113,23 @@ pub fn build_worker(
                 )));
             }
         }
+        if settings.production {
+            let policy = &t.channels;
+            for channel in policy
+                .default
+                .iter()
+                .chain(policy.by_kind.values().flatten())
+            {
+                if !by_channel.contains_key(channel) {
+                    return Err(StartError::Config(format!(
+                        "tenant {}: channel {channel} has no provider configured; in production \
+                         (production = true) its messages would not be sent. Configure one, or \
+                         remove the channel from [tenants.channels]",
+                        t.id
+                    )));
+                }
+            }
+        }
         let lookups = Lookups::from_config(&t.lookup, &http)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
         tenants.insert(

@@ -222,3 +222,26 @@ fn a_lease_shorter_than_one_attempt_is_refused() {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     assert!(dispatcher::app::build_worker(&settings, rx).is_ok());
 }
+
+/// In production a tenant's channel without a provider stops the start
+/// (its messages would otherwise be logged as sent, seed 001's dev mode).
+#[test]
+fn production_refuses_a_channel_without_a_provider() {
+    let o = Options::meta_at("http://127.0.0.1:9"); // channels whatsapp, sms; only Meta
+    let mut settings = common::settings("production", &o);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    assert!(
+        dispatcher::app::build_worker(&settings, rx).is_ok(),
+        "dev: sms is skipped"
+    );
+    settings.production = true;
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let err = match dispatcher::app::build_worker(&settings, rx) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("production started with no SMS provider"),
+    };
+    assert!(
+        err.contains("tenant acme") && err.contains("channel sms"),
+        "{err}"
+    );
+}

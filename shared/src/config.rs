@@ -13,6 +13,12 @@ use crate::tenant::TenantConfig;
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// A production deployment: the start is refused while the example's
+    /// placeholder webhook keys are configured, or (dispatcher) while a
+    /// tenant's channel has no provider, instead of logging its messages as
+    /// sent (seed 001's dev mode). `VESTNIK_PRODUCTION=true`.
+    #[serde(default)]
+    pub production: bool,
     #[serde(default)]
     pub ingest: IngestSettings,
     #[serde(default)]
@@ -135,6 +141,9 @@ pub struct SpoolSettings {
     /// Size at which a new segment file is started.
     pub segment_bytes: u64,
 }
+
+/// What marks the example's webhook keys as placeholders.
+pub const PLACEHOLDER_KEY_MARK: &str = "change-me";
 
 /// Where the spool lives unless configured: not under whatever directory
 /// the process happened to start in.
@@ -415,6 +424,17 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.production {
+            for t in &self.tenants {
+                if t.keys.iter().any(|k| k.contains(PLACEHOLDER_KEY_MARK)) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenant {}: a webhook key is the example's placeholder (\"…{PLACEHOLDER_KEY_MARK}\"); \
+                         set your own (production = true)",
+                        t.id
+                    )));
+                }
+            }
+        }
         if let Some(key) = &self.security.seal_key {
             crate::seal::Sealer::from_base64(key)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -491,6 +511,22 @@ fn overrides_from_env() -> config::Map<String, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn production_refuses_the_examples_placeholder_key() {
+        let toml = |production: bool, key: &str| {
+            format!("production = {production}\n[[tenants]]\nid = \"demo\"\nkeys = [\"{key}\"]\n")
+        };
+        let err = Settings::from_toml(&toml(true, "demo-webhook-key-change-me"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tenant demo") && err.contains("placeholder"),
+            "{err}"
+        );
+        assert!(Settings::from_toml(&toml(true, "a-real-secret-key-0001")).is_ok());
+        assert!(Settings::from_toml(&toml(false, "demo-webhook-key-change-me")).is_ok());
+    }
+
     #[test]
     fn a_relative_spool_dir_is_the_config_files_neighbour() {
         let dir = std::env::temp_dir().join(format!("vestnik-cfg-{}", std::process::id()));
