@@ -514,6 +514,13 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Options for a spool file: created 0600 (events hold personal data).
+fn private() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,11 +651,4 @@ mod tests {
             Err(SpoolError::Locked(_))
         ));
     }
-}
-
-/// Options for a spool file: created 0600 (events hold personal data).
-fn private() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.mode(0o600);
-    o
 }
