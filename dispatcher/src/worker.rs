@@ -319,7 +319,11 @@ impl Worker {
         for (i, c) in candidates.iter().enumerate() {
             // The second attempt belongs to the first remaining channel only.
             let attempt = if i == 0 { job.attempt } else { 1 };
-            match self.attempt_channel(&event, job, c, attempt, &failed).await {
+            let policy = tenant.policy.for_kind(event.kind);
+            match self
+                .attempt_channel(&event, job, c, attempt, &failed, policy)
+                .await
+            {
                 ChannelEnd::Settled(s) => return s,
                 ChannelEnd::Fallback(f) => {
                     self.metrics
@@ -352,12 +356,15 @@ impl Worker {
         c: &Candidate,
         attempt: i64,
         failed: &[Channel],
+        policy: &[Channel],
     ) -> ChannelEnd {
         let (channel, provider_name) = (c.channel, c.provider.name());
         let token = claim_token(attempt);
-        // Another channel that carried this event (and did not fail) makes it sent.
-        let others: Vec<Channel> = Channel::ALL
-            .into_iter()
+        // Another channel that could carry this event (the tenant's policy
+        // for its kind) and did not fail for it makes it sent.
+        let others: Vec<Channel> = policy
+            .iter()
+            .copied()
             .filter(|c| *c != channel && !failed.contains(c))
             .collect();
         match self

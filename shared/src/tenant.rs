@@ -59,9 +59,6 @@ pub enum Channel {
 }
 
 impl Channel {
-    /// Every channel, in no particular order of preference.
-    pub const ALL: [Channel; 3] = [Channel::Whatsapp, Channel::Sms, Channel::Email];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Whatsapp => "whatsapp",
