@@ -439,10 +439,10 @@ impl Store {
     }
 
     /// `attempt` 2 may pass a done mark that a failure callback flagged for
-    /// retry. `others`: the channels whose done mark also makes this event
-    /// sent (every channel but this one and those that failed for it: a
-    /// duplicate webhook must not try WhatsApp again after the fallback
-    /// reached the customer by SMS).
+    /// retry. `others`: the other channels that could carry this event (the
+    /// tenant's policy for its kind) and have not failed for it: their marks
+    /// count too, so a duplicate webhook does not try WhatsApp again after
+    /// the fallback reached the customer by SMS.
     pub async fn claim(
         &self,
         dedup_key: &str,

@@ -410,19 +410,10 @@ impl Worker {
                         failed,
                     };
                     let reason = format!(
-                        "a dispatcher stopped while sending this {channel} message through \
-                         {provider_name}; its status callback settles it, or it is sent once more"
+                        "a dispatcher stopped while sending this {channel} message through {provider_name}"
                     );
                     let settle = self
-                        .transient_failure(
-                            event,
-                            job,
-                            at,
-                            Some((channel, provider_name)),
-                            "uncertain",
-                            reason,
-                            None,
-                        )
+                        .await_callback(event, job, at, (channel, provider_name), reason)
                         .await;
                     return ChannelEnd::Settled(settle);
                 } else {
@@ -601,19 +592,8 @@ impl Worker {
                         number: attempt,
                         failed,
                     };
-                    let reason = format!(
-                        "{reason}; {provider_name}'s status callback settles it, or it is sent once more"
-                    );
                     let settle = self
-                        .transient_failure(
-                            event,
-                            job,
-                            at,
-                            Some((channel, provider_name)),
-                            "uncertain",
-                            reason,
-                            None,
-                        )
+                        .await_callback(event, job, at, (channel, provider_name), reason)
                         .await;
                     return ChannelEnd::Settled(settle);
                 }
@@ -838,6 +818,25 @@ impl Worker {
         };
         release().await;
         settle
+    }
+
+    /// A send left uncertain through a provider whose status callbacks echo
+    /// our delivery key: its one second attempt is the check (a callback
+    /// settles it meanwhile, or the check sends it once more).
+    async fn await_callback(
+        &self,
+        event: &Event,
+        job: &Job<'_>,
+        at: Attempt<'_>,
+        sent_on: (Channel, &'static str),
+        reason: String,
+    ) -> Settle {
+        let reason = format!(
+            "{reason}; {}'s status callback settles it, or it is sent once more",
+            sent_on.1
+        );
+        self.transient_failure(event, job, at, Some(sent_on), "uncertain", reason, None)
+            .await
     }
 
     /// Schedules the one second attempt, in the only order where no crash

@@ -7,11 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Harness, Options, event, header, meta_ok, requests};
-use lapin::BasicProperties;
 use shared::EventKind;
 use shared::event::Lookup;
-use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION, StatusUpdate};
-use shared::topology::ROUTE_STATUS;
+use shared::status::DeliveryState;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -36,32 +34,7 @@ fn at(fake: &[Request], p: &str) -> usize {
 }
 
 async fn publish_status(h: &Harness, provider: &str, message_id: &str, state: DeliveryState) {
-    let s = StatusUpdate {
-        schema: STATUS_SCHEMA_VERSION,
-        provider: provider.into(),
-        message_id: message_id.into(),
-        state,
-        at: chrono::Utc::now(),
-        received_at: chrono::Utc::now(),
-        error_code: (state == DeliveryState::Failed).then(|| "131026".into()),
-        error: None,
-        delivery_key: None,
-    };
-    let conn = common::connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.basic_publish(
-        h.topology.exchange().into(),
-        ROUTE_STATUS.into(),
-        Default::default(),
-        &s.to_json(),
-        BasicProperties::default().with_delivery_mode(2),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let _ = conn.close(200, "done".into()).await;
+    common::publish_status(h, &common::status(provider, message_id, state)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use common::{Harness, Options, event, meta_ok, redis_conn, requests};
 use deadpool_redis::redis;
-use lapin::BasicProperties;
 use shared::EventKind;
-use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION, StatusUpdate};
-use shared::topology::ROUTE_STATUS;
+use shared::status::DeliveryState;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -48,32 +46,9 @@ fn callback_data(r: &Request) -> String {
 
 /// What ingest publishes for a Meta status callback carrying our key.
 async fn publish_status(h: &Harness, message_id: &str, state: DeliveryState, key: &str) {
-    let s = StatusUpdate {
-        schema: STATUS_SCHEMA_VERSION,
-        provider: "meta".into(),
-        message_id: message_id.into(),
-        state,
-        at: chrono::Utc::now(),
-        received_at: chrono::Utc::now(),
-        error_code: (state == DeliveryState::Failed).then(|| "131026".into()),
-        error: None,
-        delivery_key: Some(key.into()),
-    };
-    let conn = common::connect().await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.basic_publish(
-        h.topology.exchange().into(),
-        ROUTE_STATUS.into(),
-        Default::default(),
-        &s.to_json(),
-        BasicProperties::default().with_delivery_mode(2),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    let _ = conn.close(200, "done".into()).await;
+    let mut s = common::status("meta", message_id, state);
+    s.delivery_key = Some(key.into());
+    common::publish_status(h, &s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -415,3 +415,43 @@ pub async fn expire_leases(prefix: &str) {
         let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
     }
 }
+
+/// A provider's delivery status as ingest publishes it.
+pub fn status(
+    provider: &str,
+    message_id: &str,
+    state: shared::status::DeliveryState,
+) -> shared::status::StatusUpdate {
+    shared::status::StatusUpdate {
+        schema: shared::status::STATUS_SCHEMA_VERSION,
+        provider: provider.into(),
+        message_id: message_id.into(),
+        state,
+        at: chrono::Utc::now(),
+        received_at: chrono::Utc::now(),
+        error_code: (state == shared::status::DeliveryState::Failed).then(|| "131026".into()),
+        error: None,
+        delivery_key: None,
+    }
+}
+
+/// Publishes a status update to the harness's status queue (confirmed).
+pub async fn publish_status(h: &Harness, s: &shared::status::StatusUpdate) {
+    let conn = connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    ch.basic_publish(
+        h.topology.exchange().into(),
+        shared::topology::ROUTE_STATUS.into(),
+        BasicPublishOptions::default(),
+        &s.to_json(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("confirm");
+    let _ = conn.close(200, "done".into()).await;
+}
