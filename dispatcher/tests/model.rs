@@ -27,8 +27,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use common::{AMQP, Options, REDIS, connect, delete_keys, event, redis_conn};
-use deadpool_redis::redis;
+use common::{AMQP, Options, REDIS, connect, delete_keys, event};
 use dispatcher::app;
 use dispatcher::delivery_state::Phase;
 use dispatcher::dlq::{Dlq, Filter};
@@ -431,19 +430,7 @@ access_token = "EAAtest-token-not-real"
     /// between steps it holds none).
     async fn leases_run_out(&mut self) {
         self.steps.push("leases run out".into());
-        let mut c = redis_conn().await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:lease:*", self.prefix))
-            .query_async(&mut c)
-            .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: i64 = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut c)
-                .await
-                .expect("del");
-        }
+        common::expire_leases(&self.prefix).await;
     }
 
     /// An admin's bulk replay (uncertain letters stay).

@@ -188,14 +188,7 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     if !handle_signals {
         server = server.disable_signals();
     }
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| StartError::Bind {
-            addr: settings.ingest.listen.clone(),
-            source: std::io::Error::other("no address bound"),
-        })?;
+    let addr = bound_addr(&server.addrs(), &settings.ingest.listen)?;
     let server = server.run();
     let handle = server.handle();
     let server = tokio::spawn(server);
@@ -208,6 +201,14 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         spool,
         drain,
         metrics: metrics_server,
+    })
+}
+
+/// The address a listener bound (port 0 → the one it got).
+fn bound_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartError> {
+    addrs.first().copied().ok_or_else(|| StartError::Bind {
+        addr: listen.to_string(),
+        source: std::io::Error::other("no address bound"),
     })
 }
 
@@ -231,14 +232,7 @@ fn start_metrics(
     if !handle_signals {
         server = server.disable_signals();
     }
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| StartError::Bind {
-            addr: listen.to_string(),
-            source: std::io::Error::other("no address bound"),
-        })?;
+    let addr = bound_addr(&server.addrs(), listen)?;
     let server = server.run();
     let handle = server.handle();
     tokio::spawn(server);

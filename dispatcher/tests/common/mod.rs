@@ -317,9 +317,14 @@ pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
 }
 
 pub async fn delete_keys(prefix: &str) {
+    delete_matching(&format!("{prefix}:*")).await;
+}
+
+/// Deletes every key matching a `KEYS` pattern (a test's own prefix only).
+async fn delete_matching(pattern: &str) {
     let mut c = redis_conn().await;
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
+        .arg(pattern)
         .query_async(&mut c)
         .await
         .unwrap_or_default();
@@ -405,15 +410,7 @@ impl Drop for Proxy {
 
 /// What the passing of a lease TTL does to the leases a dead worker left.
 pub async fn expire_leases(prefix: &str) {
-    let mut c = redis_conn().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:lease:*"))
-        .query_async(&mut c)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-    }
+    delete_matching(&format!("{prefix}:lease:*")).await;
 }
 
 /// A provider's delivery status as ingest publishes it.
