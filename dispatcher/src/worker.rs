@@ -361,12 +361,11 @@ impl Worker {
         let (channel, provider_name) = (c.channel, c.provider.name());
         let token = claim_token(attempt);
         // Another channel that could carry this event (the tenant's policy
-        // for its kind) and did not fail for it makes it sent.
-        let others: Vec<Channel> = policy
-            .iter()
-            .copied()
-            .filter(|c| *c != channel && !failed.contains(c))
-            .collect();
+        // for its kind) makes it sent, also one this job was told had
+        // failed: Redis says what holds now (a channel that failed for good
+        // has no done mark, and an admin's replay may have sent on it since
+        // this job was queued).
+        let others: Vec<Channel> = policy.iter().copied().filter(|c| *c != channel).collect();
         match self
             .claim(&event.dedup_key, channel, &others, &token, attempt)
             .await
