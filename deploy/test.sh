@@ -24,8 +24,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the end-to-end tests start the real binaries)"
 cargo build --workspace --bins --locked
+echo "== highly available Redis on loopback (a Cluster and a Sentinel group, deploy/redis-ha.sh)"
+deploy/redis-ha.sh start
 echo "== cargo test"
 cargo test --workspace --locked "$@"
+echo "== the dispatcher's integration suites again, on the Redis Cluster"
+env $(deploy/redis-ha.sh env | grep '^VESTNIK_TEST_REDIS_CLUSTER=') \
+  cargo test -p dispatcher --tests --locked "$@"
 echo "== README's run command: a webhook reaches the log provider"
 BUILD_PROFILE=debug deploy/smoke-local.sh
 echo "== failure drills, short (docs/RELIABILITY.md)"

@@ -155,14 +155,15 @@ pub fn build_worker(
             .map(|c| (c, Arc::new(LogOnly { channel: c }) as Arc<dyn Provider>))
             .collect();
     let store = Store::new(
-        &settings.redis.url,
-        &settings.redis.prefix,
-        settings.redis.pool_size,
+        &settings.redis,
         Duration::from_secs(d.lease_ttl_secs),
         Duration::from_secs(d.done_ttl_secs),
-        Duration::from_millis(settings.redis.timeout_ms),
     )
     .map_err(StartError::Config)?;
+    let metrics = Metrics::new();
+    metrics
+        .register(Box::new(store.wait_shortfalls().clone()))
+        .map_err(StartError::Config)?;
     Ok(Worker {
         topology: Topology::from_settings(&settings.rabbitmq),
         journal: Journal::new(store.clone(), Duration::from_secs(d.journal_ttl_secs)),
@@ -176,7 +177,7 @@ pub fn build_worker(
             settings.security.sealer(),
         ),
         retry: d.retry.clone(),
-        metrics: Metrics::new(),
+        metrics,
         health: Health::new(),
         shutdown,
         sealer: settings.security.sealer(),

@@ -22,7 +22,7 @@
 //! | Sending (worker died) | lease TTL runs out | Uncertain |
 //! | Leased (worker died in a wait) | lease TTL runs out | what it was before the claim |
 //! | any | [`Store::record_second_attempt`] (after the broker confirmed the publish) | SecondAttemptScheduled |
-//! | Sent | [`Store::allow_retry`] (a failure callback, before its second attempt is published) | RetryAllowed |
+//! | Sent (that message's done mark, or none yet) | [`Store::allow_retry`] (a failure callback, before its second attempt is published) | RetryAllowed |
 //! | any | [`Store::mark_failed`] | Failed |
 //! | Failed | [`Store::claim`] | Failed (`Failed`: the next channel) |
 //! | any but Sent | [`Store::reset_ladder`] (admin replay) | Fresh |
@@ -36,9 +36,11 @@
 //! the two copies one send), and a callback's state advances only after what
 //! it triggered is durable.
 //!
-//! Keys (all under the configured prefix):
-//! - `lease:<dedup>:<channel>` = worker token, short TTL: someone is sending now;
-//! - `sending:<dedup>:<channel>` = worker token, set by the claim (the
+//! Keys (all under the configured prefix; the keys of one delivery carry the
+//! hash tag `{<dedup>}`, so a script may touch all of them in a Redis
+//! Cluster):
+//! - `lease:{<dedup>}:<channel>` = worker token, short TTL: someone is sending now;
+//! - `sending:{<dedup>}:<channel>` = worker token, set by the claim (the
 //!   request is about to be written: no round trip of its own) and removed
 //!   once the outcome is recorded (sent, or failed and released). A send
 //!   the client-side rate limit holds back lifts it while it waits and sets
@@ -48,11 +50,11 @@
 //!   reached the provider: that message is uncertain and is not sent again.
 //!   A worker that stopped while waiting for a permit left only its lease,
 //!   and the message is sent once the lease has expired;
-//! - `done:<dedup>:<channel>` = JSON with provider and message id, long TTL: sent;
-//! - `second:<dedup>:<channel>` = time the one second attempt was scheduled
+//! - `done:{<dedup>}:<channel>` = JSON with provider and message id, long TTL: sent;
+//! - `second:{<dedup>}:<channel>` = time the one second attempt was scheduled
 //!   (its publish confirmed): a repeated first failure schedules no other;
-//! - `failed:<dedup>:<channel>` = last failure class and reason;
-//! - `retry:<dedup>:<channel>` = id of a sent message its provider reported
+//! - `failed:{<dedup>}:<channel>` = last failure class and reason;
+//! - `retry:{<dedup>}:<channel>` = id of a sent message its provider reported
 //!   failed (callback); only the one second attempt may send past the done
 //!   mark, and only while that mark is this message's;
 //! - `msg:<provider>:<message id>` = what was sent (event, channel, attempt),
@@ -62,24 +64,34 @@
 //! The claim is one Lua script (check done, take the lease) so two workers
 //! can never both decide to send.
 //!
-//! Connections: deadpool-redis creates and validates them, but checking one
-//! out per command would cost a PING round trip each (its recycle check).
-//! A `MultiplexedConnection` pipelines concurrent commands, so the store
-//! keeps a few checked out and shares them; a failed command drops its
-//! connection and the next command gets a fresh, validated one. The done mark is written before the broker
-//! ack, so a crash after sending but before the ack finds the mark on
-//! redelivery. Redis unreachable is an error the worker answers by not
-//! sending (fail closed).
+//! Connections ([`crate::redis_conn`]: one server, Sentinel or Cluster):
+//! deadpool-redis creates and validates them, but checking one out per
+//! command would cost a PING round trip each (its recycle check). A
+//! multiplexed connection pipelines concurrent commands, so the store keeps
+//! a few checked out and shares them; a failed command drops its connection
+//! and the next command gets a fresh, validated one. Redis unreachable is an
+//! error the worker answers by not sending (fail closed).
+//!
+//! Replication is asynchronous: a primary that fails right after a write
+//! may take the write with it. So the marks that must outlive a failover
+//! (done, failed, second attempt scheduled) wait for `redis.wait_replicas`
+//! replicas (`WAIT`, bounded by `redis.wait_timeout_ms`) before the worker
+//! goes on to ack the broker. A wait that runs out is counted
+//! ([`Store::wait_shortfalls`]) and the mark stands on the primary alone:
+//! the broker is acked anyway (sending again would be the duplicate), and
+//! only a failover inside that window, followed by the same event arriving
+//! again, could send it twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, Script};
-use deadpool_redis::{Config, Pool, Runtime};
 use serde::{Deserialize, Serialize};
+use shared::config::RedisSettings;
 use shared::tenant::Channel;
+
+use crate::redis_conn::{Backend, Checked, Conn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -183,17 +195,26 @@ pub enum Phase {
 /// Shared multiplexed connections checked out of the pool.
 const SHARED_CONNECTIONS: usize = 4;
 
-type Slot = Mutex<Option<(deadpool_redis::Connection, MultiplexedConnection)>>;
+type Slot = Mutex<Option<(Checked, Conn)>>;
+
+/// The key of one mark of a delivery: `<prefix>:<kind>:{<dedup>}:<channel>`
+/// (see the module documentation; admin tools and tests read marks by it).
+pub fn delivery_key(prefix: &str, kind: &str, dedup_key: &str, channel: Channel) -> String {
+    format!("{prefix}:{kind}:{{{dedup_key}}}:{channel}")
+}
 
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool,
+    backend: Backend,
     slots: Arc<Vec<Slot>>,
     next: Arc<AtomicUsize>,
     prefix: String,
     lease_ttl: Duration,
     done_ttl: Duration,
     timeout: Duration,
+    wait_replicas: u32,
+    wait_timeout: Duration,
+    wait_shortfalls: prometheus::IntCounter,
 }
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
@@ -202,6 +223,7 @@ static DELETE_OURS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_OURS_
 static RESUME_SENDING: LazyLock<Script> = LazyLock::new(|| Script::new(RESUME_SENDING_LUA));
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| Script::new(ADVANCE_LUA));
 static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_OVER_LUA));
+static ALLOW_RETRY: LazyLock<Script> = LazyLock::new(|| Script::new(ALLOW_RETRY_LUA));
 static SETTLE_BY_CALLBACK: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_BY_CALLBACK_LUA));
 
 /// Moves a message's delivery state forward only (ranks in ARGV[1]); returns
@@ -214,17 +236,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 "#;
 
-/// KEYS: done, lease, retry, sending of this channel, then done, lease,
-/// sending of each other channel that has not failed for this event: one
-/// message per customer event, whichever channel carried it (sent there:
-/// a duplicate; being sent there: busy; maybe sent there: uncertain). ARGV[5]: the failed
-/// mark (a variable number of KEYS comes before it, so it is passed as an
-/// argument; it sits beside the others under the same dedup key): a channel
-/// that failed for good for this event is not tried again by a duplicate
-/// webhook or a redelivered copy, which move on to the next channel; only
-/// an admin's replay clears it. ARGV[6]: the second-attempt mark: once the
-/// one second attempt is queued, a first attempt (a duplicate webhook, a
-/// redelivered copy) does not send; the queued attempt does.
+/// KEYS: done, lease, retry, sending, failed, second of this channel, then
+/// done, lease, sending of each other channel of the policy (one that failed
+/// for good has none of them): one message per customer event, whichever channel carried it
+/// (sent there: a duplicate; being sent there: busy; maybe sent there:
+/// uncertain). The failed mark: a channel that failed for good for this
+/// event is not tried again by a duplicate webhook or a redelivered copy,
+/// which move on to the next channel; only an admin's replay clears it. The
+/// second-attempt mark: once the one second attempt is queued, a first
+/// attempt (a duplicate webhook, a redelivered copy) does not send; the
+/// queued attempt does. All KEYS share the delivery's hash tag.
 const CLAIM_LUA: &str = r#"
 local done = redis.call('GET', KEYS[1])
 if done then
@@ -238,7 +259,7 @@ if done then
   end
   if not pass then return {'done', done} end
 end
-for i = 5, #KEYS, 3 do
+for i = 7, #KEYS, 3 do
   local other = redis.call('GET', KEYS[i])
   if other then return {'done', other} end
   if redis.call('EXISTS', KEYS[i + 1]) == 1 then return {'busy', ''} end
@@ -250,11 +271,11 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
     redis.call('DEL', KEYS[2])
     return {'uncertain', mark}
   end
-  if redis.call('EXISTS', ARGV[5]) == 1 then
+  if redis.call('EXISTS', KEYS[5]) == 1 then
     redis.call('DEL', KEYS[2])
     return {'failed', ''}
   end
-  if ARGV[3] == '1' and redis.call('EXISTS', ARGV[6]) == 1 then
+  if ARGV[3] == '1' and redis.call('EXISTS', KEYS[6]) == 1 then
     redis.call('DEL', KEYS[2])
     return {'scheduled', ''}
   end
@@ -264,12 +285,28 @@ end
 return {'busy', ''}
 "#;
 
+/// KEYS: done, lease, retry, sending, failed; ARGV: our token, the done
+/// record, its TTL.
 const MARK_SENT_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('DEL', KEYS[3], KEYS[6])
-redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
+redis.call('DEL', KEYS[3], KEYS[5])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
+if redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
+return 1
+"#;
+
+/// KEYS: done, retry; ARGV: the failed message id, TTL. Flags the failed
+/// message for its one second attempt, unless the done mark is already
+/// another message's (a late copy of the failure callback after the second
+/// attempt was sent: the flag would only mislead). Without a done mark yet
+/// (the callback overtook the record) it is set: the claim compares anyway.
+const ALLOW_RETRY_LUA: &str = r#"
+local done = redis.call('GET', KEYS[1])
+if done then
+  local ok, sent = pcall(cjson.decode, done)
+  if ok and type(sent) == 'table' and sent.message_id ~= ARGV[1] then return 0 end
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 "#;
 
@@ -324,35 +361,32 @@ return 1
 
 impl Store {
     pub fn new(
-        url: &str,
-        prefix: &str,
-        pool_size: usize,
+        settings: &RedisSettings,
         lease_ttl: Duration,
         done_ttl: Duration,
-        timeout: Duration,
     ) -> Result<Store, String> {
-        let mut cfg = Config::from_url(url);
-        cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..Default::default()
-        });
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| format!("redis pool: {e}"))?;
         Ok(Store {
-            pool,
+            backend: Backend::new(settings)?,
             slots: Arc::new((0..SHARED_CONNECTIONS).map(|_| Mutex::new(None)).collect()),
             next: Arc::new(AtomicUsize::new(0)),
-            prefix: prefix.to_string(),
+            prefix: settings.prefix.clone(),
             lease_ttl,
             done_ttl,
-            timeout,
+            timeout: Duration::from_millis(settings.timeout_ms),
+            wait_replicas: settings.replicas_to_wait_for(),
+            wait_timeout: settings.wait_timeout(),
+            wait_shortfalls: prometheus::IntCounter::new(
+                "vestnik_dispatcher_redis_wait_shortfalls_total",
+                "Durable marks whose replicas did not confirm within redis.wait_timeout_ms",
+            )
+            .map_err(|e| e.to_string())?,
         })
+    }
+
+    /// Durable marks whose replica wait ran out (see the module docs): a
+    /// counter to register with the dispatcher's metrics.
+    pub fn wait_shortfalls(&self) -> &prometheus::IntCounter {
+        &self.wait_shortfalls
     }
 
     pub(crate) fn prefix(&self) -> &str {
@@ -360,37 +394,67 @@ impl Store {
     }
 
     fn key(&self, kind: &str, dedup_key: &str, channel: Channel) -> String {
-        format!("{}:{kind}:{dedup_key}:{channel}", self.prefix)
+        delivery_key(&self.prefix, kind, dedup_key, channel)
     }
 
-    async fn connection(&self) -> Result<(usize, MultiplexedConnection), StoreError> {
+    async fn connection(&self) -> Result<(usize, Conn), StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         if let Ok(slot) = self.slots[i].lock()
             && let Some((_, c)) = slot.as_ref()
         {
             return Ok((i, c.clone()));
         }
-        let checked_out = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let shared: MultiplexedConnection = (*checked_out).clone();
+        let (checked_out, shared) = self.backend.get().await.map_err(StoreError::Unavailable)?;
         if let Ok(mut slot) = self.slots[i].lock() {
             *slot = Some((checked_out, shared.clone()));
         }
         Ok((i, shared))
     }
 
+    /// Forgets a connection that failed or stopped answering, without giving
+    /// it back to its pool (it may be a demoted primary that still PINGs).
     fn drop_connection(&self, i: usize) {
-        if let Ok(mut slot) = self.slots[i].lock() {
-            slot.take();
+        let taken = self.slots[i].lock().ok().and_then(|mut slot| slot.take());
+        if let Some((checked, _)) = taken {
+            checked.detach();
         }
+    }
+
+    /// Runs a write whose result must outlive a failover, then waits (on
+    /// the same connection) for `redis.wait_replicas` replicas to have it.
+    /// `key` names the primary in a cluster.
+    async fn run_durable<T, F, Fut>(&self, key: String, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let replicas = self.wait_replicas;
+        if replicas == 0 {
+            return self.run(f).await;
+        }
+        let wait = self.wait_timeout;
+        let (value, acked) = self
+            .run(|c| async move {
+                let mut w = c.clone();
+                let value = f(c).await?;
+                let acked = w.wait_replicas(&key, replicas, wait).await?;
+                Ok((value, acked))
+            })
+            .await?;
+        if acked < i64::from(replicas) {
+            self.wait_shortfalls.inc();
+            tracing::warn!(
+                replicas = acked,
+                wanted = replicas,
+                "a mark is on the Redis primary only: its replicas did not confirm within redis.wait_timeout_ms"
+            );
+        }
+        Ok(value)
     }
 
     pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
@@ -412,10 +476,11 @@ impl Store {
         }
     }
 
-    /// `SET key value EX <done TTL>`: marks that live as long as the done mark.
+    /// `SET key value EX <done TTL>`: marks that live as long as the done
+    /// mark, and like it must outlive a failover.
     async fn set_for_done_ttl(&self, key: String, value: String) -> Result<(), StoreError> {
         let ttl = self.done_ttl.as_secs();
-        self.run(|mut c| async move {
+        self.run_durable(key.clone(), |mut c| async move {
             redis::cmd("SET")
                 .arg(key)
                 .arg(value)
@@ -440,8 +505,9 @@ impl Store {
 
     /// `attempt` 2 may pass a done mark that a failure callback flagged for
     /// retry. `others`: the other channels that could carry this event (the
-    /// tenant's policy for its kind) and have not failed for it: their marks
-    /// count too, so a duplicate webhook does not try WhatsApp again after
+    /// tenant's policy for its kind), failed or not (Redis knows: a failed
+    /// channel has no done mark, unless a replay sent on it since): their
+    /// marks count too, so a duplicate webhook does not try WhatsApp again after
     /// the fallback reached the customer by SMS.
     pub async fn claim(
         &self,
@@ -456,28 +522,21 @@ impl Store {
             .filter(|&&c| c != channel)
             .flat_map(|&c| ["done", "lease", "sending"].map(|k| self.key(k, dedup_key, c)))
             .collect();
-        let done = self.key("done", dedup_key, channel);
-        let lease = self.key("lease", dedup_key, channel);
-        let retry = self.key("retry", dedup_key, channel);
-        let sending = self.key("sending", dedup_key, channel);
-        let failed = self.key("failed", dedup_key, channel);
-        let second = self.key("second", dedup_key, channel);
+        let keys: Vec<String> = ["done", "lease", "retry", "sending", "failed", "second"]
+            .iter()
+            .map(|k| self.key(k, dedup_key, channel))
+            .collect();
         let ttl_ms = self.lease_ttl.as_millis() as u64;
         let sending_ttl = self.done_ttl.as_secs();
         let (state, value): (String, String) = self
             .run(|mut c| async move {
                 CLAIM
-                    .key(done)
-                    .key(lease)
-                    .key(retry)
-                    .key(sending)
+                    .key(keys)
                     .key(other_done)
                     .arg(token)
                     .arg(ttl_ms)
                     .arg(attempt.to_string())
                     .arg(sending_ttl)
-                    .arg(failed)
-                    .arg(second)
                     .invoke_async(&mut c)
                     .await
             })
@@ -493,7 +552,8 @@ impl Store {
     }
 
     /// Records the send (done mark, lease released, retry flag cleared) and
-    /// what its provider message id stands for, in one round trip.
+    /// what its provider message id stands for (a key of its own, found by
+    /// the id alone: two commands, pipelined, so one round trip).
     pub async fn mark_sent(
         &self,
         dedup_key: &str,
@@ -511,21 +571,22 @@ impl Store {
         let value = serde_json::to_string(sent).unwrap_or_default();
         let remembered = serde_json::to_string(message).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
-        self.run(|mut c| async move {
-            MARK_SENT
-                .key(done)
-                .key(lease)
+        self.run_durable(done.clone(), |mut c| async move {
+            let mut m = c.clone();
+            let mut set = redis::cmd("SET");
+            set.arg(msg).arg(remembered).arg("EX").arg(ttl);
+            let remember = set.query_async::<()>(&mut m);
+            let mut mark = MARK_SENT.key(done);
+            mark.key(lease)
                 .key(retry)
-                .key(msg)
                 .key(sending)
                 .key(failed)
                 .arg(token)
                 .arg(value)
-                .arg(ttl)
-                .arg(remembered)
-                .invoke_async::<i64>(&mut c)
-                .await
-                .map(|_| ())
+                .arg(ttl);
+            let (remembered, marked) =
+                futures_util::future::join(remember, mark.invoke_async::<i64>(&mut c)).await;
+            remembered.and(marked).map(|_| ())
         })
         .await
     }
@@ -673,7 +734,7 @@ impl Store {
         let value = serde_json::json!({"class": class, "reason": reason, "at": chrono::Utc::now()})
             .to_string();
         let ttl = self.done_ttl.as_secs();
-        self.run(|mut c| async move {
+        self.run_durable(failed.clone(), |mut c| async move {
             redis::pipe()
                 .atomic()
                 .cmd("SET")
@@ -702,9 +763,20 @@ impl Store {
         channel: Channel,
         failed_message_id: &str,
     ) -> Result<(), StoreError> {
-        let key = self.key("retry", dedup_key, channel);
-        self.set_for_done_ttl(key, failed_message_id.to_string())
-            .await
+        let done = self.key("done", dedup_key, channel);
+        let retry = self.key("retry", dedup_key, channel);
+        let ttl = self.done_ttl.as_secs();
+        self.run_durable(done.clone(), |mut c| async move {
+            ALLOW_RETRY
+                .key(done)
+                .key(retry)
+                .arg(failed_message_id)
+                .arg(ttl)
+                .invoke_async::<i64>(&mut c)
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     pub async fn sent_message(
@@ -803,7 +875,7 @@ impl Store {
         let value = serde_json::to_string(sent).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
         let outcome: String = self
-            .run(|mut c| async move {
+            .run_durable(done.clone(), |mut c| async move {
                 SETTLE_BY_CALLBACK
                     .key(done)
                     .key(lease)

@@ -245,7 +245,7 @@ impl Journal {
     }
 
     /// Appends records to an event's history, and indexes the event under
-    /// its references. One round trip.
+    /// its references.
     pub async fn append(
         &self,
         event_id: &str,
@@ -263,16 +263,26 @@ impl Journal {
             .collect();
         let refs: Vec<String> = references.iter().map(|r| self.ref_key(r)).collect();
         let id = event_id.to_string();
+        // One pipeline per key (a Redis Cluster keeps them on different
+        // nodes), sent together: one round trip on a single server.
         self.store
-            .run(|mut c| async move {
+            .run(|c| async move {
+                let mut pipes = Vec::with_capacity(1 + refs.len());
                 let mut pipe = redis::pipe();
                 pipe.rpush(&key, lines).ignore();
                 pipe.expire(&key, ttl).ignore();
+                pipes.push(pipe);
                 for r in &refs {
+                    let mut pipe = redis::pipe();
                     pipe.sadd(r, &id).ignore();
                     pipe.expire(r, ttl).ignore();
+                    pipes.push(pipe);
                 }
-                pipe.query_async::<()>(&mut c).await
+                let writes = pipes.iter().map(|p| {
+                    let mut c = c.clone();
+                    async move { p.query_async::<()>(&mut c).await }
+                });
+                futures_util::future::try_join_all(writes).await.map(|_| ())
             })
             .await
     }

@@ -15,5 +15,6 @@ pub mod openapi;
 pub mod outbox;
 pub mod probes;
 pub mod providers;
+pub mod redis_conn;
 pub mod templates;
 pub mod worker;

@@ -153,6 +153,11 @@ impl Metrics {
         m
     }
 
+    /// Adds a collector kept elsewhere (the store's wait shortfalls).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), String> {
+        self.registry.register(c).map_err(|e| e.to_string())
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

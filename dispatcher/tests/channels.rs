@@ -67,12 +67,12 @@ async fn no_whatsapp_falls_back_to_sms_exactly_once_each() {
         "one WhatsApp try, one SMS"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sms_mark = common::redis_get(&format!("{}:done:{}:sms", h.prefix, e.dedup_key))
+    let sms_mark = common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, "sms"))
         .await
         .expect("sms sent");
     assert!(sms_mark.contains("000000-20000001"));
     assert!(
-        common::redis_get(&format!("{}:done:{}:whatsapp", h.prefix, e.dedup_key))
+        common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, "whatsapp"))
             .await
             .is_none()
     );
@@ -497,11 +497,8 @@ async fn every_provider_sends_through_the_worker() {
         }
         let mut mark = None;
         for _ in 0..50 {
-            mark = common::redis_get(&format!(
-                "{}:done:{}:{}",
-                h.prefix, e.dedup_key, case.channel
-            ))
-            .await;
+            mark = common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, case.channel))
+                .await;
             if mark.is_some() {
                 break;
             }

@@ -40,7 +40,7 @@ async fn an_event_becomes_one_meta_request_with_the_right_body() {
 
     // The done mark carries the provider's message id.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mark = common::redis_get(&format!("{}:done:{}:whatsapp", h.prefix, e.dedup_key))
+    let mark = common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, "whatsapp"))
         .await
         .expect("done mark");
     assert!(mark.contains("wamid.HBgLNzkxNjEyMzQ1Njc"), "{mark}");
@@ -128,7 +128,7 @@ async fn sms_ru_gets_the_form_it_documents() {
         form["msg"]
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mark = common::redis_get(&format!("{}:done:{}:sms", h.prefix, e.dedup_key))
+    let mark = common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, "sms"))
         .await
         .expect("done mark");
     assert!(mark.contains("000000-10000001"));
@@ -179,7 +179,7 @@ async fn without_credentials_messages_go_to_the_log() {
     let h = Harness::start("log", &o).await;
     let e = event(EventKind::DealWon, "777:12345:142", "+79161234567");
     h.publish(&e).await;
-    let key = format!("{}:done:{}:whatsapp", h.prefix, e.dedup_key);
+    let key = common::mark(&h.prefix, "done", &e.dedup_key, "whatsapp");
     let mut mark = None;
     for _ in 0..100 {
         mark = common::redis_get(&key).await;

@@ -162,7 +162,7 @@ async fn shutdown_finishes_in_flight_work_and_hands_back_the_rest() {
     let sent = fake.received_requests().await.unwrap_or_default().len();
     let mut marked = 0;
     for e in &events {
-        if common::redis_get(&format!("{}:done:{}:whatsapp", h.prefix, e.dedup_key))
+        if common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, "whatsapp"))
             .await
             .is_some()
         {

@@ -52,7 +52,7 @@ async fn first_attempt_fails_second_attempt_after_the_delay_sends() {
         "second attempt came after the delay, not at once ({waited:?})"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mark = common::redis_get(&format!("{}:done:{}:whatsapp", h.prefix, e.dedup_key))
+    let mark = common::redis_get(&common::mark(&h.prefix, "done", &e.dedup_key, "whatsapp"))
         .await
         .expect("sent");
     assert!(mark.contains("wamid.second"));
@@ -109,7 +109,7 @@ async fn failing_twice_dead_letters_with_the_reason() {
         6,
         "3 tries per attempt, 2 attempts"
     );
-    let failed = common::redis_get(&format!("{}:failed:{}:whatsapp", h.prefix, e.dedup_key))
+    let failed = common::redis_get(&common::mark(&h.prefix, "failed", &e.dedup_key, "whatsapp"))
         .await
         .expect("status failed");
     assert!(failed.contains("second_attempt_failed"));

@@ -35,7 +35,7 @@ async fn a_held_lease_waits_in_the_broker_and_stalls_nothing() {
     let held = event(EventKind::OrderCompleted, "org:o-held:x", "+79161110001");
     let free = event(EventKind::OrderCompleted, "org:o-free:x", "+79161110002");
     // What a SIGKILLed dispatcher leaves: its lease, running out in 6 s.
-    let lease = format!("{}:lease:{}:whatsapp", h.prefix, held.dedup_key);
+    let lease = common::mark(&h.prefix, "lease", &held.dedup_key, "whatsapp");
     let mut c = redis_conn().await;
     let _: () = redis::cmd("SET")
         .arg(&lease)
@@ -259,12 +259,9 @@ async fn only_a_send_that_may_be_on_the_wire_is_uncertain_after_a_crash() {
     let prefix = common::unique("write-gate");
     let lease = Duration::from_secs(2);
     let store = Store::new(
-        common::REDIS,
-        &prefix,
-        4,
+        &common::redis_settings(&prefix),
         lease,
         Duration::from_secs(60),
-        Duration::from_millis(500),
     )
     .unwrap();
     let wa = Channel::Whatsapp;

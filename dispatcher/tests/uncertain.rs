@@ -141,7 +141,7 @@ async fn a_meta_send_cut_by_a_crash_is_settled_by_its_callback() {
     let h = Harness::prepare("uncertain-crash", &Options::meta(&fake)).await;
     let e = event(EventKind::OrderCompleted, "org:o-crash:x", "+79161110003");
     // What the dead dispatcher left: its sending mark (attempt 1), no lease.
-    let mark = format!("{}:sending:{}:whatsapp", h.prefix, e.dedup_key);
+    let mark = common::mark(&h.prefix, "sending", &e.dedup_key, "whatsapp");
     let mut c = redis_conn().await;
     let _: () = redis::cmd("SET")
         .arg(&mark)

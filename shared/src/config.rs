@@ -159,24 +159,161 @@ impl Default for SpoolSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// How the dispatcher reaches Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server at `url`.
+    #[default]
+    Single,
+    /// The primary that `sentinels` name for `master_name`, found again
+    /// after a failover.
+    Sentinel,
+    /// A Redis Cluster, discovered from the seed nodes in `urls`.
+    Cluster,
+}
+
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
+    pub mode: RedisMode,
+    /// The server (`mode = "single"`).
     pub url: String,
+    /// Seed nodes of the cluster (`mode = "cluster"`); the rest is discovered.
+    pub urls: Vec<String>,
+    /// Sentinels (`mode = "sentinel"`), e.g. `redis://10.0.0.5:26379`.
+    pub sentinels: Vec<String>,
+    /// The monitored primary's name in the Sentinels' configuration.
+    pub master_name: String,
+    /// Credentials of the primary and replicas the Sentinels name (the
+    /// Sentinels' own go in their URLs).
+    pub master_username: Option<String>,
+    pub master_password: Option<String>,
     /// Prefix of every key, so deployments (or test runs) can share a server.
     pub prefix: String,
     pub pool_size: usize,
     /// Per-command timeout; past it Redis counts as unreachable (fail closed).
     pub timeout_ms: u64,
+    /// Replicas that must have a done mark (or another mark that must
+    /// survive a failover) before the broker is acked: `WAIT n`. Default: 1
+    /// with Sentinel or Cluster, 0 (no wait) for a single server.
+    pub wait_replicas: Option<u32>,
+    /// The longest that wait lasts (default 250 ms, or half of `timeout_ms`
+    /// when that is less; below both `timeout_ms` and the Redis client's
+    /// 500 ms response timeout, so a slow replica never turns into "Redis
+    /// unreachable"); past it the mark stays written on the primary only
+    /// (counted in `vestnik_dispatcher_redis_wait_shortfalls_total`).
+    pub wait_timeout_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls = |v: &[String]| v.iter().map(|u| crate::mask::url(u)).collect::<Vec<_>>();
+        f.debug_struct("RedisSettings")
+            .field("mode", &self.mode)
+            .field("url", &crate::mask::url(&self.url))
+            .field("urls", &urls(&self.urls))
+            .field("sentinels", &urls(&self.sentinels))
+            .field("master_name", &self.master_name)
+            .field("master_username", &self.master_username)
+            .field("master_password_set", &self.master_password.is_some())
+            .field("prefix", &self.prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("wait_replicas", &self.replicas_to_wait_for())
+            .field("wait_timeout", &self.wait_timeout())
+            .finish()
+    }
+}
+
+/// Default of `redis.wait_timeout_ms`.
+const DEFAULT_WAIT_TIMEOUT_MS: u64 = 250;
+/// The `redis` crate's response timeout on a multiplexed connection: a
+/// command that takes longer fails.
+const CLIENT_RESPONSE_TIMEOUT_MS: u64 = 500;
+
+impl RedisSettings {
+    /// The replicas a durable mark waits for (see `wait_replicas`).
+    pub fn replicas_to_wait_for(&self) -> u32 {
+        self.wait_replicas.unwrap_or(match self.mode {
+            RedisMode::Single => 0,
+            RedisMode::Sentinel | RedisMode::Cluster => 1,
+        })
+    }
+
+    /// The longest a durable mark waits for its replicas.
+    pub fn wait_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.wait_timeout_ms
+                .unwrap_or((self.timeout_ms / 2).min(DEFAULT_WAIT_TIMEOUT_MS)),
+        )
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let check_urls = |what: &str, urls: &[String]| -> Result<(), ConfigError> {
+            for (i, u) in urls.iter().enumerate() {
+                // The URL may hold a password: named by position, not shown.
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "redis.{what} (entry {}) is not a redis:// or rediss:// URL",
+                        i + 1
+                    )));
+                }
+            }
+            Ok(())
+        };
+        match self.mode {
+            RedisMode::Single => check_urls("url", std::slice::from_ref(&self.url))?,
+            RedisMode::Cluster if self.urls.is_empty() => {
+                return bad("redis.mode = \"cluster\" needs redis.urls (seed nodes)".into());
+            }
+            RedisMode::Cluster => check_urls("urls", &self.urls)?,
+            RedisMode::Sentinel
+                if self.sentinels.is_empty() || self.master_name.trim().is_empty() =>
+            {
+                return bad(
+                    "redis.mode = \"sentinel\" needs redis.sentinels and redis.master_name".into(),
+                );
+            }
+            RedisMode::Sentinel => check_urls("sentinels", &self.sentinels)?,
+        }
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return bad("redis.prefix must be non-empty without spaces or braces".into());
+        }
+        // The wait runs inside a command's time budget: a longer one would
+        // turn every slow replica into "Redis unreachable".
+        let wait = self.wait_timeout().as_millis() as u64;
+        let limit = self.timeout_ms.min(CLIENT_RESPONSE_TIMEOUT_MS);
+        if self.replicas_to_wait_for() > 0 && (wait == 0 || wait >= limit) {
+            return bad(format!(
+                "redis.wait_timeout_ms must be at least 1 and below {limit} (redis.timeout_ms, and the Redis client's response timeout of {CLIENT_RESPONSE_TIMEOUT_MS} ms)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
+            mode: RedisMode::Single,
             url: "redis://127.0.0.1:6379".into(),
+            urls: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: "vestnik".into(),
+            master_username: None,
+            master_password: None,
             prefix: "vestnik".into(),
             pool_size: 32,
             timeout_ms: 1000,
+            wait_replicas: None,
+            wait_timeout_ms: None,
         }
     }
 }
@@ -461,11 +598,7 @@ impl Settings {
                 "rabbitmq.prefix must be non-empty ASCII letters, digits, '-', '_' or '.'".into(),
             ));
         }
-        if self.redis.prefix.is_empty() || self.redis.prefix.contains(char::is_whitespace) {
-            return Err(ConfigError::Invalid(
-                "redis.prefix must be non-empty without spaces".into(),
-            ));
-        }
+        self.redis.validate()?;
         if !self.admin.token.is_empty() && self.admin.token.trim().len() < 16 {
             return Err(ConfigError::Invalid(
                 "admin.token must be at least 16 characters (or empty to disable the admin API)"
@@ -587,6 +720,56 @@ mod tests {
         assert!(err.to_string().contains("dialog360_header"), "{err}");
         let err = Settings::from_toml("[callbacks]\nmeta_secret = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("meta_secret"), "{err}");
+    }
+
+    #[test]
+    fn redis_modes_need_their_addresses_and_hide_passwords() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Single);
+        assert_eq!(
+            s.redis.replicas_to_wait_for(),
+            0,
+            "a single server has none"
+        );
+        let s = Settings::from_toml(
+            "[redis]\nmode = \"sentinel\"\nsentinels = [\"redis://:sentinel-pw@10.0.0.5:26379\"]\nmaster_name = \"vestnik\"\nmaster_password = \"primary-pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.redis.replicas_to_wait_for(),
+            1,
+            "on by default with Sentinel"
+        );
+        assert_eq!(
+            s.redis.wait_timeout(),
+            std::time::Duration::from_millis(250)
+        );
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("sentinel-pw"), "{debug}");
+        assert!(!debug.contains("primary-pw"), "{debug}");
+        let s = Settings::from_toml(
+            "[redis]\nmode = \"cluster\"\nurls = [\"redis://10.0.0.1:7000\"]\nwait_replicas = 0\n",
+        )
+        .unwrap();
+        assert_eq!(s.redis.replicas_to_wait_for(), 0, "explicitly off");
+        for (bad, says) in [
+            ("mode = \"cluster\"", "redis.urls"),
+            (
+                "mode = \"sentinel\"\nmaster_name = \"x\"",
+                "redis.sentinels",
+            ),
+            ("mode = \"cluster\"\nurls = [\"http://x:1\"]", "entry 1"),
+            ("url = \"10.0.0.1:6379\"", "redis.url"),
+            ("prefix = \"a{b}\"", "braces"),
+            (
+                "mode = \"cluster\"\nurls = [\"redis://x:1\"]\nwait_timeout_ms = 600",
+                "below 500",
+            ),
+            ("mode = \"ring\"", "mode"),
+        ] {
+            let err = Settings::from_toml(&format!("[redis]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

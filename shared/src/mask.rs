@@ -50,6 +50,19 @@ pub fn secret(secret: &str) -> String {
     format!("{head}***({n})")
 }
 
+/// A URL with its credentials hidden: `redis://:pw@host:6379` becomes
+/// `redis://***@host:6379`.
+pub fn url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 /// Masks anything in free text that looks like a phone number (a run of 7+
 /// digits with the usual separators) or an e-mail address. Used on provider
 /// answers and parse errors that may echo customer data back.
@@ -130,6 +143,18 @@ mod tests {
     fn email_keeps_first_letter_and_domain() {
         assert_eq!(email("ivan.petrov@mail.ru"), "i***@mail.ru");
         assert_eq!(email("not-an-email"), "***");
+    }
+
+    #[test]
+    fn url_hides_credentials_only() {
+        assert_eq!(
+            url("redis://:s3cret@10.0.0.5:6379/0"),
+            "redis://***@10.0.0.5:6379/0"
+        );
+        assert_eq!(url("rediss://user:pw@h"), "rediss://***@h");
+        assert_eq!(url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(url("redis://h/path@x"), "redis://h/path@x");
+        assert_eq!(url("not a url"), "not a url");
     }
 
     #[test]

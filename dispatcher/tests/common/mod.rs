@@ -26,6 +26,38 @@ use wiremock::MockServer;
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 
+/// Seed nodes of a Redis Cluster to run against instead of the single
+/// server (`deploy/redis-ha.sh` starts one; `deploy/test.sh` runs the
+/// dispatcher's Redis suites a second time with it set).
+pub const CLUSTER_ENV: &str = "VESTNIK_TEST_REDIS_CLUSTER";
+
+/// The `[redis]` keys for a test: the cluster when [`CLUSTER_ENV`] is set and
+/// the test uses the shared server, else the server at `url` (a test's
+/// own proxy, say).
+pub fn redis_section(url: &str) -> String {
+    match std::env::var(CLUSTER_ENV) {
+        Ok(seeds) if url == REDIS && !seeds.trim().is_empty() => {
+            let urls: Vec<String> = seeds
+                .split(',')
+                .map(|u| format!("{:?}", u.trim()))
+                .collect();
+            format!("mode = \"cluster\"\nurls = [{}]", urls.join(", "))
+        }
+        _ => format!("url = \"{url}\""),
+    }
+}
+
+/// The store's settings for a test's own prefix (on the cluster when set).
+pub fn redis_settings(prefix: &str) -> shared::config::RedisSettings {
+    let toml = format!(
+        "[redis]\n{}\nprefix = \"{prefix}\"\ntimeout_ms = 1000\n",
+        redis_section(REDIS)
+    );
+    Settings::from_toml(&toml)
+        .expect("test redis settings are valid")
+        .redis
+}
+
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dispatcher=info"));
@@ -88,7 +120,7 @@ prefix = "{prefix}"
 second_attempt_delay_secs = {delay}
 
 [redis]
-url = "{redis}"
+{redis}
 prefix = "{prefix}"
 timeout_ms = 300
 
@@ -115,7 +147,7 @@ default = {channels}
 {providers}
 "#,
         delay = o.delay_secs,
-        redis = o.redis_url,
+        redis = redis_section(&o.redis_url),
         channels = o.channels,
         providers = o.providers,
         extra = o.extra,
@@ -308,12 +340,18 @@ pub async fn requests(fake: &MockServer, n: usize, timeout: Duration) -> Vec<wir
     }
 }
 
-pub async fn redis_conn() -> redis::aio::MultiplexedConnection {
-    redis::Client::open(REDIS)
-        .expect("redis url")
-        .get_multiplexed_async_connection()
+/// A connection to the tests' Redis (the cluster when [`CLUSTER_ENV`] is set).
+pub async fn redis_conn() -> dispatcher::redis_conn::Conn {
+    dispatcher::redis_conn::Backend::new(&redis_settings("test"))
+        .expect("redis settings")
+        .connect()
         .await
-        .expect("Redis on 127.0.0.1:6379")
+        .expect("the tests' Redis is up")
+}
+
+/// The key of one mark of a delivery under a test's prefix.
+pub fn mark(prefix: &str, kind: &str, dedup_key: &str, channel: &str) -> String {
+    format!("{prefix}:{kind}:{{{dedup_key}}}:{channel}")
 }
 
 pub async fn delete_keys(prefix: &str) {
