@@ -192,6 +192,11 @@ pub enum Phase {
     Failed,
 }
 
+/// How long a durable mark whose replicas did not confirm is written again
+/// before the shortfall is accepted (see [`Store::run_durable`]): a Sentinel
+/// or Cluster failover completes well within it.
+const WAIT_RETRY: Duration = Duration::from_secs(5);
+
 /// Shared multiplexed connections checked out of the pool.
 const SHARED_CONNECTIONS: usize = 4;
 
@@ -215,6 +220,7 @@ pub struct Store {
     wait_replicas: u32,
     wait_timeout: Duration,
     wait_shortfalls: prometheus::IntCounter,
+    wait_degraded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
@@ -246,6 +252,10 @@ return 1
 /// second-attempt mark: once the one second attempt is queued, a first
 /// attempt (a duplicate webhook, a redelivered copy) does not send; the
 /// queued attempt does. All KEYS share the delivery's hash tag.
+///
+/// A lease and mark that already hold this claim's token are its own: the
+/// same claim retried after its answer was lost (a timeout, a failover), so
+/// it acquires again instead of finding itself busy, and later uncertain.
 const CLAIM_LUA: &str = r#"
 local done = redis.call('GET', KEYS[1])
 if done then
@@ -265,9 +275,11 @@ for i = 7, #KEYS, 3 do
   if redis.call('EXISTS', KEYS[i + 1]) == 1 then return {'busy', ''} end
   if redis.call('EXISTS', KEYS[i + 2]) == 1 then return {'uncertain', ''} end
 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local ours = redis.call('GET', KEYS[2]) == ARGV[1]
+if ours then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+if ours or redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   local mark = redis.call('GET', KEYS[4])
-  if mark then
+  if mark and mark ~= ARGV[1] then
     redis.call('DEL', KEYS[2])
     return {'uncertain', mark}
   end
@@ -313,8 +325,10 @@ return 1
 /// Takes over an uncertain send to repeat it (KEYS: lease, sending; ARGV:
 /// the mark found, our token, lease ms, sending TTL): only while the mark
 /// is still the one found (a callback may have settled it) and the lease
-/// is free; 1 when ours.
+/// is free; 1 when ours (also when both already hold our token: this take
+/// over retried after its answer was lost).
 const TAKE_OVER_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[2] and redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3]) then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
@@ -380,6 +394,7 @@ impl Store {
                 "Durable marks whose replicas did not confirm within redis.wait_timeout_ms",
             )
             .map_err(|e| e.to_string())?,
+            wait_degraded: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -421,35 +436,58 @@ impl Store {
     }
 
     /// Runs a write whose result must outlive a failover, then waits (on
-    /// the same connection) for `redis.wait_replicas` replicas to have it.
-    /// `key` names the primary in a cluster.
-    async fn run_durable<T, F, Fut>(&self, key: String, f: F) -> Result<T, StoreError>
+    /// the same connection) for `redis.wait_replicas` replicas to have it;
+    /// `key` names the primary in a cluster. `write` must be idempotent: a
+    /// wait that falls short is retried, through fresh connections, for up
+    /// to [`WAIT_RETRY`], because the usual cause is a failover under way
+    /// (the write went to a primary being replaced, and would be lost with
+    /// it); only then is the shortfall accepted and counted. After one
+    /// accepted shortfall the store does not retry again until a wait
+    /// succeeds, so a primary left without replicas costs each mark one
+    /// wait, not [`WAIT_RETRY`]. The first write's answer is returned.
+    async fn run_durable<T, F, Fut>(&self, key: String, write: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let replicas = self.wait_replicas;
         if replicas == 0 {
-            return self.run(f).await;
+            return self.run(write).await;
         }
         let wait = self.wait_timeout;
-        let (value, acked) = self
-            .run(|c| async move {
-                let mut w = c.clone();
-                let value = f(c).await?;
-                let acked = w.wait_replicas(&key, replicas, wait).await?;
-                Ok((value, acked))
-            })
-            .await?;
-        if acked < i64::from(replicas) {
-            self.wait_shortfalls.inc();
-            tracing::warn!(
-                replicas = acked,
-                wanted = replicas,
-                "a mark is on the Redis primary only: its replicas did not confirm within redis.wait_timeout_ms"
-            );
+        let started = tokio::time::Instant::now();
+        let mut first = None;
+        loop {
+            let (value, acked) = self
+                .run(|c| async {
+                    let mut w = c.clone();
+                    let value = write(c).await?;
+                    let acked = w.wait_replicas(&key, replicas, wait).await?;
+                    Ok((value, acked))
+                })
+                .await?;
+            first.get_or_insert(value);
+            if acked >= i64::from(replicas) {
+                self.wait_degraded.store(false, Ordering::Relaxed);
+                break;
+            }
+            if self.wait_degraded.load(Ordering::Relaxed) || started.elapsed() >= WAIT_RETRY {
+                self.wait_degraded.store(true, Ordering::Relaxed);
+                self.wait_shortfalls.inc();
+                tracing::warn!(
+                    replicas = acked,
+                    wanted = replicas,
+                    "a mark is on the Redis primary only: its replicas did not confirm"
+                );
+                break;
+            }
+            // Perhaps a primary on its way out: ask again which one it is.
+            for i in 0..self.slots.len() {
+                self.drop_connection(i);
+            }
+            tokio::time::sleep(wait).await;
         }
-        Ok(value)
+        first.ok_or_else(|| StoreError::Unavailable("no write".into()))
     }
 
     pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
@@ -480,7 +518,9 @@ impl Store {
     /// mark, and like it must outlive a failover.
     async fn set_for_done_ttl(&self, key: String, value: String) -> Result<(), StoreError> {
         let ttl = self.done_ttl.as_secs();
-        self.run_durable(key.clone(), |mut c| async move {
+        let durable = key.clone();
+        let (key, value) = (&key, &value);
+        self.run_durable(durable, move |mut c| async move {
             redis::cmd("SET")
                 .arg(key)
                 .arg(value)
@@ -571,7 +611,11 @@ impl Store {
         let value = serde_json::to_string(sent).unwrap_or_default();
         let remembered = serde_json::to_string(message).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
-        self.run_durable(done.clone(), |mut c| async move {
+        let durable = done.clone();
+        let (done, lease, retry, msg, sending, failed) =
+            (&done, &lease, &retry, &msg, &sending, &failed);
+        let (value, remembered) = (&value, &remembered);
+        self.run_durable(durable, move |mut c| async move {
             let mut m = c.clone();
             let mut set = redis::cmd("SET");
             set.arg(msg).arg(remembered).arg("EX").arg(ttl);
@@ -734,7 +778,9 @@ impl Store {
         let value = serde_json::json!({"class": class, "reason": reason, "at": chrono::Utc::now()})
             .to_string();
         let ttl = self.done_ttl.as_secs();
-        self.run_durable(failed.clone(), |mut c| async move {
+        let durable = failed.clone();
+        let (failed, done, retry, value) = (&failed, &done, &retry, &value);
+        self.run_durable(durable, move |mut c| async move {
             redis::pipe()
                 .atomic()
                 .cmd("SET")
@@ -766,7 +812,9 @@ impl Store {
         let done = self.key("done", dedup_key, channel);
         let retry = self.key("retry", dedup_key, channel);
         let ttl = self.done_ttl.as_secs();
-        self.run_durable(done.clone(), |mut c| async move {
+        let durable = done.clone();
+        let (done, retry) = (&done, &retry);
+        self.run_durable(durable, move |mut c| async move {
             ALLOW_RETRY
                 .key(done)
                 .key(retry)
@@ -874,8 +922,10 @@ impl Store {
         let sending = self.key("sending", dedup_key, channel);
         let value = serde_json::to_string(sent).unwrap_or_default();
         let ttl = self.done_ttl.as_secs();
+        let durable = done.clone();
+        let (done, lease, sending, value) = (&done, &lease, &sending, &value);
         let outcome: String = self
-            .run_durable(done.clone(), |mut c| async move {
+            .run_durable(durable, move |mut c| async move {
                 SETTLE_BY_CALLBACK
                     .key(done)
                     .key(lease)

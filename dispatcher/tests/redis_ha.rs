@@ -77,7 +77,7 @@ async fn primary_port() -> u16 {
 }
 
 /// Waits until the group is settled: the primary the Sentinels name says
-/// it is one and has its replica connected.
+/// it is one and has its replica connected and in sync.
 async fn settled() -> u16 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -88,7 +88,11 @@ async fn settled() -> u16 {
             .query_async(&mut c)
             .await
             .unwrap_or_default();
-        if info.contains("role:master") && info.contains("connected_slaves:1") {
+        // The replica connected and in sync (not still loading a copy).
+        if info.contains("role:master")
+            && info.contains("connected_slaves:1")
+            && info.contains("state=online")
+        {
             return port;
         }
         assert!(
@@ -225,7 +229,8 @@ fn sent(id: &str) -> (Sent, SentMessage) {
 }
 
 /// A done mark waits for the replica (`WAIT 1`): with the replica stopped,
-/// the wait runs out and is counted, and the mark still stands on the
+/// the wait runs out, is retried for a while (a failover would be under
+/// way), then accepted and counted, and the mark still stands on the
 /// primary; with the replica back, marks are confirmed and nothing counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_mark_waits_for_the_replica_and_counts_when_it_cannot() {
@@ -291,6 +296,16 @@ async fn a_done_mark_waits_for_the_replica_and_counts_when_it_cannot() {
     assert_eq!(store.wait_shortfalls().get(), 1, "the shortfall is counted");
     let phase = store.phase("stalled", wa).await.expect("phase");
     assert_eq!(phase, dispatcher::delivery_state::Phase::Sent);
+
+    // The replica back in sync: marks are confirmed again, nothing counted.
+    settled().await;
+    let (s3, m3) = sent("m-3");
+    store.claim("back", wa, &[], "t3", 1).await.expect("claim");
+    store
+        .mark_sent("back", wa, "t3", &s3, &m3)
+        .await
+        .expect("marked");
+    assert_eq!(store.wait_shortfalls().get(), 1, "no new shortfall");
 
     let backend = Backend::new(&settings).expect("backend");
     let mut conn = backend.connect().await.expect("primary");

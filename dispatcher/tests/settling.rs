@@ -308,3 +308,59 @@ async fn only_a_send_that_may_be_on_the_wire_is_uncertain_after_a_crash() {
     );
     common::delete_keys(&prefix).await;
 }
+
+/// A claim or take-over whose answer was lost (a timeout, a Redis failover)
+/// is retried by its worker with the same token: it finds its own lease and
+/// mark and acquires again, instead of waiting for its own lease and then
+/// finding its own send "uncertain" although nothing went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_retried_after_its_answer_was_lost_is_still_its_own() {
+    use dispatcher::delivery_state::{Claim, Phase, Sending, Store};
+    let prefix = common::unique("claim-retry");
+    let store = Store::new(
+        &common::redis_settings(&prefix),
+        Duration::from_secs(120),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let wa = Channel::Whatsapp;
+    for _ in 0..2 {
+        assert_eq!(
+            store.claim("lost", wa, &[], "a1-mine", 1).await.unwrap(),
+            Claim::Acquired
+        );
+    }
+    assert_eq!(store.phase("lost", wa).await.unwrap(), Phase::Sending);
+    assert_eq!(
+        store.claim("lost", wa, &[], "a1-theirs", 1).await.unwrap(),
+        Claim::Busy,
+        "another worker's claim is still refused"
+    );
+    // Uncertain (a worker died mid-send), taken over; the take-over retried.
+    store
+        .release("lost", wa, "a1-mine", Sending::Keep)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim("lost", wa, &[], "a2-next", 2).await.unwrap(),
+        Claim::Uncertain {
+            mark: "a1-mine".into()
+        }
+    );
+    for _ in 0..2 {
+        assert!(
+            store
+                .take_over("lost", wa, "a1-mine", "a2-next")
+                .await
+                .unwrap()
+        );
+    }
+    assert!(
+        !store
+            .take_over("lost", wa, "a1-mine", "a2-other")
+            .await
+            .unwrap(),
+        "only once"
+    );
+    common::delete_keys(&prefix).await;
+}
