@@ -24,7 +24,7 @@ use shared::topology::Topology;
 
 pub struct AdminState {
     token_hash: [u8; 32],
-    amqp_url: String,
+    endpoints: shared::amqp::Endpoints,
     topology: Topology,
     store: Store,
     journal: Journal,
@@ -34,14 +34,14 @@ pub struct AdminState {
 impl AdminState {
     pub fn new(
         token: &str,
-        amqp_url: &str,
+        endpoints: shared::amqp::Endpoints,
         topology: Topology,
         store: Store,
         journal: Journal,
     ) -> AdminState {
         AdminState {
             token_hash: Sha256::digest(token.as_bytes()).into(),
-            amqp_url: amqp_url.to_string(),
+            endpoints,
             topology,
             store,
             journal,
@@ -50,7 +50,7 @@ impl AdminState {
     }
 
     async fn dlq(&self) -> Result<Dlq, AdminError> {
-        Dlq::connect(&self.amqp_url, self.topology.clone())
+        Dlq::connect(&self.endpoints, self.topology.clone())
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))
     }

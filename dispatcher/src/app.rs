@@ -284,7 +284,7 @@ pub async fn start_with(
     let consumer = tokio::spawn(consumer::run(
         worker.clone(),
         ConsumerSettings {
-            url: settings.rabbitmq.url.clone(),
+            endpoints: shared::amqp::Endpoints::from_settings(&settings.rabbitmq),
             prefetch: d.prefetch,
             concurrency: d.concurrency,
             shutdown_timeout: Duration::from_secs(d.shutdown_timeout_secs),
@@ -340,7 +340,7 @@ fn start_admin(
     }
     let state = web::Data::new(AdminState::new(
         &admin.token,
-        &settings.rabbitmq.url,
+        shared::amqp::Endpoints::from_settings(&settings.rabbitmq),
         worker.topology.clone(),
         worker.store.clone(),
         worker.journal.clone(),

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::{FutureExt, StreamExt};
+use lapin::Connection;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -28,7 +28,7 @@ enum Kind {
 }
 
 pub struct ConsumerSettings {
-    pub url: String,
+    pub endpoints: shared::amqp::Endpoints,
     pub prefetch: u16,
     pub concurrency: usize,
     pub shutdown_timeout: Duration,
@@ -42,17 +42,10 @@ pub async fn run(
     let tag = format!("vestnik-dispatcher-{}", uuid::Uuid::now_v7().simple());
     while !*shutdown.borrow() {
         let connect = || async {
-            let conn = tokio::time::timeout(
-                Duration::from_secs(5),
-                Connection::connect(
-                    &settings.url,
-                    ConnectionProperties::default().with_connection_name(tag.clone().into()),
-                ),
-            )
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-            Ok::<_, String>(conn)
+            settings
+                .endpoints
+                .connect(&tag, Duration::from_secs(5))
+                .await
         };
         let conn = tokio::select! {
             c = connect

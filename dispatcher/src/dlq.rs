@@ -13,7 +13,7 @@ use std::time::Duration;
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation, Connection};
 use serde::Serialize;
 use shared::Event;
 use shared::tenant::Channel;
@@ -85,13 +85,14 @@ struct Letter {
 }
 
 impl Dlq {
-    pub async fn connect(url: &str, topology: Topology) -> Result<Dlq, DlqError> {
-        let conn = Connection::connect(
-            url,
-            ConnectionProperties::default().with_connection_name("vestnik-dlq".into()),
-        )
-        .await
-        .map_err(err)?;
+    pub async fn connect(
+        endpoints: &shared::amqp::Endpoints,
+        topology: Topology,
+    ) -> Result<Dlq, DlqError> {
+        let conn = endpoints
+            .connect("vestnik-dlq", Duration::from_secs(5))
+            .await
+            .map_err(DlqError)?;
         Ok(Dlq { conn, topology })
     }
 

@@ -204,7 +204,12 @@ async fn run(settings: Settings) -> ExitCode {
 
 async fn dlq(settings: Settings, op: DlqOp) -> ExitCode {
     let topology = Topology::from_settings(&settings.rabbitmq);
-    let dlq = match Dlq::connect(&settings.rabbitmq.url, topology).await {
+    let dlq = match Dlq::connect(
+        &shared::amqp::Endpoints::from_settings(&settings.rabbitmq),
+        topology,
+    )
+    .await
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e}");

@@ -51,9 +51,12 @@ async fn dead_letters_are_listed_replayed_once_and_not_again() {
     }
     assert_eq!(fake.received_requests().await.unwrap_or_default().len(), 3);
 
-    let dlq = Dlq::connect(common::AMQP, h.topology.clone())
-        .await
-        .unwrap();
+    let dlq = Dlq::connect(
+        &shared::amqp::Endpoints::one(common::AMQP),
+        h.topology.clone(),
+    )
+    .await
+    .unwrap();
     let all = dlq.list(&Filter::default()).await.unwrap();
     assert_eq!(all.len(), 4, "listing does not consume");
     let config: Vec<_> = all.iter().filter(|e| e.reason == "config").collect();

@@ -230,7 +230,9 @@ access_token = "EAAtest-token-not-real"
             });
             tenant.providers.insert(channel, vec![p]);
         }
-        let dlq = Dlq::connect(AMQP, topology.clone()).await.expect("dlq");
+        let dlq = Dlq::connect(&shared::amqp::Endpoints::one(AMQP), topology.clone())
+            .await
+            .expect("dlq");
         Run {
             seed,
             prefix,

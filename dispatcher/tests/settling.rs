@@ -105,9 +105,12 @@ async fn an_uncertain_send_is_not_resent_by_duplicates_or_bulk_replay() {
     let h = Harness::start("uncertain", &o).await;
     let e = event(EventKind::OrderCompleted, "org:o-unc:x", "+79161234567");
     h.publish(&e).await;
-    let dlq = Dlq::connect(common::AMQP, h.topology.clone())
-        .await
-        .unwrap();
+    let dlq = Dlq::connect(
+        &shared::amqp::Endpoints::one(common::AMQP),
+        h.topology.clone(),
+    )
+    .await
+    .unwrap();
     let letters = wait_letters(&dlq, 1).await;
     assert_eq!(letters[0].reason, "uncertain");
     assert_eq!(fake.received_requests().await.unwrap().len(), 1);

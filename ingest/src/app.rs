@@ -118,7 +118,7 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     );
     let topology = Topology::from_settings(&settings.rabbitmq);
     let broker = Broker::start(
-        &settings.rabbitmq.url,
+        shared::amqp::Endpoints::from_settings(&settings.rabbitmq),
         topology,
         settings.rabbitmq.publish_channels,
     );

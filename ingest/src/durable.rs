@@ -158,6 +158,12 @@ pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Dura
         if !broker.wait_until_up(Duration::from_secs(1)).await {
             continue;
         }
+        if broker.is_blocked() {
+            // A resource alarm: publishing now would only queue up in the
+            // blocked connection. Look again shortly.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
         let batch = match drain.read_batch(DRAIN_BATCH) {
             Ok(b) => b,
             Err(e) => {
@@ -187,7 +193,7 @@ pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Dura
             })
             .collect();
         let all_ok = broker
-            .publish_messages(&messages, publish_timeout.max(Duration::from_secs(5)))
+            .drain_messages(&messages, publish_timeout.max(Duration::from_secs(5)))
             .await
             .is_ok();
         drop(messages);

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
     pub broker_up: IntGauge,
+    /// 1 while the broker blocks publishers (a resource alarm).
+    pub broker_blocked: IntGauge,
+    /// 1 while webhooks go straight to the spool (a confirm timed out).
+    pub broker_circuit_open: IntGauge,
     /// Provider callback requests by provider and outcome.
     pub callbacks: IntCounterVec,
     /// What callback bodies carried, by provider and item (`status`,
@@ -72,6 +76,16 @@ impl Metrics {
             "1 when the broker connection is up",
         )
         .expect("static metric definition");
+        let broker_blocked = IntGauge::new(
+            "vestnik_ingest_broker_blocked",
+            "1 while the broker blocks publishers (connection.blocked: a memory or disk alarm)",
+        )
+        .expect("static metric definition");
+        let broker_circuit_open = IntGauge::new(
+            "vestnik_ingest_broker_circuit_open",
+            "1 while webhooks are spooled without trying the broker (a confirm timed out; the drain probes)",
+        )
+        .expect("static metric definition");
         let callbacks = IntCounterVec::new(
             Opts::new(
                 "vestnik_ingest_callbacks_total",
@@ -96,6 +110,8 @@ impl Metrics {
             Box::new(spool_records.clone()),
             Box::new(spool_bytes.clone()),
             Box::new(broker_up.clone()),
+            Box::new(broker_blocked.clone()),
+            Box::new(broker_circuit_open.clone()),
             Box::new(callbacks.clone()),
             Box::new(callback_items.clone()),
         ] {
@@ -115,6 +131,8 @@ impl Metrics {
             spool_records,
             spool_bytes,
             broker_up,
+            broker_blocked,
+            broker_circuit_open,
             callbacks,
             callback_items,
         }

@@ -6,6 +6,13 @@
 //! (`backon`). `publish` succeeds only on the broker's ack of a routed,
 //! persistent message; anything else (timeout, nack, unroutable, no
 //! connection) is an error the caller answers by spooling.
+//!
+//! A broker that stops confirming is not waited out once per webhook: while
+//! it says `connection.blocked` (a memory or disk alarm), or after a confirm
+//! timed out, webhook publishes fail at once ([`PublishError::Blocked`],
+//! [`PublishError::CircuitOpen`]) and are spooled in milliseconds. The spool
+//! drain is the probe: it waits while the broker blocks, then publishes, and
+//! the first confirm it gets closes the circuit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,7 +21,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shared::Event;
 use shared::status::StatusUpdate;
 use shared::topology::{ROUTE_DISPATCH, ROUTE_STATUS, Topology};
@@ -32,6 +39,10 @@ pub enum PublishError {
     Unroutable,
     #[error("channel error")]
     Channel,
+    #[error("broker is blocking publishers (resource alarm)")]
+    Blocked,
+    #[error("broker stopped confirming: spooling until the drain gets through")]
+    CircuitOpen,
 }
 
 impl PublishError {
@@ -43,6 +54,8 @@ impl PublishError {
             PublishError::Nacked => "nack",
             PublishError::Unroutable => "unroutable",
             PublishError::Channel => "channel_error",
+            PublishError::Blocked => "blocked",
+            PublishError::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -105,11 +118,13 @@ struct Link {
 }
 
 struct Inner {
-    url: String,
+    endpoints: shared::amqp::Endpoints,
     topology: Topology,
     channels: usize,
     link: RwLock<Option<Arc<Link>>>,
     up: AtomicBool,
+    /// Set when a confirm timed out; cleared by the next confirm (the drain's).
+    circuit_open: AtomicBool,
     /// Wakes the supervisor when a publish saw the link fail.
     trouble: Notify,
     /// Wakes waiters (the spool drain) when the link comes up.
@@ -125,14 +140,19 @@ pub struct Broker {
 impl Broker {
     /// Starts the supervisor; returns at once (the first connect happens in
     /// the background, so ingest starts and spools even with the broker down).
-    pub fn start(url: &str, topology: Topology, channels: usize) -> Broker {
+    pub fn start(
+        endpoints: shared::amqp::Endpoints,
+        topology: Topology,
+        channels: usize,
+    ) -> Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
-                url: url.to_string(),
+                endpoints,
                 topology,
                 channels: channels.max(1),
                 link: RwLock::new(None),
                 up: AtomicBool::new(false),
+                circuit_open: AtomicBool::new(false),
                 trouble: Notify::new(),
                 connected: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -158,6 +178,22 @@ impl Broker {
 
     pub fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// The broker has sent `connection.blocked` (a resource alarm) and not
+    /// yet `connection.unblocked`.
+    pub fn is_blocked(&self) -> bool {
+        self.inner
+            .link
+            .try_read()
+            .ok()
+            .and_then(|l| l.as_ref().map(|l| l.conn.status().blocked()))
+            .unwrap_or(false)
+    }
+
+    /// Webhooks go straight to the spool until the drain gets a confirm.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.circuit_open.load(Ordering::Relaxed)
     }
 
     pub fn topology(&self) -> &Topology {
@@ -212,8 +248,32 @@ impl Broker {
     }
 
     /// Publishes messages (any routes) in order on one channel, pipelined,
-    /// then waits for every confirm: acked and routed, or an error.
+    /// then waits for every confirm: acked and routed, or an error. Fails at
+    /// once while the broker blocks publishers or the circuit is open (the
+    /// caller spools).
     pub async fn publish_messages(
+        &self,
+        messages: &[Outgoing<'_>],
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        if self.is_circuit_open() {
+            return Err(PublishError::CircuitOpen);
+        }
+        self.publish_on_link(messages, timeout).await
+    }
+
+    /// The spool drain's publish: like [`Broker::publish_messages`], but it
+    /// is the probe of an open circuit, so it goes through (only a blocked
+    /// broker stops it); its confirm closes the circuit.
+    pub async fn drain_messages(
+        &self,
+        messages: &[Outgoing<'_>],
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        self.publish_on_link(messages, timeout).await
+    }
+
+    async fn publish_on_link(
         &self,
         messages: &[Outgoing<'_>],
         timeout: Duration,
@@ -222,6 +282,9 @@ impl Broker {
         let Some(link) = link else {
             return Err(PublishError::Disconnected);
         };
+        if link.conn.status().blocked() {
+            return Err(PublishError::Blocked);
+        }
         let i = link.next.fetch_add(1, Ordering::Relaxed) % link.channels.len();
         let channel = &link.channels[i];
         let result = tokio::time::timeout(timeout, async {
@@ -254,6 +317,22 @@ impl Broker {
         })
         .await
         .unwrap_or(Err(PublishError::Timeout));
+        match result {
+            Ok(()) => {
+                if self.inner.circuit_open.swap(false, Ordering::Relaxed) {
+                    tracing::info!("broker: confirming again, circuit closed");
+                }
+            }
+            Err(PublishError::Timeout) => {
+                if !self.inner.circuit_open.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "broker: a confirm timed out; webhooks go to the spool until the drain gets through"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
         if matches!(
             result,
             Err(PublishError::Channel | PublishError::Unroutable)
@@ -317,19 +396,16 @@ impl Broker {
         }
     }
 
-    async fn connect(&self) -> Result<Link, lapin::Error> {
-        let props = ConnectionProperties::default().with_connection_name("vestnik-ingest".into());
-        let conn = tokio::time::timeout(
-            Duration::from_secs(5),
-            Connection::connect(&self.inner.url, props),
-        )
-        .await
-        .map_err(|_| {
-            lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))
-        })??;
+    async fn connect(&self) -> Result<Link, String> {
+        let conn = self
+            .inner
+            .endpoints
+            .connect("vestnik-ingest", Duration::from_secs(5))
+            .await?;
+        self.open_link(conn).await.map_err(|e| e.to_string())
+    }
+
+    async fn open_link(&self, conn: Connection) -> Result<Link, lapin::Error> {
         let setup = conn.create_channel().await?;
         self.inner.topology.declare(&setup).await?;
         let _ = setup.close(200, "topology declared".into()).await;

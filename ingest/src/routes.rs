@@ -500,7 +500,11 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .set(state.durable.spool.pending_records() as i64);
     m.spool_bytes
         .set(state.durable.spool.pending_bytes() as i64);
-    m.broker_up.set(i64::from(state.durable.broker.is_up()));
+    let broker = &state.durable.broker;
+    m.broker_up.set(i64::from(broker.is_up()));
+    m.broker_blocked.set(i64::from(broker.is_blocked()));
+    m.broker_circuit_open
+        .set(i64::from(broker.is_circuit_open()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(m.render())

@@ -98,10 +98,18 @@ impl Default for IngestSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RabbitSettings {
+    /// One node; `urls` (when not empty) lists a cluster's nodes instead.
     pub url: String,
+    /// The nodes of a RabbitMQ cluster: connect to one that answers, fail
+    /// over to the next when it is lost (`shared::amqp`).
+    pub urls: Vec<String>,
+    /// `x-quorum-initial-group-size` of the quorum queues (default: every
+    /// node of the cluster, RabbitMQ's own default); set it below the
+    /// cluster size only to keep replicas off some nodes.
+    pub quorum_initial_group_size: Option<u32>,
     /// Prefix of every exchange and queue name, so several deployments (or
     /// test runs) can share one broker.
     pub prefix: String,
@@ -122,12 +130,65 @@ impl Default for RabbitSettings {
     fn default() -> Self {
         RabbitSettings {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            urls: Vec::new(),
+            quorum_initial_group_size: None,
             prefix: "vestnik".into(),
             second_attempt_delay_secs: 570,
             delivery_limit: 20,
             lease_wait_secs: crate::topology::DEFAULT_LEASE_WAIT_SECS,
             publish_channels: 4,
         }
+    }
+}
+
+impl RabbitSettings {
+    /// The nodes to connect to: `urls`, or `url` alone.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, u) in self.endpoints().iter().enumerate() {
+            // Named by position: the URL may hold a password.
+            if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "rabbitmq.urls (entry {}) is not an amqp:// or amqps:// URL",
+                    i + 1
+                )));
+            }
+        }
+        if self.quorum_initial_group_size == Some(0) {
+            return Err(ConfigError::Invalid(
+                "rabbitmq.quorum_initial_group_size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RabbitSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitSettings")
+            .field("url", &crate::mask::url(&self.url))
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|u| crate::mask::url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
+            .field("prefix", &self.prefix)
+            .field("second_attempt_delay_secs", &self.second_attempt_delay_secs)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("lease_wait_secs", &self.lease_wait_secs)
+            .field("publish_channels", &self.publish_channels)
+            .finish()
     }
 }
 
@@ -599,6 +660,7 @@ impl Settings {
             ));
         }
         self.redis.validate()?;
+        self.rabbitmq.validate()?;
         if !self.admin.token.is_empty() && self.admin.token.trim().len() < 16 {
             return Err(ConfigError::Invalid(
                 "admin.token must be at least 16 characters (or empty to disable the admin API)"

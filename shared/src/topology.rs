@@ -36,6 +36,7 @@ pub struct Topology {
     second_attempt_delay: Duration,
     delivery_limit: u32,
     lease_wait: Duration,
+    quorum_group_size: Option<u32>,
 }
 
 /// Default of `rabbitmq.lease_wait_secs`.
@@ -48,6 +49,7 @@ impl Topology {
             second_attempt_delay,
             delivery_limit,
             lease_wait: Duration::from_secs(DEFAULT_LEASE_WAIT_SECS),
+            quorum_group_size: None,
         }
     }
 
@@ -65,6 +67,27 @@ impl Topology {
             s.delivery_limit,
         )
         .with_lease_wait(Duration::from_secs(s.lease_wait_secs))
+        .with_quorum_group_size(s.quorum_initial_group_size)
+    }
+
+    /// `x-quorum-initial-group-size` of every queue (None: RabbitMQ's
+    /// default, every node of the cluster).
+    pub fn with_quorum_group_size(mut self, size: Option<u32>) -> Self {
+        self.quorum_group_size = size;
+        self
+    }
+
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        insert_str(&mut args, "x-queue-type", "quorum");
+        if let Some(n) = self.quorum_group_size {
+            insert(
+                &mut args,
+                "x-quorum-initial-group-size",
+                AMQPValue::LongUInt(n),
+            );
+        }
+        args
     }
 
     pub fn exchange(&self) -> String {
@@ -137,7 +160,7 @@ impl Topology {
             )
             .await?;
 
-        let mut dispatch = quorum_args();
+        let mut dispatch = self.quorum_args();
         insert(
             &mut dispatch,
             "x-delivery-limit",
@@ -166,18 +189,23 @@ impl Topology {
         self.queue(
             channel,
             &self.dead_letter_queue(),
-            quorum_args(),
+            self.quorum_args(),
             ROUTE_DEAD,
         )
         .await?;
-        self.queue(channel, &self.status_queue(), quorum_args(), ROUTE_STATUS)
-            .await?;
+        self.queue(
+            channel,
+            &self.status_queue(),
+            self.quorum_args(),
+            ROUTE_STATUS,
+        )
+        .await?;
         Ok(())
     }
 
     /// A wait queue: its messages expire after `delay` back into dispatch.
     fn wait_args(&self, delay: Duration) -> FieldTable {
-        let mut wait = quorum_args();
+        let mut wait = self.quorum_args();
         let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         insert(&mut wait, "x-message-ttl", AMQPValue::LongLongInt(ttl_ms));
         insert_str(&mut wait, "x-dead-letter-exchange", &self.exchange());
@@ -241,12 +269,6 @@ impl Topology {
             )
             .await
     }
-}
-
-fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    insert_str(&mut args, "x-queue-type", "quorum");
-    args
 }
 
 fn insert(args: &mut FieldTable, key: &str, value: AMQPValue) {
