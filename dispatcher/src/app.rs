@@ -20,6 +20,7 @@ use crate::journal::Journal;
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::limit::{Limited, RateLimit};
+use crate::shared_limit::SharedLimits;
 use crate::providers::wazzup::Wazzup;
 use crate::providers::{self, Provider, log::LogOnly};
 use crate::templates::Templates;
@@ -72,10 +73,17 @@ pub fn build_worker(
         .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| StartError::Config(format!("http client: {e}")))?;
+    let store = Store::new(
+        &settings.redis,
+        Duration::from_secs(d.lease_ttl_secs),
+        Duration::from_secs(d.done_ttl_secs),
+    )
+    .map_err(StartError::Config)?;
+    let limits = SharedLimits::new(store.clone());
     let mut tenants = HashMap::new();
     let lease = Duration::from_secs(d.lease_ttl_secs);
     for t in &settings.tenants {
-        let built = providers::build(&t.providers, &http)
+        let built = providers::build(&t.providers, &http, &limits)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
         for (name, section) in &t.providers {
             let budget = providers::attempt_budget(name, section, &d.retry)
@@ -154,12 +162,6 @@ pub fn build_worker(
             .into_iter()
             .map(|c| (c, Arc::new(LogOnly { channel: c }) as Arc<dyn Provider>))
             .collect();
-    let store = Store::new(
-        &settings.redis,
-        Duration::from_secs(d.lease_ttl_secs),
-        Duration::from_secs(d.done_ttl_secs),
-    )
-    .map_err(StartError::Config)?;
     let metrics = Metrics::new();
     metrics
         .register(Box::new(store.wait_shortfalls().clone()))
@@ -175,6 +177,7 @@ pub fn build_worker(
             http.clone(),
             d.wazzup_base_url.clone(),
             settings.security.sealer(),
+            limits,
         ),
         retry: d.retry.clone(),
         metrics,
@@ -192,6 +195,7 @@ fn route_provider(
     http: reqwest::Client,
     base_url: String,
     sealer: Option<shared::seal::Sealer>,
+    limits: SharedLimits,
 ) -> RouteProvider {
     let accounts: moka::sync::Cache<(String, String, String), Arc<dyn Provider>> =
         moka::sync::Cache::builder()
@@ -217,8 +221,13 @@ fn route_provider(
         Some(accounts.get_with(key, || {
             let wazzup =
                 Wazzup::for_route(&base_url, &api_key, channel_id, chat_type, http.clone());
+            // The account: its key and channel, hashed (never stored).
+            let account = format!(
+                "wazzup:{}",
+                crate::shared_limit::digest(&format!("{api_key}\n{channel_id}"))
+            );
             match RateLimit::default_for("wazzup") {
-                Some(limit) => Arc::new(Limited::new(wazzup, &limit)),
+                Some(limit) => Arc::new(Limited::new(wazzup, &limit, limits.clone(), account)),
                 None => Arc::new(wazzup),
             }
         }))
@@ -388,9 +397,25 @@ fn bound_addr(addrs: &[SocketAddr], listen: &str) -> Result<SocketAddr, StartErr
 mod tests {
     use super::*;
 
+    /// Buckets in a Redis these tests never reach (nothing is sent).
+    fn limits() -> SharedLimits {
+        let store = Store::new(
+            &shared::config::RedisSettings::default(),
+            Duration::from_secs(120),
+            Duration::from_secs(60),
+        )
+        .expect("store");
+        SharedLimits::new(store)
+    }
+
     #[test]
     fn a_routed_account_is_built_once_and_kept() {
-        let routes = route_provider(reqwest::Client::new(), "http://127.0.0.1:9".into(), None);
+        let routes = route_provider(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9".into(),
+            None,
+            limits(),
+        );
         let route = |key: &str| shared::event::Route::Wazzup {
             api_key: key.into(),
             channel_id: "c".into(),
@@ -414,6 +439,7 @@ mod tests {
             reqwest::Client::new(),
             "http://127.0.0.1:9".into(),
             Some(sealer.clone()),
+            limits(),
         );
         let route = |api_key: String| shared::event::Route::Wazzup {
             api_key,
@@ -423,7 +449,12 @@ mod tests {
         let sealed = routes(&route(sealer.seal("key-a"))).expect("opened");
         let clear = routes(&route("key-a".into())).unwrap();
         assert!(Arc::ptr_eq(&sealed, &clear), "the same account once opened");
-        let unkeyed = route_provider(reqwest::Client::new(), "http://127.0.0.1:9".into(), None);
+        let unkeyed = route_provider(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9".into(),
+            None,
+            limits(),
+        );
         assert!(
             unkeyed(&route(sealer.seal("key-a"))).is_none(),
             "no key: not used"

@@ -16,5 +16,6 @@ pub mod outbox;
 pub mod probes;
 pub mod providers;
 pub mod redis_conn;
+pub mod shared_limit;
 pub mod templates;
 pub mod worker;

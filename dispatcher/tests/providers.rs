@@ -3,6 +3,8 @@
 //! request it sends and how it classifies each kind of answer. The answers
 //! are the shapes of providers.md and `shared/fixtures`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,10 +28,23 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// Rate-limit buckets of their own in the test Redis (they expire by
+/// themselves within the bucket's horizon).
+fn limits() -> dispatcher::shared_limit::SharedLimits {
+    let settings = common::redis_settings(&common::unique("providers"));
+    let store = dispatcher::delivery_state::Store::new(
+        &settings,
+        Duration::from_secs(120),
+        Duration::from_secs(60),
+    )
+    .expect("store");
+    dispatcher::shared_limit::SharedLimits::new(store)
+}
+
 fn build(name: &str, section: Value) -> Box<dyn Provider> {
     let mut sections = BTreeMap::new();
     sections.insert(name.to_string(), section);
-    let mut built = providers::build(&sections, &reqwest::Client::new())
+    let mut built = providers::build(&sections, &reqwest::Client::new(), &limits())
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(built.len(), 1);
     built.pop().unwrap()
@@ -38,7 +53,7 @@ fn build(name: &str, section: Value) -> Box<dyn Provider> {
 fn build_err(name: &str, section: Value) -> String {
     let mut sections = BTreeMap::new();
     sections.insert(name.to_string(), section);
-    match providers::build(&sections, &reqwest::Client::new()) {
+    match providers::build(&sections, &reqwest::Client::new(), &limits()) {
         Ok(_) => panic!("{name}: built from a bad section"),
         Err(e) => e.to_string(),
     }

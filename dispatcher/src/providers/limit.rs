@@ -1,7 +1,8 @@
 //! Client-side rate limits: a provider is wrapped in [`Limited`], which waits
 //! for a permit before each send, so we stay under the provider's limits
-//! instead of collecting 429s. GCRA from the `governor` crate; waiting is a
-//! plain sleep with no lock held, and never across the send itself.
+//! instead of collecting 429s. The buckets (GCRA) live in Redis and are
+//! shared by every dispatcher of the fleet ([`crate::shared_limit`]); waiting
+//! is a plain sleep with no lock held, and never across the send itself.
 //!
 //! # Configuration
 //!
@@ -50,25 +51,26 @@
 //! of at least 6 s. A smaller `per_recipient_burst` avoids the debt at the
 //! price of delaying quick sequences.
 //!
-//! Limits are per built provider, that is per tenant account and per
-//! dispatcher process: with several dispatcher replicas, divide.
+//! Limits are per provider account (the provider and its configuration
+//! section) for the whole fleet: N dispatchers together send no faster than
+//! the configured rate, so nothing is divided by the replica count. A
+//! provider's own request to wait (HTTP 429 with `Retry-After`, or any
+//! answer that sets a retry delay) pauses that account for every dispatcher
+//! until it has passed.
 //!
 //! A send that has to wait lifts the worker's `sending` mark for the wait
 //! and sets it again before writing ([`Hold`](super::Hold)); one with a
 //! permit at hand touches nothing.
 
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use shared::tenant::Channel;
 
 use super::{Address, Hold, Message, Outcome, Provider};
+use crate::shared_limit::{Bucket, SharedLimits};
 
 /// A resolved rate limit (config merged with the provider's defaults).
 #[derive(Debug, Clone, PartialEq)]
@@ -173,21 +175,6 @@ impl RateLimit {
             max_wait,
         }))
     }
-
-    fn quota(&self) -> Quota {
-        let period = Duration::from_secs_f64(1.0 / self.per_second).max(Duration::from_nanos(1));
-        Quota::with_period(period)
-            .expect("period is positive")
-            .allow_burst(NonZeroU32::new(self.burst).expect("burst validated ≥ 1"))
-    }
-}
-
-impl PerRecipient {
-    fn quota(&self) -> Quota {
-        Quota::with_period(self.every.max(Duration::from_nanos(1)))
-            .expect("period is positive")
-            .allow_burst(NonZeroU32::new(self.burst).expect("burst validated ≥ 1"))
-    }
 }
 
 #[derive(Deserialize)]
@@ -212,73 +199,91 @@ pub(crate) fn split_section(
     Ok((section, limit))
 }
 
-/// How many sends between sweeps of idle per-recipient buckets.
-const SWEEP_EVERY: u64 = 1024;
-
-/// A provider behind its rate limits: first the recipient's bucket (so a
-/// throttled recipient does not use up account capacity), then the
-/// account's.
+/// A provider behind its rate limits, shared by every dispatcher of the
+/// fleet ([`SharedLimits`]): the recipient's bucket and the account's are
+/// taken together, so a throttled recipient does not use up account
+/// capacity.
 pub struct Limited<P> {
     inner: P,
-    account: DefaultDirectRateLimiter,
-    per_recipient: Option<DefaultKeyedRateLimiter<String>>,
+    limits: SharedLimits,
+    account: String,
+    bucket: Bucket,
+    per_recipient: Option<Bucket>,
     max_wait: Duration,
-    sends: AtomicU64,
 }
 
 impl<P: Provider> Limited<P> {
-    pub fn new(inner: P, limit: &RateLimit) -> Limited<P> {
+    /// `account` names the provider account in the shared buckets
+    /// ([`crate::shared_limit::account`]).
+    pub fn new(inner: P, limit: &RateLimit, limits: SharedLimits, account: String) -> Limited<P> {
         Limited {
             inner,
-            account: RateLimiter::direct(limit.quota()),
+            limits,
+            account,
+            bucket: Bucket::per_second(limit.per_second, limit.burst),
             per_recipient: limit
                 .per_recipient
                 .as_ref()
-                .map(|p| RateLimiter::dashmap(p.quota())),
+                .map(|p| Bucket::every(p.every, p.burst)),
             max_wait: limit.max_wait,
-            sends: AtomicU64::new(0),
         }
     }
 
     async fn send_limited(&self, m: &Message) -> Outcome {
-        let started = tokio::time::Instant::now();
         let mut held = Held {
             hold: m.hold.as_deref(),
             lifted: false,
         };
-        if let Some(keyed) = &self.per_recipient {
-            let key = recipient_key(&m.to);
-            let waited = wait_for(
-                || keyed.check_key(&key),
-                self.max_wait,
-                "per-recipient",
-                self.inner.name(),
-                &mut held,
-            )
-            .await;
-            if self.sends.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-                keyed.retain_recent();
+        let recipient = self.per_recipient.map(|b| (recipient_key(&m.to), b));
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        loop {
+            let taken = self
+                .limits
+                .take(
+                    &self.account,
+                    self.bucket,
+                    recipient.as_ref().map(|(r, b)| (r.as_str(), *b)),
+                )
+                .await;
+            let wait = match taken {
+                Ok(None) => break,
+                Ok(Some(wait)) => wait,
+                Err(e) => {
+                    return Outcome::transient(format!(
+                        "rate limit of {} not taken: {e}",
+                        self.inner.name()
+                    ));
+                }
+            };
+            if tokio::time::Instant::now() + wait > deadline {
+                return Outcome::Transient {
+                    reason: format!(
+                        "rate limit of {} (shared by the fleet): next send in {} ms",
+                        self.inner.name(),
+                        wait.as_millis()
+                    ),
+                    retry_after: Some(wait),
+                };
             }
-            if let Err(o) = waited {
-                return o;
-            }
-        }
-        let left = self.max_wait.saturating_sub(started.elapsed());
-        if let Err(o) = wait_for(
-            || self.account.check(),
-            left,
-            "account",
-            self.inner.name(),
-            &mut held,
-        )
-        .await
-        {
-            return o;
+            held.before_wait().await;
+            // A zero wait can come from rounding; do not spin.
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
         }
         if let Err(why) = held.resume().await {
             return Outcome::transient(format!("not sent: {why}"));
         }
-        self.inner.send(m).await
+        let outcome = self.inner.send(m).await;
+        // The provider asked for a pause (429, Retry-After): the whole
+        // fleet keeps it, not only this send.
+        if let Outcome::Transient {
+            retry_after: Some(wait),
+            ..
+        } = &outcome
+            && let Err(e) = self.limits.pause(&self.account, *wait).await
+        {
+            tracing::warn!(error = %e, "the provider's pause could not be shared with the fleet");
+        }
+        outcome
     }
 }
 
@@ -336,48 +341,38 @@ fn recipient_key(to: &Address) -> String {
     }
 }
 
-type Check = Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>>;
-
-/// Takes a permit, sleeping between tries, unless the next permit is further
-/// away than `budget`: then nothing is taken and the send is answered
-/// `Transient` with the wait as `retry_after`.
-async fn wait_for(
-    mut check: impl FnMut() -> Check,
-    budget: Duration,
-    which: &str,
-    provider: &str,
-    held: &mut Held<'_>,
-) -> Result<(), Outcome> {
-    let clock = DefaultClock::default();
-    let deadline = tokio::time::Instant::now() + budget;
-    loop {
-        let wait = match check() {
-            Ok(()) => return Ok(()),
-            Err(not_until) => not_until.wait_time_from(clock.now()),
-        };
-        let now = tokio::time::Instant::now();
-        if now + wait > deadline {
-            return Err(Outcome::Transient {
-                reason: format!(
-                    "client-side {which} rate limit of {provider}: next send in {} ms",
-                    wait.as_millis()
-                ),
-                retry_after: Some(wait),
-            });
-        }
-        held.before_wait().await;
-        // A zero wait can come from rounding; do not spin.
-        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
+
+    /// Shared buckets in the test Redis, under a prefix of their own; the
+    /// account is unique per test.
+    fn shared() -> (SharedLimits, String) {
+        let prefix = format!("test-limit-{}", uuid::Uuid::now_v7().simple());
+        let settings = shared::config::RedisSettings {
+            prefix,
+            ..Default::default()
+        };
+        let store = crate::delivery_state::Store::new(
+            &settings,
+            Duration::from_secs(120),
+            Duration::from_secs(60),
+        )
+        .expect("store");
+        (
+            SharedLimits::new(store),
+            format!("counting:{}", uuid::Uuid::now_v7().simple()),
+        )
+    }
+
+    fn limited(n: Arc<AtomicUsize>, l: &RateLimit) -> Limited<Counting> {
+        let (limits, account) = shared();
+        Limited::new(Counting(n), l, limits, account)
+    }
 
     /// Counts sends; what is under test is the wrapper around it.
     struct Counting(Arc<AtomicUsize>);
@@ -508,13 +503,45 @@ mod tests {
         assert_eq!(l, RateLimit::default_for("resend"));
     }
 
+    /// Two dispatchers (two wrappers) on one account share its buckets: 20
+    /// sends at 20/s with a burst of 1 take ~1 s whoever sends them, and a
+    /// pause one of them got from the provider holds the other.
+    #[tokio::test]
+    async fn two_dispatchers_share_an_account_and_its_pause() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let (limits, account) = shared();
+        let l = limit(json!({"per_second": 20, "burst": 1, "per_recipient_every_secs": 0}));
+        let a = Limited::new(Counting(n.clone()), &l, limits.clone(), account.clone());
+        let b = Limited::new(Counting(n.clone()), &l, limits.clone(), account.clone());
+        let started = Instant::now();
+        for i in 0..10 {
+            let (x, y) = tokio::join!(
+                a.send(&message(&format!("+791612345{i:02}"))),
+                b.send(&message(&format!("+791612346{i:02}")))
+            );
+            assert_eq!((x.class(), y.class()), ("sent", "sent"));
+        }
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900), "19 intervals of 50 ms: {took:?}");
+        assert_eq!(n.load(Ordering::SeqCst), 20);
+
+        limits
+            .pause(&account, Duration::from_millis(400))
+            .await
+            .expect("pause");
+        let started = Instant::now();
+        assert_eq!(b.send(&message("+79161234599")).await.class(), "sent");
+        assert!(
+            started.elapsed() >= Duration::from_millis(350),
+            "the pause held the other wrapper: {:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn account_limit_spaces_sends() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = Limited::new(
-            Counting(n.clone()),
-            &limit(json!({"per_second": 20, "burst": 2})),
-        );
+        let p = limited(n.clone(), &limit(json!({"per_second": 20, "burst": 2})));
         let started = Instant::now();
         for i in 0..6 {
             let o = p.send(&message(&format!("+7916123456{i}"))).await;
@@ -530,12 +557,9 @@ mod tests {
     #[tokio::test]
     async fn per_recipient_limit_holds_one_number_not_the_others() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = Limited::new(
-            Counting(n.clone()),
-            &limit(
+        let p = limited(n.clone(), &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 0.4, "per_recipient_burst": 1}),
-            ),
-        );
+            ));
         let started = Instant::now();
         p.send(&message("+79161234567")).await;
         p.send(&message("+79161234568")).await;
@@ -555,12 +579,9 @@ mod tests {
     #[tokio::test]
     async fn a_wait_past_max_wait_is_transient_and_sends_nothing() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = Limited::new(
-            Counting(n.clone()),
-            &limit(
+        let p = limited(n.clone(), &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 5, "per_recipient_burst": 1, "max_wait_ms": 200}),
-            ),
-        );
+            ));
         assert_eq!(p.send(&message("+79161234567")).await.class(), "sent");
         let started = Instant::now();
         match p.send(&message("+79161234567")).await {
@@ -569,7 +590,7 @@ mod tests {
                 reason,
             } => {
                 assert!(ra > Duration::from_secs(4), "{ra:?}");
-                assert!(reason.contains("per-recipient"), "{reason}");
+                assert!(reason.contains("rate limit"), "{reason}");
                 assert!(!reason.contains("9161234567"), "{reason}");
             }
             o => panic!("{o:?}"),
@@ -583,12 +604,9 @@ mod tests {
     #[tokio::test]
     async fn e_mail_recipients_are_keyed_case_insensitively() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = Limited::new(
-            Counting(n.clone()),
-            &limit(
+        let p = limited(n.clone(), &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 5, "per_recipient_burst": 1, "max_wait_ms": 0}),
-            ),
-        );
+            ));
         let mut m = message("+79161234567");
         m.to = Address::Email("Ivan@Mail.ru".into());
         assert_eq!(p.send(&m).await.class(), "sent");

@@ -188,10 +188,11 @@ pub struct ConfigError {
 
 /// Builds a tenant's providers from its `providers` config sections, each
 /// behind its client-side rate limit (the section's `rate_limit` key or the
-/// provider's default, see [`limit`]).
+/// provider's default, see [`limit`]), shared by the fleet through `limits`.
 pub fn build(
     sections: &BTreeMap<String, serde_json::Value>,
     http: &reqwest::Client,
+    limits: &crate::shared_limit::SharedLimits,
 ) -> Result<Vec<Box<dyn Provider>>, ConfigError> {
     let mut out: Vec<Box<dyn Provider>> = Vec::new();
     for (name, section) in sections {
@@ -201,6 +202,7 @@ pub fn build(
         };
         let (section, rate_limit) = limit::split_section(name, section).map_err(err)?;
         let section = &section;
+        let account = crate::shared_limit::account(name, section);
         let http = http.clone();
         let p: Box<dyn Provider> = match name.as_str() {
             "dialog360" => Box::new(dialog360::Dialog360::from_config(section, http).map_err(err)?),
@@ -217,7 +219,7 @@ pub fn build(
             }
         };
         out.push(match rate_limit {
-            Some(l) => Box::new(Limited::new(p, &l)),
+            Some(l) => Box::new(Limited::new(p, &l, limits.clone(), account)),
             None => p,
         });
     }
