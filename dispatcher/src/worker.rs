@@ -528,6 +528,15 @@ impl Worker {
         });
 
         match outcome {
+            Outcome::Throttled { reason, .. } => {
+                // Nothing went out: the claim is given back whole and the
+                // delivery waits in the broker, no attempt spent.
+                self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                    .await;
+                tracing::info!(channel = %channel, provider = provider_name, reason = %reason,
+                    "held back by the rate limit: waiting in the broker");
+                ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await)
+            }
             Outcome::Sent { message_id } => {
                 let sent = Sent {
                     provider: provider_name.to_string(),

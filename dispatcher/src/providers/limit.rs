@@ -25,10 +25,10 @@
 //!   e-mail): one send per `every` with `burst` in reserve. For WhatsApp
 //!   (Meta's pair rate limit, error 131056); any provider may set it.
 //! - `max_wait_ms`: the longest a send waits for permits. A send that would
-//!   wait longer is not made and is answered `Transient` with `retry_after`
-//!   set to the wait, so the worker's retry ladder takes over and a flood
-//!   cannot pile up behind the limiter past the lease. Keep it well below
-//!   `dispatcher.lease_ttl_secs`.
+//!   wait longer is not made and is answered `Throttled`: the worker gives
+//!   its claim back and parks the delivery in the broker's lease-wait queue,
+//!   so no attempt is spent and a flood cannot pile up behind the limiter
+//!   past the lease. Keep it well below `dispatcher.lease_ttl_secs`.
 //!
 //! # Defaults
 //!
@@ -256,13 +256,13 @@ impl<P: Provider> Limited<P> {
                 }
             };
             if tokio::time::Instant::now() + wait > deadline {
-                return Outcome::Transient {
+                return Outcome::Throttled {
                     reason: format!(
                         "rate limit of {} (shared by the fleet): next send in {} ms",
                         self.inner.name(),
                         wait.as_millis()
                     ),
-                    retry_after: Some(wait),
+                    wait,
                 };
             }
             held.before_wait().await;
@@ -577,7 +577,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wait_past_max_wait_is_transient_and_sends_nothing() {
+    async fn a_wait_past_max_wait_is_throttled_and_sends_nothing() {
         let n = Arc::new(AtomicUsize::new(0));
         let p = limited(n.clone(), &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 5, "per_recipient_burst": 1, "max_wait_ms": 200}),
@@ -585,10 +585,7 @@ mod tests {
         assert_eq!(p.send(&message("+79161234567")).await.class(), "sent");
         let started = Instant::now();
         match p.send(&message("+79161234567")).await {
-            Outcome::Transient {
-                retry_after: Some(ra),
-                reason,
-            } => {
+            Outcome::Throttled { wait: ra, reason } => {
                 assert!(ra > Duration::from_secs(4), "{ra:?}");
                 assert!(reason.contains("rate limit"), "{reason}");
                 assert!(!reason.contains("9161234567"), "{reason}");
@@ -611,7 +608,7 @@ mod tests {
         m.to = Address::Email("Ivan@Mail.ru".into());
         assert_eq!(p.send(&m).await.class(), "sent");
         m.to = Address::Email("ivan@mail.ru".into());
-        assert_eq!(p.send(&m).await.class(), "transient");
+        assert_eq!(p.send(&m).await.class(), "throttled");
         assert_eq!(n.load(Ordering::SeqCst), 1);
     }
 }

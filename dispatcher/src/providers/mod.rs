@@ -102,6 +102,11 @@ pub enum Outcome {
     /// a provider without idempotency): retrying could send twice, so it
     /// is not retried; an admin decides.
     Uncertain { reason: String },
+    /// Not sent: the fleet's rate limit (or the provider's own pause) for
+    /// this account or recipient would hold it longer than `max_wait_ms`.
+    /// Nothing went out, so it costs no attempt: the delivery waits in the
+    /// broker and comes back.
+    Throttled { reason: String, wait: Duration },
 }
 
 impl Outcome {
@@ -113,6 +118,7 @@ impl Outcome {
             Outcome::Recipient { .. } => "recipient",
             Outcome::Config { .. } => "config",
             Outcome::Uncertain { .. } => "uncertain",
+            Outcome::Throttled { .. } => "throttled",
         }
     }
 
@@ -122,7 +128,8 @@ impl Outcome {
             Outcome::Transient { reason, .. }
             | Outcome::Recipient { reason }
             | Outcome::Config { reason }
-            | Outcome::Uncertain { reason } => reason,
+            | Outcome::Uncertain { reason }
+            | Outcome::Throttled { reason, .. } => reason,
         }
     }
 
