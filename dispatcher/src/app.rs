@@ -20,9 +20,9 @@ use crate::journal::Journal;
 use crate::lookup::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::limit::{Limited, RateLimit};
-use crate::shared_limit::SharedLimits;
 use crate::providers::wazzup::Wazzup;
 use crate::providers::{self, Provider, log::LogOnly};
+use crate::shared_limit::SharedLimits;
 use crate::templates::Templates;
 use crate::worker::{RouteProvider, TenantRuntime, Worker};
 

@@ -174,14 +174,23 @@ mod tests {
 
     #[test]
     fn accounts_differ_by_credentials_and_hide_them() {
-        let a = account("meta", &json!({"phone_number_id": "1", "access_token": "EAAsecret"}));
-        let b = account("meta", &json!({"phone_number_id": "2", "access_token": "EAAsecret"}));
+        let a = account(
+            "meta",
+            &json!({"phone_number_id": "1", "access_token": "EAAsecret"}),
+        );
+        let b = account(
+            "meta",
+            &json!({"phone_number_id": "2", "access_token": "EAAsecret"}),
+        );
         assert_ne!(a, b);
         assert!(a.starts_with("meta:"));
         assert!(!a.contains("EAAsecret") && !a.contains("phone"));
         assert_eq!(
             a,
-            account("meta", &json!({"access_token": "EAAsecret", "phone_number_id": "1"})),
+            account(
+                "meta",
+                &json!({"access_token": "EAAsecret", "phone_number_id": "1"})
+            ),
             "key order does not matter"
         );
     }

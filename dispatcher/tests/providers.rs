@@ -884,7 +884,7 @@ async fn meta_holds_back_a_second_message_to_the_same_recipient() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_longer_than_max_wait_is_answered_transient_without_a_request() {
+async fn a_wait_longer_than_max_wait_is_answered_throttled_without_a_request() {
     let fake = counting_fake(
         "/1234567890/messages",
         ResponseTemplate::new(200).set_body_json(json!({"messages": [{"id": "wamid.x"}]})),
@@ -903,10 +903,7 @@ async fn a_wait_longer_than_max_wait_is_answered_transient_without_a_request() {
     }
     let o = p.send(&to_phone(Channel::Whatsapp, text("hi"), "k3")).await;
     match &o {
-        Outcome::Transient {
-            retry_after: Some(ra),
-            ..
-        } => assert!(*ra > Duration::from_secs(5), "{ra:?}"),
+        Outcome::Throttled { wait, .. } => assert!(*wait > Duration::from_secs(5), "{wait:?}"),
         o => panic!("{o:?}"),
     }
     assert_masked(&o);
@@ -1014,7 +1011,7 @@ async fn a_refused_send_leaves_the_sending_mark_to_the_worker() {
     .await;
     assert_eq!(p.send(&m).await.class(), "sent");
     let held = p.send(&m).await;
-    assert_eq!(held.class(), "transient", "{held:?}");
+    assert_eq!(held.class(), "throttled", "{held:?}");
     assert!(seen.lock().unwrap().is_empty());
     assert_eq!(fake.received_requests().await.unwrap().len(), 1);
 }

@@ -39,8 +39,12 @@ async fn three_dispatchers_keep_one_account_under_its_limit() {
         "rate_limit = {{ per_second = {PER_SECOND}, burst = 1, per_recipient_every_secs = 0 }}\n"
     ));
     let h = Harness::start("shared-limit", &o).await;
-    let second = app::start(h.settings.clone()).await.expect("second dispatcher");
-    let third = app::start(h.settings.clone()).await.expect("third dispatcher");
+    let second = app::start(h.settings.clone())
+        .await
+        .expect("second dispatcher");
+    let third = app::start(h.settings.clone())
+        .await
+        .expect("third dispatcher");
 
     for i in 0..N {
         h.publish(&event(
@@ -93,5 +97,58 @@ async fn three_dispatchers_keep_one_account_under_its_limit() {
     }
     second.stop().await;
     third.stop().await;
+    h.finish().await;
+}
+
+/// A send the limit would hold past `max_wait_ms` costs no attempt: it is
+/// parked in the broker (lease-wait queue) and sent when it comes back, with
+/// no quick retry and no second attempt scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_send_waits_in_the_broker_and_spends_no_attempt() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(Recording(seen.clone()))
+        .mount(&fake)
+        .await;
+    let mut o = Options::meta(&fake);
+    // One message per 3 s to a recipient, and no waiting for it in a worker.
+    o.providers.push_str(
+        "rate_limit = { per_second = 80, burst = 80, per_recipient_every_secs = 3, per_recipient_burst = 1, max_wait_ms = 0 }\n",
+    );
+    let h = Harness::start("throttled", &o).await;
+    let first = event(EventKind::OrderCompleted, "org:th-1", "+79161234567");
+    let second = event(EventKind::OrderCompleted, "org:th-2", "+79161234567");
+    h.publish(&first).await;
+    h.publish(&second).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().expect("lock").len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 2, "both sent in the end");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let journal = &h.running().worker.journal;
+    let mut steps = Vec::new();
+    for e in [&first, &second] {
+        let history = journal.history(&e.id.to_string()).await.expect("journal");
+        steps.push(serde_json::to_value(&history).expect("json").to_string());
+    }
+    let both = steps.join("\n");
+    assert!(both.contains(r#""outcome":"throttled""#), "{both}");
+    assert!(both.contains(r#""step":"lease_wait""#), "{both}");
+    assert!(!both.contains("second_attempt_scheduled"), "{both}");
+    let quick_retries: u64 = ["meta"]
+        .iter()
+        .map(|p| {
+            h.running()
+                .worker
+                .metrics
+                .quick_retries
+                .with_label_values(&[p])
+                .get()
+        })
+        .sum();
+    assert_eq!(quick_retries, 0, "no quick retry spent on the wait");
+    assert_eq!(h.dead_letters(1, Duration::from_millis(200)).await.len(), 0);
     h.finish().await;
 }

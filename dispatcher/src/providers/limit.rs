@@ -515,14 +515,18 @@ mod tests {
         let b = Limited::new(Counting(n.clone()), &l, limits.clone(), account.clone());
         let started = Instant::now();
         for i in 0..10 {
-            let (x, y) = tokio::join!(
-                a.send(&message(&format!("+791612345{i:02}"))),
-                b.send(&message(&format!("+791612346{i:02}")))
+            let (mx, my) = (
+                message(&format!("+791612345{i:02}")),
+                message(&format!("+791612346{i:02}")),
             );
+            let (x, y) = tokio::join!(a.send(&mx), b.send(&my));
             assert_eq!((x.class(), y.class()), ("sent", "sent"));
         }
         let took = started.elapsed();
-        assert!(took >= Duration::from_millis(900), "19 intervals of 50 ms: {took:?}");
+        assert!(
+            took >= Duration::from_millis(900),
+            "19 intervals of 50 ms: {took:?}"
+        );
         assert_eq!(n.load(Ordering::SeqCst), 20);
 
         limits
@@ -557,9 +561,12 @@ mod tests {
     #[tokio::test]
     async fn per_recipient_limit_holds_one_number_not_the_others() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = limited(n.clone(), &limit(
+        let p = limited(
+            n.clone(),
+            &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 0.4, "per_recipient_burst": 1}),
-            ));
+            ),
+        );
         let started = Instant::now();
         p.send(&message("+79161234567")).await;
         p.send(&message("+79161234568")).await;
@@ -579,9 +586,12 @@ mod tests {
     #[tokio::test]
     async fn a_wait_past_max_wait_is_throttled_and_sends_nothing() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = limited(n.clone(), &limit(
+        let p = limited(
+            n.clone(),
+            &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 5, "per_recipient_burst": 1, "max_wait_ms": 200}),
-            ));
+            ),
+        );
         assert_eq!(p.send(&message("+79161234567")).await.class(), "sent");
         let started = Instant::now();
         match p.send(&message("+79161234567")).await {
@@ -601,9 +611,12 @@ mod tests {
     #[tokio::test]
     async fn e_mail_recipients_are_keyed_case_insensitively() {
         let n = Arc::new(AtomicUsize::new(0));
-        let p = limited(n.clone(), &limit(
+        let p = limited(
+            n.clone(),
+            &limit(
                 json!({"per_second": 1000, "per_recipient_every_secs": 5, "per_recipient_burst": 1, "max_wait_ms": 0}),
-            ));
+            ),
+        );
         let mut m = message("+79161234567");
         m.to = Address::Email("Ivan@Mail.ru".into());
         assert_eq!(p.send(&m).await.class(), "sent");
