@@ -76,6 +76,7 @@ pub struct Running {
     pub broker: Broker,
     pub spool: Spool,
     drain: tokio::task::JoinHandle<()>,
+    adopt: tokio::task::JoinHandle<()>,
     /// The internal `/metrics` listener, when `ingest.metrics_listen` is set.
     pub metrics: Option<(SocketAddr, actix_web::dev::ServerHandle)>,
 }
@@ -89,6 +90,7 @@ impl Running {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.drain.abort();
+        self.adopt.abort();
         self.broker.close().await;
     }
 
@@ -99,6 +101,7 @@ impl Running {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.drain.abort();
+        self.adopt.abort();
         r
     }
 }
@@ -122,8 +125,9 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         topology,
         settings.rabbitmq.publish_channels,
     );
+    let own_spool = settings.spool.own_dir();
     let (spool, drain) = Spool::open(
-        &settings.spool.dir,
+        &own_spool,
         settings.spool.max_bytes,
         settings.spool.segment_bytes,
     )?;
@@ -136,6 +140,15 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     let publish_timeout = Duration::from_millis(settings.ingest.publish_timeout_ms);
     let drain = tokio::spawn(durable::drain_spool(drain, broker.clone(), publish_timeout));
     let metrics = Metrics::new();
+    let adopter = crate::adopt::Adopter {
+        root: settings.spool.dir.clone(),
+        own: own_spool,
+        interval: Duration::from_secs(settings.spool.adopt_interval_secs),
+        max_bytes: settings.spool.max_bytes,
+        segment_bytes: settings.spool.segment_bytes,
+        publish_timeout,
+    };
+    let adopt = tokio::spawn(adopter.run(broker.clone(), metrics.clone()));
     let state = web::Data::new(AppState {
         tenants,
         sources: Registry::new(),
@@ -200,6 +213,7 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         broker,
         spool,
         drain,
+        adopt,
         metrics: metrics_server,
     })
 }

@@ -148,9 +148,26 @@ const DRAIN_BATCH: usize = 256;
 /// Moves spooled events (and status updates) to the broker in order. Publishes a batch, waits for
 /// every confirm, then moves the cursor; on any failure the batch is tried
 /// again (the dispatcher's idempotency absorbs the repeats).
-pub async fn drain_spool(mut drain: Drain, broker: Broker, publish_timeout: Duration) {
+pub async fn drain_spool(drain: Drain, broker: Broker, publish_timeout: Duration) {
+    drain_loop(drain, broker, publish_timeout, false).await
+}
+
+/// Drains another ingest's stranded spool until it is empty.
+pub async fn drain_stranded(drain: Drain, broker: Broker, publish_timeout: Duration) {
+    drain_loop(drain, broker, publish_timeout, true).await
+}
+
+async fn drain_loop(
+    mut drain: Drain,
+    broker: Broker,
+    publish_timeout: Duration,
+    until_empty: bool,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
+        if until_empty && drain.pending_records() == 0 {
+            return;
+        }
         drain.wait_for_records(Duration::from_secs(1)).await;
         if drain.pending_records() == 0 {
             continue;

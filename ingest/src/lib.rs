@@ -4,6 +4,7 @@
 //! status callbacks (`callbacks`) and publishes them to the statuses queue.
 
 pub mod accept;
+pub mod adopt;
 pub mod app;
 pub mod auth;
 pub mod callbacks;

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub spool_records: IntGauge,
     pub spool_bytes: IntGauge,
     pub broker_up: IntGauge,
+    /// Spools of gone ingests this one drained.
+    pub spool_adoptions: prometheus::IntCounter,
     /// 1 while the broker blocks publishers (a resource alarm).
     pub broker_blocked: IntGauge,
     /// 1 while webhooks go straight to the spool (a confirm timed out).
@@ -76,6 +78,11 @@ impl Metrics {
             "1 when the broker connection is up",
         )
         .expect("static metric definition");
+        let spool_adoptions = prometheus::IntCounter::new(
+            "vestnik_ingest_spool_adoptions_total",
+            "Spools of ingests that are gone (lock free, records left) this ingest drained",
+        )
+        .expect("static metric definition");
         let broker_blocked = IntGauge::new(
             "vestnik_ingest_broker_blocked",
             "1 while the broker blocks publishers (connection.blocked: a memory or disk alarm)",
@@ -111,6 +118,7 @@ impl Metrics {
             Box::new(spool_bytes.clone()),
             Box::new(broker_up.clone()),
             Box::new(broker_blocked.clone()),
+            Box::new(spool_adoptions.clone()),
             Box::new(broker_circuit_open.clone()),
             Box::new(callbacks.clone()),
             Box::new(callback_items.clone()),
@@ -133,6 +141,7 @@ impl Metrics {
             broker_up,
             broker_blocked,
             broker_circuit_open,
+            spool_adoptions,
             callbacks,
             callback_items,
         }

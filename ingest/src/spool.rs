@@ -79,6 +79,33 @@ impl Spool {
         max_bytes: u64,
         segment_bytes: u64,
     ) -> Result<(Spool, Drain), SpoolError> {
+        Self::open_with(dir, max_bytes, segment_bytes, LOCK_ATTEMPTS)
+    }
+
+    /// Opens another ingest's spool to drain it, only if nobody holds it
+    /// (its ingest is gone: the kernel released its lock) and it holds
+    /// segments; `None` otherwise. Nothing is waited for.
+    pub fn open_stranded(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<Option<(Spool, Drain)>, SpoolError> {
+        if !dir.join("LOCK").exists() || list_segments(dir)?.is_empty() {
+            return Ok(None);
+        }
+        match Self::open_with(dir, max_bytes, segment_bytes, 0) {
+            Ok(opened) => Ok(Some(opened)),
+            Err(SpoolError::Locked(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open_with(
+        dir: &Path,
+        max_bytes: u64,
+        segment_bytes: u64,
+        lock_attempts: u32,
+    ) -> Result<(Spool, Drain), SpoolError> {
         // Events hold phone numbers: only the service's user reads them.
         fs::DirBuilder::new()
             .recursive(true)
@@ -94,7 +121,7 @@ impl Spool {
         let mut attempts = 0;
         while lock.try_lock().is_err() {
             attempts += 1;
-            if attempts > LOCK_ATTEMPTS {
+            if attempts > lock_attempts {
                 return Err(SpoolError::Locked(dir.to_path_buf()));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));

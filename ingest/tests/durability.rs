@@ -155,3 +155,76 @@ async fn full_spool_answers_503_and_queues_nothing() {
     assert!(statuses.contains(&503), "{statuses:?}");
     running.stop().await;
 }
+
+/// Two ingests share a spool volume, each with its own spool. While one is
+/// alive, the other leaves its spool alone; once it is gone, the survivor
+/// drains what it had acked into its spool (the broker was unreachable for
+/// it), so no acked webhook is stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_ingests_spool_is_drained_by_its_sibling() {
+    let proxy = Proxy::start(false).await; // ingest A cannot reach the broker
+    let prefix = common::unique_prefix("adopt");
+    let root = tempfile::tempdir().expect("tempdir");
+    let root_path = root.path().to_path_buf();
+    let mut a = Harness::start_on_tweaked(&prefix, &proxy.url(), root, "", |s| {
+        s.spool.instance_id = Some("ingest-a".into());
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (status, body) = a
+            .post_json("iiko", &delivered(&format!("o-adopt-{i}")))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["events"][0]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(a.running().spool.pending_records(), 5);
+    assert!(a.running().spool.dir().ends_with("ingest-a"));
+
+    let b_root = root_path.clone();
+    let b = Harness::start_on_tweaked(
+        &prefix,
+        common::AMQP,
+        tempfile::tempdir().expect("tempdir"),
+        "",
+        move |s| {
+            s.spool.dir = b_root;
+            s.spool.instance_id = Some("ingest-b".into());
+            s.spool.adopt_interval_secs = 1;
+        },
+    )
+    .await;
+    // A lives: its spool is its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        common::queue_depth(&b.topology).await,
+        0,
+        "A's spool untouched"
+    );
+    assert_eq!(a.running().spool.pending_records(), 5);
+
+    // A is gone (its lock with it): B drains A's spool.
+    a.stop().await;
+    let events = take_events(&b.topology, 5, Duration::from_secs(20)).await;
+    let mut got: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "every event A acked reached the queue through B");
+    assert_eq!(
+        b.running().spool.pending_records(),
+        0,
+        "B's own spool unused"
+    );
+    let metrics = reqwest::get(b.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("vestnik_ingest_spool_adoptions_total 1"),
+        "{metrics}"
+    );
+    b.finish().await;
+    drop(a);
+}

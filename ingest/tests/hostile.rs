@@ -362,7 +362,7 @@ async fn hostile_inputs_get_their_status_and_queue_nothing() {
     );
     assert_eq!(status_depth(&h.topology).await, 0, "no status was queued");
     assert!(
-        std::fs::read_dir(h.spool_dir.path())
+        std::fs::read_dir(h.running().spool.dir())
             .map(|d| d
                 .flatten()
                 .all(|e| e.metadata().map(|m| m.len() == 0).unwrap_or(true)))

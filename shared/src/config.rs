@@ -195,12 +195,51 @@ impl std::fmt::Debug for RabbitSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolSettings {
-    /// Where events wait (fsynced) while the broker is unreachable.
+    /// Where events wait (fsynced) while the broker is unreachable: each
+    /// ingest keeps its own spool in `<dir>/<instance id>`, so several
+    /// ingests can share one volume.
     pub dir: PathBuf,
+    /// This ingest's name for its spool (default: the host name, which is
+    /// the container's in compose). Letters, digits, `.`, `_`, `-`.
+    pub instance_id: Option<String>,
+    /// How often an ingest looks for spools whose ingest is gone (their lock
+    /// is free) and drains them.
+    pub adopt_interval_secs: u64,
     /// Above this many pending bytes new webhooks get 503.
     pub max_bytes: u64,
     /// Size at which a new segment file is started.
     pub segment_bytes: u64,
+}
+
+impl SpoolSettings {
+    /// This ingest's spool name: `instance_id`, else the host name.
+    pub fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| valid_instance(h))
+            .unwrap_or_else(|| "ingest".into())
+    }
+
+    /// This ingest's own spool directory.
+    pub fn own_dir(&self) -> PathBuf {
+        self.dir.join(self.instance())
+    }
+}
+
+fn valid_instance(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 /// What marks the example's webhook keys as placeholders.
@@ -214,6 +253,8 @@ impl Default for SpoolSettings {
     fn default() -> Self {
         SpoolSettings {
             dir: PathBuf::from(DEFAULT_SPOOL_DIR),
+            instance_id: None,
+            adopt_interval_secs: 10,
             max_bytes: 1024 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
         }
@@ -660,6 +701,18 @@ impl Settings {
             ));
         }
         self.redis.validate()?;
+        if let Some(id) = &self.spool.instance_id
+            && !valid_instance(id)
+        {
+            return Err(ConfigError::Invalid(
+                "spool.instance_id must be 1-64 letters, digits, '.', '_' or '-'".into(),
+            ));
+        }
+        if self.spool.adopt_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "spool.adopt_interval_secs must be at least 1".into(),
+            ));
+        }
         self.rabbitmq.validate()?;
         if !self.admin.token.is_empty() && self.admin.token.trim().len() < 16 {
             return Err(ConfigError::Invalid(

@@ -165,7 +165,7 @@ impl Harness {
         h
     }
 
-    async fn start_on_tweaked(
+    pub async fn start_on_tweaked(
         prefix: &str,
         amqp: &str,
         spool_dir: tempfile::TempDir,
