@@ -24,16 +24,22 @@ impl Respond for Recording {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_dispatchers_keep_one_account_under_its_limit() {
-    const N: usize = 600;
-    const PER_SECOND: usize = 20;
+/// A fake Meta that answers every request and records when it came.
+async fn recording_meta() -> (MockServer, Arc<Mutex<Vec<Instant>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(Recording(seen.clone()))
         .mount(&fake)
         .await;
+    (fake, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_dispatchers_keep_one_account_under_its_limit() {
+    const N: usize = 600;
+    const PER_SECOND: usize = 20;
+    let (fake, seen) = recording_meta().await;
     let mut o = Options::meta(&fake);
     o.providers.push_str(&format!(
         "rate_limit = {{ per_second = {PER_SECOND}, burst = 1, per_recipient_every_secs = 0 }}\n"
@@ -105,12 +111,7 @@ async fn three_dispatchers_keep_one_account_under_its_limit() {
 /// no quick retry and no second attempt scheduled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_send_waits_in_the_broker_and_spends_no_attempt() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let fake = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(Recording(seen.clone()))
-        .mount(&fake)
-        .await;
+    let (fake, seen) = recording_meta().await;
     let mut o = Options::meta(&fake);
     // One message per 3 s to a recipient, and no waiting for it in a worker.
     o.providers.push_str(
