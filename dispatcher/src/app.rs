@@ -24,7 +24,7 @@ use crate::providers::wazzup::Wazzup;
 use crate::providers::{self, Provider, log::LogOnly};
 use crate::shared_limit::SharedLimits;
 use crate::templates::Templates;
-use crate::worker::{RouteProvider, TenantRuntime, Worker};
+use crate::worker::{RouteProvider, Tenancy, TenantRuntime, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,6 +44,7 @@ pub struct Running {
     pub worker: Arc<Worker>,
     shutdown: watch::Sender<bool>,
     consumer: tokio::task::JoinHandle<()>,
+    reload: tokio::task::JoinHandle<()>,
     server: actix_web::dev::ServerHandle,
     admin: Option<actix_web::dev::ServerHandle>,
 }
@@ -53,6 +54,7 @@ impl Running {
     /// configured timeout), close the connection.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        self.reload.abort();
         let _ = self.consumer.await;
         self.server.stop(true).await;
         if let Some(admin) = self.admin {
@@ -80,10 +82,51 @@ pub fn build_worker(
     )
     .map_err(StartError::Config)?;
     let limits = SharedLimits::new(store.clone());
+    let tenancy = build_tenancy(settings, &http, &limits)?;
+    let log_providers: BTreeMap<Channel, Arc<dyn Provider>> =
+        [Channel::Whatsapp, Channel::Sms, Channel::Email]
+            .into_iter()
+            .map(|c| (c, Arc::new(LogOnly { channel: c }) as Arc<dyn Provider>))
+            .collect();
+    let metrics = Metrics::new();
+    metrics
+        .register(Box::new(store.wait_shortfalls().clone()))
+        .map_err(StartError::Config)?;
+    Ok(Worker {
+        topology: Topology::from_settings(&settings.rabbitmq),
+        journal: Journal::new(store.clone(), Duration::from_secs(d.journal_ttl_secs)),
+        store,
+        tenancy: arc_swap::ArcSwap::from_pointee(tenancy),
+        log_providers,
+        route_provider: route_provider(
+            http.clone(),
+            d.wazzup_base_url.clone(),
+            settings.security.sealer(),
+            limits.clone(),
+        ),
+        http,
+        limits,
+        retry: d.retry.clone(),
+        metrics,
+        health: Health::new(),
+        shutdown,
+        sealer: settings.security.sealer(),
+    })
+}
+
+/// Every tenant's providers, look-ups and templates, checked: at start and
+/// for each live reload (a tenant that does not build refuses the whole
+/// file, and the tenants in force stay).
+pub fn build_tenancy(
+    settings: &Settings,
+    http: &reqwest::Client,
+    limits: &SharedLimits,
+) -> Result<Tenancy, StartError> {
+    let d = &settings.dispatcher;
     let mut tenants = HashMap::new();
     let lease = Duration::from_secs(d.lease_ttl_secs);
     for t in &settings.tenants {
-        let built = providers::build(&t.providers, &http, &limits)
+        let built = providers::build(&t.providers, http, limits)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
         for (name, section) in &t.providers {
             let budget = providers::attempt_budget(name, section, &d.retry)
@@ -138,7 +181,7 @@ pub fn build_worker(
                 }
             }
         }
-        let lookups = Lookups::from_config(&t.lookup, &http)
+        let lookups = Lookups::from_config(&t.lookup, http)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
         tenants.insert(
             t.id.clone(),
@@ -157,34 +200,7 @@ pub fn build_worker(
             .map(|t| (t.id.as_str(), &t.templates, &t.vars)),
     )
     .map_err(|e| StartError::Config(e.to_string()))?;
-    let log_providers: BTreeMap<Channel, Arc<dyn Provider>> =
-        [Channel::Whatsapp, Channel::Sms, Channel::Email]
-            .into_iter()
-            .map(|c| (c, Arc::new(LogOnly { channel: c }) as Arc<dyn Provider>))
-            .collect();
-    let metrics = Metrics::new();
-    metrics
-        .register(Box::new(store.wait_shortfalls().clone()))
-        .map_err(StartError::Config)?;
-    Ok(Worker {
-        topology: Topology::from_settings(&settings.rabbitmq),
-        journal: Journal::new(store.clone(), Duration::from_secs(d.journal_ttl_secs)),
-        store,
-        templates,
-        tenants,
-        log_providers,
-        route_provider: route_provider(
-            http.clone(),
-            d.wazzup_base_url.clone(),
-            settings.security.sealer(),
-            limits,
-        ),
-        retry: d.retry.clone(),
-        metrics,
-        health: Health::new(),
-        shutdown,
-        sealer: settings.security.sealer(),
-    })
+    Ok(Tenancy { tenants, templates })
 }
 
 /// Providers built from routing that came with a webhook (seed 000's
@@ -289,6 +305,7 @@ pub async fn start_with(
         tracing::error!(error = %e, "redis unreachable at start: events are held until it answers");
     }
     tokio::spawn(watch_redis(worker.clone(), shutdown_rx.clone()));
+    let reload = tokio::spawn(reloader(&settings, &worker).run(true));
     let d = &settings.dispatcher;
     let consumer = tokio::spawn(consumer::run(
         worker.clone(),
@@ -331,9 +348,28 @@ pub async fn start_with(
         worker,
         shutdown: shutdown_tx,
         consumer,
+        reload,
         server: handle,
         admin: admin.map(|(_, h)| h),
     })
+}
+
+/// Reloads `[[tenants]]` live: a new file is built whole (providers,
+/// templates, look-ups, the same checks as at start) before it replaces the
+/// tenants in force; an event being handled keeps the tenants it began with.
+fn reloader(settings: &Settings, worker: &Arc<Worker>) -> shared::reload::Reloader {
+    let metrics = worker.metrics.reload.clone();
+    let worker = Arc::downgrade(worker);
+    let apply: shared::reload::Apply = Box::new(move |new: &Settings| {
+        let Some(worker) = worker.upgrade() else {
+            return Err("the dispatcher is stopping".into());
+        };
+        let tenancy =
+            build_tenancy(new, &worker.http, &worker.limits).map_err(|e| e.to_string())?;
+        worker.tenancy.store(Arc::new(tenancy));
+        Ok(())
+    });
+    shared::reload::Reloader::new(settings, metrics, apply)
 }
 
 /// The admin API on its own port; not started without a token.

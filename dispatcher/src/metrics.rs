@@ -25,6 +25,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub redis_up: IntGauge,
     pub broker_up: IntGauge,
+    /// Live configuration reloads (shared::reload).
+    pub reload: shared::reload::ReloadMetrics,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -35,6 +37,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
             registry: Registry::new(),
+            reload: shared::reload::ReloadMetrics::new("dispatcher"),
             deliveries: counter_vec(
                 "vestnik_dispatcher_deliveries_total",
                 "Send attempts by provider, channel and outcome class",
@@ -134,7 +137,7 @@ impl Metrics {
             Box::new(m.redis_up.clone()),
             Box::new(m.broker_up.clone()),
         ];
-        for c in collectors {
+        for c in collectors.into_iter().chain(m.reload.collectors()) {
             m.registry.register(c).expect("metric registered once");
         }
         // Series exist from the start, so rate() and increase() see the

@@ -179,6 +179,15 @@ fn compile_variant(
 }
 
 impl Templates {
+    /// The built-in defaults and no tenant.
+    pub fn empty() -> Templates {
+        Templates {
+            env: Environment::new(),
+            kinds: BTreeMap::new(),
+            vars: BTreeMap::new(),
+        }
+    }
+
     /// Compiles the defaults and every tenant template.
     pub fn new<'a>(
         tenants: impl IntoIterator<

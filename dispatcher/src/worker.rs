@@ -63,6 +63,12 @@ impl TenantRuntime {
     }
 }
 
+/// What a live reload replaces: every tenant's runtime and the templates.
+pub struct Tenancy {
+    pub tenants: HashMap<String, TenantRuntime>,
+    pub templates: Templates,
+}
+
 /// Builds a provider from routing that came with a webhook (seed 000).
 pub type RouteProvider =
     Box<dyn Fn(&shared::event::Route) -> Option<Arc<dyn Provider>> + Send + Sync>;
@@ -71,8 +77,12 @@ pub struct Worker {
     pub topology: Topology,
     pub store: Store,
     pub journal: Journal,
-    pub templates: Templates,
-    pub tenants: HashMap<String, TenantRuntime>,
+    /// The tenants in force and their templates: swapped whole by a live
+    /// reload; an event is handled with the one it began with.
+    pub tenancy: arc_swap::ArcSwap<Tenancy>,
+    /// Kept for building the tenants again on a reload.
+    pub http: reqwest::Client,
+    pub limits: crate::shared_limit::SharedLimits,
     /// Dev mode: where a channel goes when a tenant configured no provider at all.
     pub log_providers: BTreeMap<Channel, Arc<dyn Provider>>,
     /// Builds a provider from routing that came with the webhook (seed 000's
@@ -221,6 +231,22 @@ impl Worker {
         self.dead_letter(&job, f).await
     }
 
+    /// Changes the tenants in force in place: for embedding and tests that
+    /// put a provider of their own in place of a configured one, before the
+    /// worker handles anything.
+    pub fn edit_tenants(&mut self, edit: impl FnOnce(&mut HashMap<String, TenantRuntime>)) {
+        let empty = Tenancy {
+            tenants: HashMap::new(),
+            templates: Templates::empty(),
+        };
+        let mut current = self.tenancy.swap(Arc::new(empty));
+        match Arc::get_mut(&mut current) {
+            Some(t) => edit(&mut t.tenants),
+            None => tracing::error!("tenants in use: not edited"),
+        }
+        self.tenancy.store(current);
+    }
+
     fn seal(&self, text: &str) -> String {
         match &self.sealer {
             Some(s) => s.seal(text),
@@ -243,7 +269,9 @@ impl Worker {
             channel: None,
             provider: None,
         };
-        let Some(tenant) = self.tenants.get(&event.tenant) else {
+        // One configuration for the whole event, however a reload lands.
+        let tenancy = self.tenancy.load_full();
+        let Some(tenant) = tenancy.tenants.get(&event.tenant) else {
             let f = fail(
                 "config",
                 format!(
@@ -321,7 +349,17 @@ impl Worker {
             let attempt = if i == 0 { job.attempt } else { 1 };
             let policy = tenant.policy.for_kind(event.kind);
             match self
-                .attempt_channel(&event, job, c, attempt, &failed, policy)
+                .attempt_channel(
+                    &event,
+                    job,
+                    c,
+                    Attempt {
+                        number: attempt,
+                        failed: &failed,
+                    },
+                    policy,
+                    &tenancy.templates,
+                )
                 .await
             {
                 ChannelEnd::Settled(s) => return s,
@@ -354,10 +392,14 @@ impl Worker {
         event: &Event,
         job: &Job<'_>,
         c: &Candidate,
-        attempt: i64,
-        failed: &[Channel],
+        at: Attempt<'_>,
         policy: &[Channel],
+        templates: &Templates,
     ) -> ChannelEnd {
+        let Attempt {
+            number: attempt,
+            failed,
+        } = at;
         let (channel, provider_name) = (c.channel, c.provider.name());
         let token = claim_token(attempt);
         // Another channel that could carry this event (the tenant's policy
@@ -466,7 +508,7 @@ impl Worker {
             Some(Claim::Acquired) => {}
         }
 
-        let body = match self.templates.render(event, channel) {
+        let body = match templates.render(event, channel) {
             Ok(b) => b,
             Err(e) => {
                 self.release(&event.dedup_key, channel, &token, Sending::Clear)

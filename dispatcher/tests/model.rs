@@ -219,17 +219,19 @@ access_token = "EAAtest-token-not-real"
             rng: fastrand::Rng::with_seed(seed),
             calls: Vec::new(),
         }));
-        let tenant = worker.tenants.get_mut("acme").expect("tenant");
-        tenant.providers.clear();
-        tenant.provider_for.clear();
-        for (name, channel) in [("meta", Channel::Whatsapp), ("smsru", Channel::Sms)] {
-            let p: Arc<dyn Provider> = Arc::new(Scripted {
-                name,
-                channel,
-                world: world.clone(),
-            });
-            tenant.providers.insert(channel, vec![p]);
-        }
+        worker.edit_tenants(|tenants| {
+            let tenant = tenants.get_mut("acme").expect("tenant");
+            tenant.providers.clear();
+            tenant.provider_for.clear();
+            for (name, channel) in [("meta", Channel::Whatsapp), ("smsru", Channel::Sms)] {
+                let p: Arc<dyn Provider> = Arc::new(Scripted {
+                    name,
+                    channel,
+                    world: world.clone(),
+                });
+                tenant.providers.insert(channel, vec![p]);
+            }
+        });
         let dlq = Dlq::connect(&shared::amqp::Endpoints::one(AMQP), topology.clone())
             .await
             .expect("dlq");

@@ -189,9 +189,11 @@ async fn a_panicking_task_dead_letters_its_event_and_the_consumer_goes_on() {
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
     let running = dispatcher::app::start_with(h.settings.clone(), move |w| {
-        let acme = w.tenants.get_mut("acme").expect("tenant acme");
-        acme.providers
-            .insert(Channel::Whatsapp, vec![Arc::new(Panicky { sent: counter })]);
+        w.edit_tenants(|tenants| {
+            let acme = tenants.get_mut("acme").expect("tenant acme");
+            acme.providers
+                .insert(Channel::Whatsapp, vec![Arc::new(Panicky { sent: counter })]);
+        });
     })
     .await
     .unwrap();

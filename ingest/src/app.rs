@@ -18,7 +18,9 @@ use crate::spool::Spool;
 use utoipa_actix_web::AppExt;
 
 pub struct AppState {
-    pub tenants: Tenants,
+    /// The tenants in force: swapped whole by a live reload, so a request
+    /// sees one configuration from its first look to its last.
+    pub tenants: arc_swap::ArcSwap<Tenants>,
     pub sources: Registry,
     pub callbacks: Callbacks,
     pub durable: Durable,
@@ -77,6 +79,7 @@ pub struct Running {
     pub spool: Spool,
     drain: tokio::task::JoinHandle<()>,
     adopt: tokio::task::JoinHandle<()>,
+    reload: tokio::task::JoinHandle<()>,
     /// The internal `/metrics` listener, when `ingest.metrics_listen` is set.
     pub metrics: Option<(SocketAddr, actix_web::dev::ServerHandle)>,
 }
@@ -91,6 +94,7 @@ impl Running {
         let _ = self.server.await;
         self.drain.abort();
         self.adopt.abort();
+        self.reload.abort();
         self.broker.close().await;
     }
 
@@ -102,6 +106,7 @@ impl Running {
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.drain.abort();
         self.adopt.abort();
+        self.reload.abort();
         r
     }
 }
@@ -150,7 +155,7 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
     };
     let adopt = tokio::spawn(adopter.run(broker.clone(), metrics.clone()));
     let state = web::Data::new(AppState {
-        tenants,
+        tenants: arc_swap::ArcSwap::from_pointee(tenants),
         sources: Registry::new(),
         callbacks,
         durable: Durable::new(
@@ -170,6 +175,7 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
              (key_api) are written in clear to the spool and RabbitMQ"
         );
     }
+    let reload = tokio::spawn(reloader(&settings, state.clone()).run(handle_signals));
     let separate_metrics = settings.ingest.metrics_listen.is_some();
     let metrics_server = match &settings.ingest.metrics_listen {
         Some(listen) => Some(start_metrics(listen, state.clone(), handle_signals)?),
@@ -214,8 +220,25 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         spool,
         drain,
         adopt,
+        reload,
         metrics: metrics_server,
     })
+}
+
+/// Reloads `[[tenants]]` live: the new keys and sources are checked whole
+/// (`Tenants::new`) before they replace the old ones; a request in flight
+/// keeps the tenant it authenticated as.
+fn reloader(settings: &Settings, state: web::Data<AppState>) -> shared::reload::Reloader {
+    let metrics = state.metrics.reload.clone();
+    let apply: shared::reload::Apply = Box::new(move |new: &Settings| {
+        let tenants = Tenants::new(new.tenants.clone())?;
+        if tenants.is_empty() {
+            tracing::warn!("no tenants configured: every webhook will be refused with 401");
+        }
+        state.tenants.store(std::sync::Arc::new(tenants));
+        Ok(())
+    });
+    shared::reload::Reloader::new(settings, metrics, apply)
 }
 
 /// The address a listener bound (port 0 → the one it got).

@@ -26,6 +26,8 @@ pub struct Metrics {
     /// What callback bodies carried, by provider and item (`status`,
     /// `inbound_message`, `error`, `ignored_status`).
     pub callback_items: IntCounterVec,
+    /// Live configuration reloads (shared::reload).
+    pub reload: shared::reload::ReloadMetrics,
 }
 
 impl Metrics {
@@ -109,7 +111,8 @@ impl Metrics {
             &["provider", "item"],
         )
         .expect("static metric definition");
-        for c in [
+        let reload = shared::reload::ReloadMetrics::new("ingest");
+        for c in reload.collectors().into_iter().chain([
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_seconds.clone()),
             Box::new(events.clone()),
@@ -122,7 +125,7 @@ impl Metrics {
             Box::new(broker_circuit_open.clone()),
             Box::new(callbacks.clone()),
             Box::new(callback_items.clone()),
-        ] {
+        ]) {
             registry.register(c).expect("metric registered once");
         }
         // Series exist from the start, so increase() sees the first refusal
@@ -144,6 +147,7 @@ impl Metrics {
             spool_adoptions,
             callbacks,
             callback_items,
+            reload,
         }
     }
 

@@ -145,6 +145,7 @@ async fn handle_webhook(
     let key = auth::presented_key(req, url.key.as_deref()).ok_or(Problem::Unauthorized)?;
     let tenant = state
         .tenants
+        .load()
         .authenticate(key)
         .ok_or(Problem::Unauthorized)?;
     if !url.errors.is_empty() {
@@ -429,8 +430,8 @@ async fn check(
         );
     };
     let url = params::parse(req.query_string());
-    let tenant =
-        auth::presented_key(&req, url.key.as_deref()).and_then(|k| state.tenants.authenticate(k));
+    let tenant = auth::presented_key(&req, url.key.as_deref())
+        .and_then(|k| state.tenants.load().authenticate(k));
     if tenant.is_none() {
         return answer(
             StatusCode::UNAUTHORIZED,

@@ -38,7 +38,31 @@ pub struct Settings {
     #[serde(default)]
     pub security: SecuritySettings,
     #[serde(default)]
+    pub reload: ReloadSettings,
+    #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// The file this was read from (`--config` / `VESTNIK_CONFIG`), which a
+    /// reload reads again; not a key of the file.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// Live reload of `[[tenants]]` (crate::reload): on SIGHUP, and when the
+/// file's content changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadSettings {
+    /// How often the file's content is compared with the one in force; 0
+    /// turns the watch off (SIGHUP still reloads).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            poll_interval_ms: 2_000,
+        }
+    }
 }
 
 /// Secrets of the deployment itself.
@@ -650,7 +674,73 @@ impl Settings {
             settings.spool.dir = base.join(&settings.spool.dir);
         }
         settings.validate()?;
+        settings.source = file;
         Ok(settings)
+    }
+
+    /// The sections other than `[[tenants]]` that differ from `new`: a
+    /// reload does not apply them (they are read at start). Compared by
+    /// their Debug text, which masks secrets, so a changed password alone
+    /// is not noticed here.
+    pub fn restart_needed(&self, new: &Settings) -> Vec<&'static str> {
+        let mut differ = Vec::new();
+        let mut cmp = |name, a: String, b: String| {
+            if a != b {
+                differ.push(name);
+            }
+        };
+        cmp(
+            "production",
+            format!("{:?}", self.production),
+            format!("{:?}", new.production),
+        );
+        cmp(
+            "ingest",
+            format!("{:?}", self.ingest),
+            format!("{:?}", new.ingest),
+        );
+        cmp(
+            "rabbitmq",
+            format!("{:?}", self.rabbitmq),
+            format!("{:?}", new.rabbitmq),
+        );
+        cmp(
+            "spool",
+            format!("{:?}", self.spool),
+            format!("{:?}", new.spool),
+        );
+        cmp(
+            "redis",
+            format!("{:?}", self.redis),
+            format!("{:?}", new.redis),
+        );
+        cmp(
+            "dispatcher",
+            format!("{:?}", self.dispatcher),
+            format!("{:?}", new.dispatcher),
+        );
+        cmp(
+            "admin",
+            format!("{:?}", self.admin),
+            format!("{:?}", new.admin),
+        );
+        cmp("log", format!("{:?}", self.log), format!("{:?}", new.log));
+        cmp(
+            "callbacks",
+            format!("{:?}", self.callbacks),
+            format!("{:?}", new.callbacks),
+        );
+        cmp(
+            "security",
+            format!("{:?}", self.security),
+            format!("{:?}", new.security),
+        );
+        cmp(
+            "reload",
+            format!("{:?}", self.reload),
+            format!("{:?}", new.reload),
+        );
+        differ
     }
 
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {

@@ -6,6 +6,7 @@ pub mod config;
 pub mod event;
 pub mod mask;
 pub mod phone;
+pub mod reload;
 pub mod seal;
 pub mod status;
 pub mod telemetry;

@@ -215,6 +215,32 @@ fn default_language() -> String {
     "ru".into()
 }
 
+impl TenantConfig {
+    /// A digest of everything configured for this tenant (its keys
+    /// included, which Debug masks): tells a reload which tenants changed.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.id.as_bytes());
+        for k in &self.keys {
+            h.update([0]);
+            h.update(k.as_bytes());
+        }
+        h.update(
+            format!(
+                "{:?}|{:?}|{:?}|{:?}|{:?}",
+                self.sources, self.channels, self.vars, self.templates, self.provider_for
+            )
+            .as_bytes(),
+        );
+        // serde_json::Value's Display is its JSON, maps in key order.
+        for (name, v) in self.providers.iter().chain(self.lookup.iter()) {
+            h.update(format!("|{name}={v}").as_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
 impl fmt::Debug for TenantConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TenantConfig")

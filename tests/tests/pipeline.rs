@@ -39,6 +39,7 @@ struct Stack {
     ingest: Child,
     dispatcher: Child,
     ingest_url: String,
+    health_url: String,
     prefix: String,
     config: PathBuf,
     _dir: tempfile::TempDir,
@@ -46,6 +47,11 @@ struct Stack {
 
 impl Stack {
     async fn start(test: &str, fake: &MockServer) -> Stack {
+        Stack::start_with(test, fake, "").await
+    }
+
+    /// With `more` appended to the configuration (more tenants).
+    async fn start_with(test: &str, fake: &MockServer, more: &str) -> Stack {
         let prefix = format!(
             "e2e-{test}-{}",
             &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -89,7 +95,7 @@ access_token = "EAA-e2e-token"
 [tenants.providers.smsru]
 base_url = "{fake}"
 api_id = "e2e-api-id"
-"#,
+{more}"#,
             spool = dir.path().join("spool").display(),
             fake = fake.uri(),
         );
@@ -111,6 +117,7 @@ api_id = "e2e-api-id"
             ingest,
             dispatcher,
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
+            health_url: format!("http://127.0.0.1:{health_port}"),
             prefix,
             config: cfg.clone(),
             _dir: dir,
@@ -715,4 +722,275 @@ async fn each_lifecycle_sends_one_message_per_happening() {
     }
     assert_eq!(bodies.len(), 9, "seed {seed}");
     stack.stop().await;
+}
+
+const BISTRO_KEY: &str = "e2e-bistro-key-0000000002";
+const GONE_KEY: &str = "e2e-gone-key-000000000003";
+
+/// One webhook of the steady flow: whose key, when it left and came back,
+/// and what the ingest answered (None: no answer at all).
+struct Sent {
+    tenant: &'static str,
+    phone: String,
+    start: std::time::Instant,
+    end: std::time::Instant,
+    status: Option<u16>,
+}
+
+/// A gauge of a `/metrics` page, 0 when absent.
+async fn gauge(url: &str, name: &str) -> i64 {
+    let text = match reqwest::get(format!("{url}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0,
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_gauge(url: &str, name: &str, at_least: i64) {
+    for _ in 0..200 {
+        if gauge(url, name).await >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url}: {name} never reached {at_least}");
+}
+
+/// As an operator's tooling does: the whole new file at once (rename).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("toml.new");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+fn signal_hup(child: &Child) {
+    let ok = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -HUP");
+}
+
+/// Tenants added, changed and removed while webhooks flow: every webhook is
+/// answered as the tenants in force when it arrived say, none is refused
+/// or lost for the reload, the dispatcher sends with the new templates and
+/// accounts, and a broken file (noticed by the file watch, no signal)
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_reload_live_while_webhooks_flow() {
+    let fake = MockServer::start().await;
+    meta_accepts(&fake, "wamid.acme").await;
+    Mock::given(method("POST"))
+        .and(path("/v21.0/2222222222/messages"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"messages": [{"id": "wamid.bistro"}]})),
+        )
+        .mount(&fake)
+        .await;
+    let gone = format!(
+        r#"
+[[tenants]]
+id = "gone"
+keys = ["{GONE_KEY}"]
+[tenants.providers.meta]
+base_url = "{fake}/v21.0"
+phone_number_id = "1234567890"
+access_token = "EAA-e2e-token"
+"#,
+        fake = fake.uri()
+    );
+    let stack = Stack::start_with("reload", &fake, &gone).await;
+    let original = std::fs::read_to_string(&stack.config).expect("config");
+    let base = &original[..original.find("[[tenants]]").expect("tenants")];
+    let reloaded = format!(
+        r#"{base}
+[[tenants]]
+id = "acme"
+keys = ["{KEY}"]
+[tenants.channels]
+default = ["whatsapp", "sms"]
+[tenants.templates.order_completed]
+text = "acme v2 {{{{ order_number }}}}"
+[tenants.providers.meta]
+base_url = "{fake}/v21.0"
+phone_number_id = "1234567890"
+access_token = "EAA-e2e-token"
+
+[[tenants]]
+id = "bistro"
+keys = ["{BISTRO_KEY}"]
+[tenants.templates.order_completed]
+text = "bistro v1 {{{{ order_number }}}}"
+[tenants.providers.meta]
+base_url = "{fake}/v21.0"
+phone_number_id = "2222222222"
+access_token = "EAA-e2e-bistro"
+"#,
+        fake = fake.uri()
+    );
+
+    // The steady flow: 40 webhooks a second, the three keys in turn.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flow = {
+        let (url, stop) = (stack.ingest_url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut sent = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let (tenant, key, range) = match n % 3 {
+                    0 => ("acme", KEY, 1),
+                    1 => ("bistro", BISTRO_KEY, 2),
+                    _ => ("gone", GONE_KEY, 3),
+                };
+                let phone = format!("+7916{range}{n:06}");
+                let body = format!(
+                    r#"[{{"eventType":"DeliveryOrderUpdate","eventTime":"2026-12-03 18:00:00.000","organizationId":"org-1","eventInfo":{{"id":"o-{n}","creationStatus":"Success","order":{{"id":"o-{n}","status":"Delivered","number":{n},"phone":"{phone}"}}}}}}]"#
+                );
+                let start = std::time::Instant::now();
+                let status = http
+                    .post(format!("{url}/api/webhook/iiko?key={key}"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status().as_u16());
+                sent.push(Sent {
+                    tenant,
+                    phone,
+                    start,
+                    end: std::time::Instant::now(),
+                    status,
+                });
+                n += 1;
+            }
+            sent
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reload_sent = std::time::Instant::now();
+    replace_file(&stack.config, &reloaded);
+    signal_hup(&stack.ingest);
+    signal_hup(&stack.dispatcher);
+    wait_gauge(&stack.ingest_url, "vestnik_ingest_config_generation", 1).await;
+    wait_gauge(&stack.health_url, "vestnik_dispatcher_config_generation", 1).await;
+    let applied = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A broken file, no signal: the file watch notices it, refuses it.
+    let generation = gauge(&stack.ingest_url, "vestnik_ingest_config_generation").await;
+    let broken_at = std::time::Instant::now();
+    replace_file(
+        &stack.config,
+        &format!("{reloaded}\n[[tenants]]\nid = \"broken\"\nkeys = 7\n"),
+    );
+    wait_gauge(&stack.ingest_url, "vestnik_ingest_config_reload_failing", 1).await;
+    wait_gauge(
+        &stack.health_url,
+        "vestnik_dispatcher_config_reload_failing",
+        1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flow.await.expect("flow");
+    assert_eq!(
+        gauge(&stack.ingest_url, "vestnik_ingest_config_generation").await,
+        generation,
+        "the broken file was not applied"
+    );
+
+    let mut checked = [0usize; 3];
+    for s in &sent {
+        let status = s.status.unwrap_or_else(|| panic!("{}: no answer", s.phone));
+        // Which configuration the request met: the old one (answered
+        // before the new file was written), the new one (sent after both
+        // processes said it was in force), or either (in between).
+        let old = s.end < reload_sent;
+        let new = s.start > applied;
+        let expected: &[u16] = match (s.tenant, old, new) {
+            ("acme", ..) => &[202],
+            ("bistro", true, _) | ("gone", _, true) => &[401],
+            ("bistro", _, true) | ("gone", true, _) => &[202],
+            _ => &[202, 401],
+        };
+        assert!(
+            expected.contains(&status),
+            "{} ({}) answered {status}, expected {expected:?} (old {old}, new {new}, broken file {})",
+            s.phone,
+            s.tenant,
+            s.start > broken_at
+        );
+        checked[usize::from(old) + 2 * usize::from(new)] += 1;
+    }
+    assert!(
+        checked[1] > 10 && checked[2] > 10,
+        "the flow ran on both sides of the reload: {checked:?}"
+    );
+
+    // Every accepted acme and bistro webhook is one message, by its own
+    // tenant's account and template.
+    let accepted: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.status == Some(202) && s.tenant != "gone")
+        .collect();
+    let mut bodies = Vec::new();
+    for _ in 0..300 {
+        bodies = fake.received_requests().await.unwrap_or_default();
+        let delivered = accepted
+            .iter()
+            .filter(|s| {
+                bodies
+                    .iter()
+                    .any(|r| String::from_utf8_lossy(&r.body).contains(&s.phone[1..]))
+            })
+            .count();
+        if delivered == accepted.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in &accepted {
+        let to: Vec<(&str, serde_json::Value)> = bodies
+            .iter()
+            .filter_map(|r| Some((r.url.path(), r.body_json::<serde_json::Value>().ok()?)))
+            .filter(|(_, b)| b["to"].as_str() == Some(s.phone.as_str()))
+            .collect();
+        assert_eq!(
+            to.len(),
+            1,
+            "{} ({}): {} messages",
+            s.phone,
+            s.tenant,
+            to.len()
+        );
+        let (account, body) = &to[0];
+        let text = body["text"]["body"].as_str().unwrap_or_default();
+        if s.tenant == "bistro" {
+            assert_eq!(*account, "/v21.0/2222222222/messages");
+            assert!(text.starts_with("bistro v1"), "{text}");
+        } else {
+            assert_eq!(*account, "/v21.0/1234567890/messages");
+            if s.start > applied {
+                assert!(
+                    text.starts_with("acme v2"),
+                    "{} sent after the reload: {text}",
+                    s.phone
+                );
+            }
+        }
+    }
+    let logs = stack.stop().await;
+    assert!(
+        logs.contains("configuration not reloaded"),
+        "the refused file is logged"
+    );
 }
