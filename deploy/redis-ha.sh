@@ -13,14 +13,18 @@
 #           from several tests at once) and waits until it serves
 #   env     prints the settings a test or a dispatcher needs, as shell
 #           assignments (VESTNIK_TEST_REDIS_CLUSTER=..., ...)
-# State lives in $VESTNIK_REDIS_HA_DIR (default /tmp/vestnik-redis-ha).
+# State lives in $VESTNIK_REDIS_HA_DIR (default /tmp/vestnik-redis-ha); the
+# ports move with $VESTNIK_REDIS_HA_BASE (default 7100).
 set -euo pipefail
 
 DIR=${VESTNIK_REDIS_HA_DIR:-/tmp/vestnik-redis-ha}
-CLUSTER_PORTS=(7101 7102 7103 7104 7105 7106)
-PRIMARY=7201
-REPLICA=7202
-SENTINELS=(7211 7212 7213)
+# Another base (deploy/cluster uses 8100) runs a second, separate set:
+# cluster BASE+1..6, primary BASE+101, replica BASE+102, Sentinels BASE+111..113.
+BASE=${VESTNIK_REDIS_HA_BASE:-7100}
+CLUSTER_PORTS=($((BASE + 1)) $((BASE + 2)) $((BASE + 3)) $((BASE + 4)) $((BASE + 5)) $((BASE + 6)))
+PRIMARY=$((BASE + 101))
+REPLICA=$((BASE + 102))
+SENTINELS=($((BASE + 111)) $((BASE + 112)) $((BASE + 113)))
 MASTER_NAME=vestnik
 
 log() { echo "[redis-ha] $*" >&2; }

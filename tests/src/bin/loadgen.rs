@@ -4,7 +4,9 @@
 //! - `--rate 0`: closed loop, as fast as C connections go (throughput ceiling);
 //! - `--rate R`: open loop, request i is due at start + i/R; latency is taken
 //!   from the due time, so a stalled server is not hidden (no coordinated omission);
-//! - `--count N`: N requests in all (instead of R × S, or of S seconds' worth).
+//! - `--count N`: N requests in all (instead of R × S, or of S seconds' worth);
+//! - `--first F`: request numbers start at F (two loadgens, two ingests,
+//!   no order twice).
 //!
 //! `{n}` in the body is replaced by the request number, so every webhook is a
 //! different order (`{n7}`: the same in seven digits, for a phone of its
@@ -30,6 +32,7 @@ struct Args {
     seconds: u64,
     connections: usize,
     count: Option<u64>,
+    first: u64,
     acked_file: Option<String>,
 }
 
@@ -53,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10,
         connections: 32,
         count: None,
+        first: 0,
         acked_file: None,
     };
     while let Some(flag) = it.next() {
@@ -64,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             "--content-type" => a.content_type = v,
             "--count" => a.count = Some(v.parse().map_err(|_| "bad --count")?),
             "--acked" => a.acked_file = Some(v),
+            "--first" => a.first = v.parse().map_err(|_| "bad --first")?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -83,7 +88,7 @@ async fn main() {
         Ok(a) => Arc::new(a),
         Err(e) => {
             eprintln!(
-                "loadgen: {e}\nusage: loadgen URL BODY_FILE [--rate R] [--seconds S] [--connections C] [--content-type T] [--count N] [--acked FILE]"
+                "loadgen: {e}\nusage: loadgen URL BODY_FILE [--rate R] [--seconds S] [--connections C] [--content-type T] [--count N] [--first F] [--acked FILE]"
             );
             std::process::exit(2);
         }
@@ -110,11 +115,12 @@ async fn main() {
             let mut conn: Option<TcpStream> = None;
             let mut buf = vec![0u8; 16 * 1024];
             loop {
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                if n >= total {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
                     break;
                 }
-                let due = match (n * 1_000_000_000).checked_div(args.rate) {
+                let n = args.first + i;
+                let due = match (i * 1_000_000_000).checked_div(args.rate) {
                     Some(offset_ns) => start + Duration::from_nanos(offset_ns),
                     None => Instant::now(),
                 };
