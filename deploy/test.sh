@@ -40,5 +40,3 @@ echo "== README's run command: a webhook reaches the log provider"
 BUILD_PROFILE=debug deploy/smoke-local.sh
 echo "== failure drills, short (docs/RELIABILITY.md)"
 deploy/drills --short --no-build
-echo "== fleet drills, short (a RabbitMQ cluster, Sentinel and Cluster Redis, 2 ingests, 3 dispatchers; docs/RELIABILITY.md)"
-deploy/cluster drills --short --no-build

@@ -209,10 +209,10 @@ async fn drain_loop(
                 }
             })
             .collect();
-        let all_ok = broker
+        let sent = broker
             .drain_messages(&messages, publish_timeout.max(Duration::from_secs(5)))
-            .await
-            .is_ok();
+            .await;
+        let all_ok = sent.is_ok();
         drop(messages);
         if all_ok {
             let n = batch.records.len();
@@ -229,6 +229,7 @@ async fn drain_loop(
         } else {
             tracing::warn!(
                 retry_in_ms = backoff.as_millis() as u64,
+                error = ?sent.err(),
                 "spool: drain batch not confirmed, retrying"
             );
             tokio::time::sleep(backoff).await;
