@@ -179,7 +179,8 @@ fn compile_variant(
 }
 
 impl Templates {
-    /// The built-in defaults and no tenant.
+    /// No template at all: a placeholder while the tenants are edited
+    /// (`Worker::edit_tenants`), never rendered from.
     pub fn empty() -> Templates {
         Templates {
             env: Environment::new(),

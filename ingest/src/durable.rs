@@ -212,9 +212,16 @@ async fn drain_loop(
         let sent = broker
             .drain_messages(&messages, publish_timeout.max(Duration::from_secs(5)))
             .await;
-        let all_ok = sent.is_ok();
         drop(messages);
-        if all_ok {
+        if let Err(error) = sent {
+            tracing::warn!(
+                retry_in_ms = backoff.as_millis() as u64,
+                ?error,
+                "spool: drain batch not confirmed, retrying"
+            );
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        } else {
             let n = batch.records.len();
             if let Err(e) = drain.commit(batch) {
                 tracing::error!(error = %e, "spool: cursor write failed; batch will be sent again");
@@ -226,14 +233,6 @@ async fn drain_loop(
                 );
             }
             backoff = Duration::from_millis(100);
-        } else {
-            tracing::warn!(
-                retry_in_ms = backoff.as_millis() as u64,
-                error = ?sent.err(),
-                "spool: drain batch not confirmed, retrying"
-            );
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -683,64 +683,21 @@ impl Settings {
     /// their Debug text, which masks secrets, so a changed password alone
     /// is not noticed here.
     pub fn restart_needed(&self, new: &Settings) -> Vec<&'static str> {
-        let mut differ = Vec::new();
-        let mut cmp = |name, a: String, b: String| {
-            if a != b {
-                differ.push(name);
-            }
-        };
-        cmp(
-            "production",
-            format!("{:?}", self.production),
-            format!("{:?}", new.production),
-        );
-        cmp(
-            "ingest",
-            format!("{:?}", self.ingest),
-            format!("{:?}", new.ingest),
-        );
-        cmp(
-            "rabbitmq",
-            format!("{:?}", self.rabbitmq),
-            format!("{:?}", new.rabbitmq),
-        );
-        cmp(
-            "spool",
-            format!("{:?}", self.spool),
-            format!("{:?}", new.spool),
-        );
-        cmp(
-            "redis",
-            format!("{:?}", self.redis),
-            format!("{:?}", new.redis),
-        );
-        cmp(
-            "dispatcher",
-            format!("{:?}", self.dispatcher),
-            format!("{:?}", new.dispatcher),
-        );
-        cmp(
-            "admin",
-            format!("{:?}", self.admin),
-            format!("{:?}", new.admin),
-        );
-        cmp("log", format!("{:?}", self.log), format!("{:?}", new.log));
-        cmp(
-            "callbacks",
-            format!("{:?}", self.callbacks),
-            format!("{:?}", new.callbacks),
-        );
-        cmp(
-            "security",
-            format!("{:?}", self.security),
-            format!("{:?}", new.security),
-        );
-        cmp(
-            "reload",
-            format!("{:?}", self.reload),
-            format!("{:?}", new.reload),
-        );
-        differ
+        macro_rules! differing {
+            ($($section:ident),*) => {
+                [$((
+                    stringify!($section),
+                    format!("{:?}", self.$section) != format!("{:?}", new.$section),
+                )),*]
+            };
+        }
+        differing!(
+            production, ingest, rabbitmq, spool, redis, dispatcher, admin, log, callbacks,
+            security, reload
+        )
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
     }
 
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
