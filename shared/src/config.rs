@@ -640,7 +640,9 @@ impl CallbackSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration: {0}")]
+    /// The values it quotes are masked: a key written where a list belongs
+    /// is quoted whole by the parser, and this text reaches logs.
+    #[error("configuration: {}", crate::mask::quoted(&.0.to_string()))]
     Load(#[from] config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),

@@ -63,6 +63,33 @@ pub fn url(url: &str) -> String {
     }
 }
 
+/// The shortest quoted value [`quoted`] masks: a webhook key's minimum.
+const QUOTED_SECRET_LEN: usize = 16;
+
+/// An error message with its long double-quoted values masked as secrets:
+/// configuration errors quote what they found (`invalid type: string
+/// "<a webhook key>"`), which must not reach a log line. Values shorter
+/// than a webhook key (16 characters: a locale, a channel, a field) stay
+/// readable, so the operator still sees what was wrong.
+pub fn quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    let mut inside = true;
+    for part in parts {
+        out.push('"');
+        if inside && part.chars().count() >= QUOTED_SECRET_LEN {
+            out.push_str(&secret(part));
+        } else {
+            out.push_str(part);
+        }
+        inside = !inside;
+    }
+    out
+}
+
 /// Masks anything in free text that looks like a phone number (a run of 7+
 /// digits with the usual separators) or an e-mail address. Used on provider
 /// answers and parse errors that may echo customer data back.
@@ -170,5 +197,23 @@ mod tests {
         assert!(!masked.contains("79161234567"), "{masked}");
         assert!(!masked.contains("ivan@"), "{masked}");
         assert!(masked.contains("rejected"));
+    }
+
+    #[test]
+    fn quoted_values_are_masked_and_the_rest_kept() {
+        let m = quoted(
+            r#"invalid type: string "acme-key-0123456789", expected a sequence for key `tenants`"#,
+        );
+        assert!(!m.contains("acme-key-0123456789"), "{m}");
+        assert!(m.starts_with("invalid type: string \""), "{m}");
+        assert!(
+            m.ends_with("\", expected a sequence for key `tenants`"),
+            "{m}"
+        );
+        assert_eq!(quoted("no quotes here"), "no quotes here");
+        assert_eq!(
+            quoted(r#"locale "fr-FR" is not supported"#),
+            r#"locale "fr-FR" is not supported"#
+        );
     }
 }

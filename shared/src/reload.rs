@@ -146,7 +146,7 @@ impl Reloader {
             self.metrics.reloads.with_label_values(&["unchanged"]).inc();
             return true;
         }
-        let loaded = Settings::load(Some(path)).map_err(|e| e.to_string());
+        let loaded = load(path);
         let result = loaded.and_then(|s| (self.apply)(&s).map(|()| s));
         match result {
             Ok(settings) => {
@@ -178,6 +178,11 @@ impl Reloader {
             }
         }
     }
+}
+
+/// The file, read as at start (its error masks the values it quotes).
+fn load(path: &Path) -> Result<Settings, String> {
+    Settings::load(Some(path)).map_err(|e| e.to_string())
 }
 
 /// How the tenants changed, for the reload's log line.
@@ -352,6 +357,22 @@ keys = ["acme-key-0123456789abcdef"]
             tenant_changes(&new, &old[..1]),
             "1 tenants: 0 added, 0 changed, 2 removed"
         );
+    }
+
+    #[test]
+    fn a_refused_file_is_reported_without_the_values_it_quotes() {
+        let dir = tempfile_dir();
+        let path = dir.path().join("vestnik.toml");
+        std::fs::write(
+            &path,
+            "[[tenants]]\nid = \"acme\"\nkeys = \"acme-key-0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let reason = match load(&path) {
+            Ok(_) => panic!("a string where a list belongs loads"),
+            Err(reason) => reason,
+        };
+        assert!(!reason.contains("acme-key-0123456789abcdef"), "{reason}");
     }
 
     struct TempDir(PathBuf);
