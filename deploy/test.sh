@@ -40,3 +40,5 @@ echo "== README's run command: a webhook reaches the log provider"
 BUILD_PROFILE=debug deploy/smoke-local.sh
 echo "== failure drills, short (docs/RELIABILITY.md)"
 deploy/drills --short --no-build
+echo "== fleet drills, short: a 3-node RabbitMQ cluster, Sentinel and Redis Cluster (deploy/cluster)"
+deploy/cluster drills --short --no-build

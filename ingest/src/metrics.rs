@@ -21,6 +21,9 @@ pub struct Metrics {
     pub broker_blocked: IntGauge,
     /// 1 while webhooks go straight to the spool (a confirm timed out).
     pub broker_circuit_open: IntGauge,
+    /// Broker connections given up because they confirmed nothing for
+    /// `publish::STUCK_AFTER` (a hung or cut-off node).
+    pub broker_stuck: prometheus::IntCounter,
     /// Provider callback requests by provider and outcome.
     pub callbacks: IntCounterVec,
     /// What callback bodies carried, by provider and item (`status`,
@@ -95,6 +98,11 @@ impl Metrics {
             "1 while webhooks are spooled without trying the broker (a confirm timed out; the drain probes)",
         )
         .expect("static metric definition");
+        let broker_stuck = prometheus::IntCounter::new(
+            "vestnik_ingest_broker_stuck_connections_total",
+            "Broker connections given up because they confirmed nothing for 10 s while not blocked (a hung or cut-off node); the next node is tried",
+        )
+        .expect("static metric definition");
         let callbacks = IntCounterVec::new(
             Opts::new(
                 "vestnik_ingest_callbacks_total",
@@ -123,6 +131,7 @@ impl Metrics {
             Box::new(broker_blocked.clone()),
             Box::new(spool_adoptions.clone()),
             Box::new(broker_circuit_open.clone()),
+            Box::new(broker_stuck.clone()),
             Box::new(callbacks.clone()),
             Box::new(callback_items.clone()),
         ]) {
@@ -144,6 +153,7 @@ impl Metrics {
             broker_up,
             broker_blocked,
             broker_circuit_open,
+            broker_stuck,
             spool_adoptions,
             callbacks,
             callback_items,

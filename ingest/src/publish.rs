@@ -13,10 +13,17 @@
 //! [`PublishError::CircuitOpen`]) and are spooled in milliseconds. The spool
 //! drain is the probe: it waits while the broker blocks, then publishes, and
 //! the first confirm it gets closes the circuit.
+//!
+//! A link that looks connected but has confirmed nothing for
+//! [`STUCK_AFTER`] while publishes kept failing (a node that hangs with its
+//! socket open, a node cut off from its cluster's majority) is given up:
+//! the supervisor reconnects, to the next node of a cluster. A blocked
+//! broker is not stuck: the whole cluster blocks, and another node would
+//! block the same way.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -111,10 +118,45 @@ fn status_properties(update: &StatusUpdate) -> BasicProperties {
         .with_headers(headers)
 }
 
+/// How long a link may fail every publish (timeouts, nacks, unroutable,
+/// channel errors) without one confirm before it is given up. Longer than
+/// two drain probes (5 s each), so one slow confirm never costs a
+/// connection, and far shorter than a missed-heartbeat detection.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10);
+
 struct Link {
     conn: Connection,
     channels: Vec<Channel>,
     next: AtomicUsize,
+    /// When the current run of failed publishes began (none: the last
+    /// publish was confirmed).
+    failing_since: std::sync::Mutex<Option<Instant>>,
+    /// Failing for [`STUCK_AFTER`]: the supervisor reconnects.
+    stuck: AtomicBool,
+}
+
+impl Link {
+    fn confirmed(&self) {
+        if let Ok(mut since) = self.failing_since.lock() {
+            *since = None;
+        }
+    }
+
+    /// Records a failed publish; true when the link has now failed for
+    /// [`STUCK_AFTER`] (the first time only).
+    fn failed(&self) -> bool {
+        let Ok(mut since) = self.failing_since.lock() else {
+            return false;
+        };
+        let began = *since.get_or_insert_with(Instant::now);
+        began.elapsed() >= STUCK_AFTER && !self.stuck.swap(true, Ordering::Relaxed)
+    }
+
+    fn healthy(&self) -> bool {
+        self.conn.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
+            && !self.stuck.load(Ordering::Relaxed)
+    }
 }
 
 struct Inner {
@@ -130,6 +172,8 @@ struct Inner {
     /// Wakes waiters (the spool drain) when the link comes up.
     connected: Notify,
     closed: AtomicBool,
+    /// Links given up as stuck.
+    stuck: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -156,6 +200,7 @@ impl Broker {
                 trouble: Notify::new(),
                 connected: Notify::new(),
                 closed: AtomicBool::new(false),
+                stuck: AtomicU64::new(0),
             }),
         };
         tokio::spawn(broker.clone().supervise());
@@ -189,6 +234,12 @@ impl Broker {
             .ok()
             .and_then(|l| l.as_ref().map(|l| l.conn.status().blocked()))
             .unwrap_or(false)
+    }
+
+    /// Connections given up because they confirmed nothing for
+    /// [`STUCK_AFTER`].
+    pub fn stuck_connections(&self) -> u64 {
+        self.inner.stuck.load(Ordering::Relaxed)
     }
 
     /// Webhooks go straight to the spool until the drain gets a confirm.
@@ -318,6 +369,23 @@ impl Broker {
         .await
         .unwrap_or(Err(PublishError::Timeout));
         match result {
+            Ok(()) => link.confirmed(),
+            // A broker that blocks publishers (alarm) is waited out, not
+            // failed over from.
+            Err(_) if link.conn.status().blocked() => {}
+            Err(error) => {
+                if link.failed() {
+                    self.inner.stuck.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        ?error,
+                        failing_for_ms = STUCK_AFTER.as_millis() as u64,
+                        "broker: connection confirms nothing; giving it up for the next node"
+                    );
+                    self.inner.trouble.notify_one();
+                }
+            }
+        }
+        match result {
             Ok(()) => {
                 if self.inner.circuit_open.swap(false, Ordering::Relaxed) {
                     tracing::info!("broker: confirming again, circuit closed");
@@ -379,9 +447,7 @@ impl Broker {
                 if self.inner.closed.load(Ordering::SeqCst) {
                     return;
                 }
-                let healthy = link.conn.status().connected()
-                    && link.channels.iter().all(|c| c.status().connected());
-                if !healthy {
+                if !link.healthy() {
                     break;
                 }
             }
@@ -419,6 +485,8 @@ impl Broker {
             conn,
             channels,
             next: AtomicUsize::new(0),
+            failing_since: std::sync::Mutex::new(None),
+            stuck: AtomicBool::new(false),
         })
     }
 }

@@ -506,6 +506,12 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     m.broker_blocked.set(i64::from(broker.is_blocked()));
     m.broker_circuit_open
         .set(i64::from(broker.is_circuit_open()));
+    // The broker counts; the counter catches up (both only grow).
+    m.broker_stuck.inc_by(
+        broker
+            .stuck_connections()
+            .saturating_sub(m.broker_stuck.get()),
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(m.render())

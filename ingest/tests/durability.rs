@@ -228,3 +228,87 @@ async fn a_gone_ingests_spool_is_drained_by_its_sibling() {
     b.finish().await;
     drop(a);
 }
+
+/// The node the ingest is connected to hangs: its connection stays open and
+/// confirms nothing (a SIGSTOPped node, packets dropped). Webhooks are still
+/// answered from the spool, and the ingest gives the connection up for the
+/// next node, where the drain delivers them, in order. The heartbeat is the
+/// server's (60 s) here, so the failover is the stuck-link rule's doing,
+/// not a missed heartbeat's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_given_up_for_the_next_one() {
+    let proxy = Proxy::start(true).await;
+    let prefix = common::unique_prefix("hung");
+    let nodes = vec![proxy.url(), common::AMQP.to_string()];
+    let h = Harness::start_on_tweaked(
+        &prefix,
+        &proxy.url(),
+        tempfile::tempdir().expect("tempdir"),
+        "",
+        move |s| {
+            s.rabbitmq.urls = nodes;
+            s.rabbitmq.heartbeat_secs = 0;
+        },
+    )
+    .await;
+    assert!(
+        h.running()
+            .broker
+            .wait_until_up(Duration::from_secs(10))
+            .await
+    );
+    // Through the first node (the proxy): confirmed, nothing spooled.
+    let (status, body) = h.post_json("iiko", &delivered("o-hung-first")).await;
+    assert_eq!(status, 202, "{body}");
+    let first = take_events(&h.topology, 1, Duration::from_secs(5)).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(h.running().spool.pending_records(), 0);
+
+    proxy.freeze();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, body) = h
+            .post_json("iiko", &delivered(&format!("o-hung-{i}")))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "answered within AmoCRM's budget: {:?}",
+            started.elapsed()
+        );
+        ids.push(body["events"][0]["id"].as_str().unwrap().to_string());
+    }
+    // The hung connection is still "connected"; only the stuck-link rule
+    // moves the ingest on (a missed heartbeat would take two minutes).
+    let events = take_events(&h.topology, 5, Duration::from_secs(40)).await;
+    let got: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(got, ids, "every spooled webhook delivered once, in order");
+    for _ in 0..100 {
+        if h.running().spool.pending_records() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.running().spool.pending_records(), 0);
+    let metrics = reqwest::get(h.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("vestnik_ingest_broker_stuck_connections_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vestnik_ingest_broker_circuit_open 0"),
+        "{metrics}"
+    );
+    // Published since the failover: straight to the broker again.
+    let (status, body) = h.post_json("iiko", &delivered("o-hung-after")).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(h.running().spool.pending_records(), 0);
+    proxy.thaw();
+    h.finish().await;
+}

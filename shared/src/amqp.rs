@@ -93,10 +93,34 @@ mod tests {
         let s = RabbitSettings::default();
         assert_eq!(Endpoints::from_settings(&s).len(), 1);
         let s = RabbitSettings {
-            urls: vec!["amqp://a:5672".into(), "amqp://b:5672".into()],
+            urls: vec![
+                "amqp://a:5672".into(),
+                "amqp://b:5672/%2f?heartbeat=5".into(),
+            ],
             ..RabbitSettings::default()
         };
-        assert_eq!(s.endpoints(), vec!["amqp://a:5672", "amqp://b:5672"]);
+        // The default heartbeat is asked for, unless the URL sets its own.
+        assert_eq!(
+            s.endpoints(),
+            vec![
+                "amqp://a:5672?heartbeat=10",
+                "amqp://b:5672/%2f?heartbeat=5"
+            ]
+        );
+        let s = RabbitSettings {
+            url: "amqp://a:5672/%2f?frame_max=8192".into(),
+            heartbeat_secs: 0,
+            ..RabbitSettings::default()
+        };
+        assert_eq!(s.endpoints(), vec!["amqp://a:5672/%2f?frame_max=8192"]);
+        let s = RabbitSettings {
+            heartbeat_secs: 20,
+            ..s
+        };
+        assert_eq!(
+            s.endpoints(),
+            vec!["amqp://a:5672/%2f?frame_max=8192&heartbeat=20"]
+        );
     }
 
     #[test]

@@ -148,6 +148,12 @@ pub struct RabbitSettings {
     pub lease_wait_secs: u64,
     /// Publishing channels the ingest spreads its confirms over.
     pub publish_channels: usize,
+    /// AMQP heartbeat asked for on every connection whose URL does not set
+    /// `heartbeat=` itself (0: the server's, 60 s). Without it a node that
+    /// hangs (stopped, partitioned) with its socket open is noticed only by
+    /// TCP, minutes later; with it lapin closes the connection after two
+    /// missed heartbeats and the caller fails over to the next node.
+    pub heartbeat_secs: u16,
 }
 
 impl Default for RabbitSettings {
@@ -161,18 +167,32 @@ impl Default for RabbitSettings {
             delivery_limit: 20,
             lease_wait_secs: crate::topology::DEFAULT_LEASE_WAIT_SECS,
             publish_channels: 4,
+            heartbeat_secs: 10,
         }
     }
+}
+
+/// `url` with `heartbeat=<secs>` added to its query, unless it has one.
+fn with_heartbeat(url: String, secs: u16) -> String {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if secs == 0 || query.split('&').any(|kv| kv.starts_with("heartbeat=")) {
+        return url;
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={secs}")
 }
 
 impl RabbitSettings {
     /// The nodes to connect to: `urls`, or `url` alone.
     pub fn endpoints(&self) -> Vec<String> {
-        if self.urls.is_empty() {
+        let urls = if self.urls.is_empty() {
             vec![self.url.clone()]
         } else {
             self.urls.clone()
-        }
+        };
+        urls.into_iter()
+            .map(|u| with_heartbeat(u, self.heartbeat_secs))
+            .collect()
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

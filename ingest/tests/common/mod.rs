@@ -349,12 +349,37 @@ pub async fn delete_topology(topology: &Topology) {
 
 /// A TCP proxy in front of RabbitMQ that a test can cut and restore: the
 /// broker becomes unreachable for the ingest exactly as after a network
-/// failure or a broker stop, without touching the shared broker.
+/// failure or a broker stop, without touching the shared broker. Or it can
+/// freeze: connections stay open and nothing passes either way, as with a
+/// node that hangs (SIGSTOP) or a network that drops packets.
 pub struct Proxy {
     pub port: u16,
     open: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, holding bytes back while `frozen`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -362,17 +387,24 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let flag = Arc::new(AtomicBool::new(open));
+        let frozen = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (f, c) = (flag.clone(), conns.clone());
+        let (f, c, z) = (flag.clone(), conns.clone(), frozen.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !f.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
                 }
+                let z = z.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5672").await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect("127.0.0.1:5672").await {
+                        let (in_r, in_w) = inbound.into_split();
+                        let (out_r, out_w) = outbound.into_split();
+                        tokio::select! {
+                            _ = pump(in_r, out_w, z.clone()) => {}
+                            _ = pump(out_r, in_w, z) => {}
+                        }
                     }
                 });
                 c.lock().await.push(task);
@@ -381,6 +413,7 @@ impl Proxy {
         Proxy {
             port,
             open: flag,
+            frozen,
             conns,
             accept,
         }
@@ -399,6 +432,18 @@ impl Proxy {
     }
 
     pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Connections stay open; nothing passes until [`thaw`](Self::thaw).
+    /// New connections are refused meanwhile, as a hung node's are.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+        self.open.store(false, Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
         self.open.store(true, Ordering::SeqCst);
     }
 }
