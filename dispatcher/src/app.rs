@@ -190,6 +190,7 @@ pub fn build_tenancy(
                 providers: by_channel,
                 provider_for: t.provider_for.clone(),
                 lookups,
+                caps: t.frequency_caps.clone(),
             },
         );
     }
@@ -199,7 +200,13 @@ pub fn build_tenancy(
             .iter()
             .map(|t| (t.id.as_str(), &t.templates, &t.vars)),
     )
-    .map_err(|e| StartError::Config(e.to_string()))?;
+    .map_err(|e| StartError::Config(e.to_string()))?
+    .with_places(
+        settings
+            .tenants
+            .iter()
+            .map(|t| (t.id.as_str(), crate::templates::Places::of(t))),
+    );
     Ok(Tenancy { tenants, templates })
 }
 

@@ -112,6 +112,11 @@ pub enum Step {
         reason: String,
         error: String,
     },
+    /// Not sent on purpose, and not a failure: a frequency cap, an opt-out.
+    Skipped {
+        reason: String,
+        detail: String,
+    },
 }
 
 impl Record {
@@ -144,6 +149,7 @@ pub fn status(history: &[Record]) -> &'static str {
                 _ => status,
             },
             Step::DeadLettered { .. } => "dead_lettered",
+            Step::Skipped { .. } => "skipped",
             _ => status,
         };
     }

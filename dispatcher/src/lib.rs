@@ -7,6 +7,7 @@ pub mod app;
 pub mod consumer;
 pub mod delivery_state;
 pub mod dlq;
+pub mod frequency_cap;
 pub mod health;
 pub mod journal;
 pub mod lookup;

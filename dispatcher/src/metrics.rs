@@ -15,6 +15,10 @@ pub struct Metrics {
     pub second_attempts: IntCounter,
     pub dead_lettered: IntCounterVec,
     pub duplicates: IntCounter,
+    /// Events from a location missing in their tenant's `locations` table.
+    pub unknown_locations: IntCounter,
+    /// Events not sent on purpose, by reason (`frequency_cap`, ...).
+    pub skipped: IntCounterVec,
     pub lease_waits: IntCounter,
     pub panics: IntCounter,
     pub fallbacks: IntCounterVec,
@@ -69,6 +73,16 @@ impl Metrics {
                 "Events dead-lettered, by failure class",
                 &["class"],
             ),
+            skipped: counter_vec(
+                "vestnik_dispatcher_skipped_total",
+                "Events not sent on purpose (journaled as skipped), by reason",
+                &["reason"],
+            ),
+            unknown_locations: IntCounter::new(
+                "vestnik_dispatcher_unknown_locations_total",
+                "Events from a location that is not in their tenant's locations table (sent with the tenant's defaults; the log names tenant and location)",
+            )
+            .expect("static metric definition"),
             duplicates: IntCounter::new(
                 "vestnik_dispatcher_duplicates_total",
                 "Deliveries skipped because the message was already sent",
@@ -126,6 +140,8 @@ impl Metrics {
             Box::new(m.second_attempts.clone()),
             Box::new(m.dead_lettered.clone()),
             Box::new(m.duplicates.clone()),
+            Box::new(m.unknown_locations.clone()),
+            Box::new(m.skipped.clone()),
             Box::new(m.lease_waits.clone()),
             Box::new(m.panics.clone()),
             Box::new(m.fallbacks.clone()),

@@ -9,12 +9,13 @@
 mod booking;
 mod datetime;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use minijinja::{Environment, State, UndefinedBehavior};
 use serde_json::{Map, Value, json};
 use shared::event::{DateLocale, Event, EventKind, FormatOptions, HideFlag};
-use shared::tenant::{Channel, TemplateConfig, TemplateVariant};
+use shared::tenant::{Channel, LocationConfig, TemplateConfig, TemplateVariant, TenantConfig};
 
 use crate::providers::Body;
 use datetime::{Clock, Style};
@@ -120,6 +121,37 @@ pub struct Templates {
     env: Environment<'static>,
     kinds: BTreeMap<(String, EventKind), KindTemplates>,
     vars: BTreeMap<String, BTreeMap<String, String>>,
+    places: BTreeMap<String, Places>,
+}
+
+/// A tenant's own time zone and its branches (`locations`).
+#[derive(Debug, Clone, Default)]
+pub struct Places {
+    pub time_zone: Option<String>,
+    pub time_zone_name: Option<String>,
+    pub locations: BTreeMap<String, LocationConfig>,
+}
+
+impl Places {
+    pub fn of(t: &TenantConfig) -> Places {
+        Places {
+            time_zone: t.time_zone.clone(),
+            time_zone_name: t.time_zone_name.clone(),
+            locations: t.locations.clone(),
+        }
+    }
+}
+
+/// Where an event comes from, as its tenant's `locations` table knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Located<'a> {
+    /// A branch of the table.
+    Known(&'a LocationConfig),
+    /// The event names a location the table (which is not empty) lacks:
+    /// the tenant's defaults are used and the operator should hear of it.
+    Unknown,
+    /// No location on the event, or no table for the tenant.
+    Unplaced,
 }
 
 /// `acme/order_completed/sms` (the kind's default variant) or
@@ -186,6 +218,63 @@ impl Templates {
             env: Environment::new(),
             kinds: BTreeMap::new(),
             vars: BTreeMap::new(),
+            places: BTreeMap::new(),
+        }
+    }
+
+    /// Adds each tenant's time zone and branches.
+    pub fn with_places<'a>(mut self, places: impl IntoIterator<Item = (&'a str, Places)>) -> Self {
+        self.places
+            .extend(places.into_iter().map(|(t, p)| (t.to_string(), p)));
+        self
+    }
+
+    /// The event's branch in its tenant's table.
+    pub fn locate(&self, e: &Event) -> Located<'_> {
+        let Some(places) = self.places.get(&e.tenant) else {
+            return Located::Unplaced;
+        };
+        match e.location.as_deref() {
+            Some(id) if !places.locations.is_empty() => places
+                .locations
+                .get(id)
+                .map_or(Located::Unknown, Located::Known),
+            _ => Located::Unplaced,
+        }
+    }
+
+    /// The zone and its label for an event that carries no formatting of
+    /// its own: the branch's, else the tenant's, else Moscow's.
+    fn zone(&self, e: &Event) -> (String, String) {
+        let places = self.places.get(&e.tenant);
+        if let Located::Known(l) = self.locate(e)
+            && let Some(zone) = &l.time_zone
+        {
+            let label = l
+                .time_zone_name
+                .clone()
+                .unwrap_or_else(|| shared::tenant::default_zone_name(zone).to_string());
+            return (zone.clone(), label);
+        }
+        let zone = places
+            .and_then(|p| p.time_zone.clone())
+            .unwrap_or_else(|| FormatOptions::default().time_zone);
+        let label = places
+            .and_then(|p| p.time_zone_name.clone())
+            .unwrap_or_else(|| shared::tenant::default_zone_name(&zone).to_string());
+        (zone, label)
+    }
+
+    /// The tenant's values with its branch's over them.
+    fn vars_for(&self, e: &Event) -> Option<Cow<'_, BTreeMap<String, String>>> {
+        let tenant = self.vars.get(&e.tenant);
+        match self.locate(e) {
+            Located::Known(l) if !l.vars.is_empty() => {
+                let mut merged = tenant.cloned().unwrap_or_default();
+                merged.extend(l.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Some(Cow::Owned(merged))
+            }
+            _ => tenant.map(Cow::Borrowed),
         }
     }
 
@@ -239,7 +328,12 @@ impl Templates {
                 );
             }
         }
-        Ok(Templates { env, kinds, vars })
+        Ok(Templates {
+            env,
+            kinds,
+            vars,
+            places: BTreeMap::new(),
+        })
     }
 
     /// The message body for this event on this channel, in the event's
@@ -249,10 +343,15 @@ impl Templates {
         let own = self.kinds.get(&(event.tenant.clone(), event.kind));
         let format = match &event.format {
             Some(f) => f.clone(),
-            None => FormatOptions {
-                date_locale: own.and_then(|k| k.locale).unwrap_or(DateLocale::RuRu),
-                ..FormatOptions::default()
-            },
+            None => {
+                let (time_zone, time_zone_name) = self.zone(event);
+                FormatOptions {
+                    date_locale: own.and_then(|k| k.locale).unwrap_or(DateLocale::RuRu),
+                    time_zone,
+                    time_zone_name,
+                    ..FormatOptions::default()
+                }
+            }
         };
         let locale = format.date_locale;
         let ctx = self.context(event, &format);
@@ -316,7 +415,7 @@ impl Templates {
     ) -> Result<(String, String), TemplateError> {
         let n = name("_default", e.kind, None, "text");
         if booking::is_booking_kind(e.kind) {
-            Ok((booking::render(e, format, self.vars.get(&e.tenant)), n))
+            Ok((booking::render(e, format, self.vars_for(e).as_deref()), n))
         } else {
             Ok((self.render_one(&n, ctx)?, n))
         }
@@ -333,16 +432,29 @@ impl Templates {
     }
 
     /// What templates see: the event's parameters flat, the tenant's vars
-    /// flat (event values win) and under `vars`, seed 000's formatting
-    /// resolved (locale, zone, names, hide flags) and the times formatted
-    /// for the customer. docs/TEMPLATES.md lists every field.
+    /// (its branch's over them) flat (event values win) and under `vars`,
+    /// the branch, seed 000's formatting resolved (locale, zone, names, hide
+    /// flags) and the times formatted for the customer. docs/TEMPLATES.md
+    /// lists every field.
     fn context(&self, e: &Event, f: &FormatOptions) -> Value {
         let mut m = Map::new();
-        if let Some(vars) = self.vars.get(&e.tenant) {
-            for (k, v) in vars {
+        let vars = self.vars_for(e);
+        if let Some(vars) = &vars {
+            for (k, v) in vars.iter() {
                 m.insert(k.clone(), json!(v));
             }
             m.insert("vars".into(), json!(vars));
+        }
+        if let Some(id) = &e.location {
+            let name = match self.locate(e) {
+                Located::Known(l) => l.name.clone(),
+                _ => None,
+            };
+            m.insert("location_id".into(), json!(id));
+            if let Some(name) = &name {
+                m.insert("location_name".into(), json!(name));
+            }
+            m.insert("location".into(), json!({ "id": id, "name": name }));
         }
         let p = &e.params;
         let clock = Clock::new(f.date_locale, &f.time_zone, &f.time_zone_name);
@@ -369,6 +481,10 @@ impl Templates {
         put(
             "previous_starts_at",
             json!(p.previous_starts_at.as_ref().map(fmt_time)),
+        );
+        put(
+            "occurred_at_local",
+            json!(local(&e.occurred_at.fixed_offset())),
         );
         put("starts_at_local", json!(p.starts_at.as_ref().map(local)));
         put(
@@ -412,10 +528,7 @@ impl Templates {
             .collect();
         put("hide", Value::Object(hide));
         if booking::is_booking_kind(e.kind) {
-            put(
-                "formatted",
-                json!(booking::render(e, f, self.vars.get(&e.tenant))),
-            );
+            put("formatted", json!(booking::render(e, f, vars.as_deref())));
         }
         Value::Object(m)
     }
@@ -1286,5 +1399,105 @@ mod tests {
         assert!(err.to_string().contains("starts_at_iso"), "{err}");
         let err = t.render(&e, Channel::Sms).unwrap_err();
         assert!(err.to_string().contains("weekday"), "{err}");
+    }
+
+    /// A chain with two branches in two zones: each event gets its own
+    /// branch's name, review link and zone; a branch missing from the table
+    /// gets the tenant's values and zone and is reported as unknown.
+    #[test]
+    fn each_branch_gets_its_own_name_link_and_zone() {
+        let cfg = BTreeMap::from([(
+            EventKind::OrderCompleted,
+            TemplateConfig {
+                text: Some(
+                    "{{ brand }}{% if location_name %}, {{ location_name }}{% endif %}: {{ review_url }} ({{ time_zone }}, {{ occurred_at_local }})"
+                        .into(),
+                ),
+                ..TemplateConfig::default()
+            },
+        )]);
+        let vars = BTreeMap::from([
+            ("brand".to_string(), "Берёза".to_string()),
+            (
+                "review_url".to_string(),
+                "https://r.example/chain".to_string(),
+            ),
+        ]);
+        let branch = |name: &str, zone: Option<&str>, url: &str| LocationConfig {
+            name: Some(name.into()),
+            time_zone: zone.map(String::from),
+            time_zone_name: None,
+            vars: BTreeMap::from([("review_url".to_string(), url.to_string())]),
+        };
+        let places = Places {
+            time_zone: Some("Europe/Kaliningrad".into()),
+            time_zone_name: Some("Клд".into()),
+            locations: BTreeMap::from([
+                (
+                    "org-msk".to_string(),
+                    branch(
+                        "Тверская",
+                        Some("Europe/Moscow"),
+                        "https://yandex.ru/maps/org/1",
+                    ),
+                ),
+                (
+                    "org-vvo".to_string(),
+                    branch(
+                        "Светланская",
+                        Some("Asia/Vladivostok"),
+                        "https://2gis.ru/vvo/firm/2",
+                    ),
+                ),
+                (
+                    "org-kgd".to_string(),
+                    branch("Ленинский", None, "https://g.page/3"),
+                ),
+            ]),
+        };
+        let t = Templates::new([("acme", &cfg, &vars)])
+            .unwrap()
+            .with_places([("acme", places)]);
+        let at = |location: Option<&str>| {
+            let mut e = event(EventKind::OrderCompleted);
+            e.occurred_at = "2026-12-03T09:30:00Z".parse().unwrap();
+            e.location = location.map(String::from);
+            e
+        };
+        let text = |e: &Event| text_of(t.render(e, Channel::Sms).unwrap());
+
+        let msk = at(Some("org-msk"));
+        assert!(
+            matches!(t.locate(&msk), Located::Known(l) if l.name.as_deref() == Some("Тверская"))
+        );
+        assert_eq!(
+            text(&msk),
+            "Берёза, Тверская: https://yandex.ru/maps/org/1 (Europe/Moscow, 3 декабря 2026, 12:30 (Мск))"
+        );
+        assert_eq!(
+            text(&at(Some("org-vvo"))),
+            "Берёза, Светланская: https://2gis.ru/vvo/firm/2 (Asia/Vladivostok, 3 декабря 2026, 19:30)"
+        );
+        // A branch without its own zone is in the tenant's, with its label.
+        assert_eq!(
+            text(&at(Some("org-kgd"))),
+            "Берёза, Ленинский: https://g.page/3 (Europe/Kaliningrad, 3 декабря 2026, 11:30 (Клд))"
+        );
+        // Unknown branch: the tenant's link and zone, no branch name.
+        let unknown = at(Some("org-new"));
+        assert_eq!(t.locate(&unknown), Located::Unknown);
+        assert_eq!(
+            text(&unknown),
+            "Берёза: https://r.example/chain (Europe/Kaliningrad, 3 декабря 2026, 11:30 (Клд))"
+        );
+        // No location on the event: the tenant's, and nothing to report.
+        assert_eq!(t.locate(&at(None)), Located::Unplaced);
+        // A tenant without a table: Moscow, nothing to report either.
+        let plain = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        assert_eq!(plain.locate(&msk), Located::Unplaced);
+        assert!(
+            text_of(plain.render(&msk, Channel::Sms).unwrap())
+                .contains("https://r.example/chain (Europe/Moscow")
+        );
     }
 }

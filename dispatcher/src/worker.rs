@@ -47,6 +47,8 @@ pub struct TenantRuntime {
     /// Forced provider per channel (by name).
     pub provider_for: BTreeMap<Channel, String>,
     pub lookups: Lookups,
+    /// Frequency caps per event kind (`[tenants.frequency_caps]`).
+    pub caps: BTreeMap<shared::event::EventKind, shared::tenant::FrequencyCap>,
 }
 
 impl TenantRuntime {
@@ -281,6 +283,13 @@ impl Worker {
             );
             return self.dead_letter(job, f).await;
         };
+        if tenancy.templates.locate(&event) == crate::templates::Located::Unknown {
+            self.metrics.unknown_locations.inc();
+            tracing::warn!(
+                location = event.location.as_deref().unwrap_or_default(),
+                "location not in the tenant's locations table: sent with the tenant's defaults"
+            );
+        }
 
         // A hook without a phone: look it up in the tenant's CRM first.
         if event.recipient.phone.is_none()
@@ -341,6 +350,33 @@ impl Worker {
                 )
             };
             return self.dead_letter(job, fail("recipient", reason)).await;
+        }
+        // At most so many of this kind to this recipient in the window,
+        // fleet-wide; the event that took a place keeps it (redeliveries,
+        // its second attempt and replays pass).
+        if let Some(cap) = tenant.caps.get(&event.kind).copied() {
+            let Some(check) = self.with_store(|| self.store.take_cap(&event, cap)).await else {
+                return Settle::Requeue;
+            };
+            if check == crate::frequency_cap::CapCheck::Capped {
+                self.metrics
+                    .skipped
+                    .with_label_values(&["frequency_cap"])
+                    .inc();
+                tracing::info!(
+                    at_most = cap.at_most,
+                    window_secs = cap.window_secs,
+                    "skipped: frequency cap (the recipient had enough of this kind in the window)"
+                );
+                job.trail.push(Step::Skipped {
+                    reason: "frequency cap".into(),
+                    detail: format!(
+                        "at most {} {} per recipient in {} s",
+                        cap.at_most, event.kind, cap.window_secs
+                    ),
+                });
+                return Settle::Ack;
+            }
         }
         let mut failed = job.failed_channels.clone();
         let mut last = None;

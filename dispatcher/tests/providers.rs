@@ -560,6 +560,125 @@ fn exolve_needs_a_sender() {
     assert!(e.contains("sender"), "{e}");
 }
 
+// ---------------------------------------------------------------- Exolve WhatsApp (unverified API)
+
+fn exolve_wa(fake: &MockServer) -> Value {
+    json!({"base_url": fake.uri(), "api_key": "exwa-test-key", "sender_id": "+7 999 000-11-22"})
+}
+
+#[tokio::test]
+async fn exolve_whatsapp_sends_text_and_templates_to_their_paths() {
+    let fake = MockServer::start().await;
+    for (route, id) in [
+        ("/messaging/v1/whatsapp/send", "wa-text-1"),
+        ("/messaging/v1/whatsapp/template", "wa-tpl-1"),
+    ] {
+        Mock::given(method("POST"))
+            .and(path(route))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message_id": id})))
+            .mount(&fake)
+            .await;
+    }
+    let p = build("exolve_whatsapp", exolve_wa(&fake));
+    assert_eq!(
+        (p.name(), p.channel()),
+        ("exolve_whatsapp", Channel::Whatsapp)
+    );
+    let o = p
+        .send(&to_phone(
+            Channel::Whatsapp,
+            text("Спасибо за заказ!"),
+            "k1",
+        ))
+        .await;
+    assert_eq!(
+        o,
+        Outcome::Sent {
+            message_id: "wa-text-1".into()
+        }
+    );
+    let template = Body::Template {
+        name: "review_request".into(),
+        language: "ru".into(),
+        params: vec!["Иван".into(), "https://r.example/1".into()],
+    };
+    let o = p.send(&to_phone(Channel::Whatsapp, template, "k2")).await;
+    assert_eq!(
+        o,
+        Outcome::Sent {
+            message_id: "wa-tpl-1".into()
+        }
+    );
+
+    let got = fake.received_requests().await.unwrap_or_default();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].url.path(), "/messaging/v1/whatsapp/send");
+    assert_eq!(
+        header(&got[0], "authorization"),
+        Some("Bearer exwa-test-key")
+    );
+    assert_eq!(
+        json_body(&got[0]),
+        json!({"sender_id": "79990001122", "destination": "79161234567", "text": "Спасибо за заказ!"})
+    );
+    assert_eq!(got[1].url.path(), "/messaging/v1/whatsapp/template");
+    assert_eq!(
+        json_body(&got[1]),
+        json!({
+            "sender_id": "79990001122",
+            "destination": "79161234567",
+            "template_name": "review_request",
+            "language": "ru",
+            "params": ["Иван", "https://r.example/1"],
+        })
+    );
+}
+
+#[tokio::test]
+async fn exolve_whatsapp_paths_are_configuration_and_answers_classified_by_status() {
+    let section = |fake: &MockServer| {
+        let mut s = exolve_wa(fake);
+        s["send_path"] = json!("/wa/v2/messages");
+        s
+    };
+    let m = to_phone(Channel::Whatsapp, text("hi"), "k");
+    let classes = [
+        (
+            ResponseTemplate::new(200).set_body_json(json!({"message_id": 77})),
+            "sent",
+        ),
+        (
+            ResponseTemplate::new(200).set_body_string("{}"),
+            "uncertain",
+        ),
+        (ResponseTemplate::new(429), "transient"),
+        (ResponseTemplate::new(502), "transient"),
+        (
+            ResponseTemplate::new(400)
+                .set_body_json(json!({"error": "bad destination 79161234567"})),
+            "config",
+        ),
+        (ResponseTemplate::new(401), "config"),
+    ];
+    for (response, class) in classes {
+        let (o, n) = answer("exolve_whatsapp", section, "/wa/v2/messages", response, &m).await;
+        assert_eq!(o.class(), class, "{o:?}");
+        assert_eq!(n, 1, "one request to the configured path");
+        assert_masked(&o);
+    }
+    // An e-mail address cannot go by WhatsApp: no request at all.
+    let fake = MockServer::start().await;
+    let p = build("exolve_whatsapp", exolve_wa(&fake));
+    let o = p.send(&to_email(text("hi"), "k")).await;
+    assert_eq!(o.class(), "config", "{o:?}");
+    assert!(
+        fake.received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
+
 // ---------------------------------------------------------------- Resend
 
 fn resend(fake: &MockServer) -> Value {

@@ -45,6 +45,88 @@ pub struct TenantConfig {
     /// (`amocrm`, `yclients`); the dispatcher owns their shape.
     #[serde(default)]
     pub lookup: BTreeMap<String, serde_json::Value>,
+    /// The tenant's time zone (IANA, e.g. `Asia/Yekaterinburg`) for events
+    /// that carry none and come from no configured location; Moscow when
+    /// not set.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// How times are labelled in that zone ("Екб"); "Мск" for Moscow,
+    /// nothing for other zones when not set.
+    #[serde(default)]
+    pub time_zone_name: Option<String>,
+    /// The chain's branches, keyed by the id events carry in `location`
+    /// (iiko `organizationId`, R-Keeper `objectId`, YCLIENTS `company_id`,
+    /// AmoCRM account): each its own name, time zone and template values.
+    #[serde(default)]
+    pub locations: BTreeMap<String, LocationConfig>,
+    /// At most so many messages of a kind to one recipient in a window,
+    /// across every branch (`[tenants.frequency_caps.order_completed]`).
+    #[serde(default)]
+    pub frequency_caps: BTreeMap<EventKind, FrequencyCap>,
+}
+
+/// `[tenants.frequency_caps.<kind>]`: at most `at_most` messages of that
+/// kind to one recipient within `window_secs` (a capped event is journaled
+/// `skipped: frequency cap`, not sent, not dead-lettered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCap {
+    #[serde(default = "one")]
+    pub at_most: u32,
+    pub window_secs: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl FrequencyCap {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.at_most == 0 {
+            return Err(
+                "at_most must be at least 1 (to send nothing, leave the kind out of the channels)"
+                    .into(),
+            );
+        }
+        if self.window_secs == 0 {
+            return Err("window_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.window_secs)
+    }
+}
+
+/// One branch of a tenant: `[tenants.locations."<id>"]`.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocationConfig {
+    /// What customers call it ("Кофейня на Тверской"): `location_name` in
+    /// templates.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// IANA zone of the branch; the tenant's when not set.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Label shown after times; as for the tenant when not set.
+    #[serde(default)]
+    pub time_zone_name: Option<String>,
+    /// Template values over the tenant's `vars` (above all the branch's own
+    /// `review_url` on Yandex Maps, 2GIS or Google).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// The zone label when none is configured: Moscow's customary "Мск", else
+/// nothing (a wrong label is worse than none).
+pub fn default_zone_name(zone: &str) -> &'static str {
+    if zone == "Europe/Moscow" {
+        "Мск"
+    } else {
+        ""
+    }
 }
 
 /// Where a message can go.
@@ -228,8 +310,16 @@ impl TenantConfig {
         }
         h.update(
             format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}",
-                self.sources, self.channels, self.vars, self.templates, self.provider_for
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                self.sources,
+                self.channels,
+                self.vars,
+                self.templates,
+                self.provider_for,
+                self.time_zone,
+                self.time_zone_name,
+                self.locations,
+                self.frequency_caps
             )
             .as_bytes(),
         );
@@ -371,6 +461,28 @@ impl Tenants {
             if cfg.keys.is_empty() {
                 return Err(format!("tenant {}: at least one key is required", cfg.id));
             }
+            let zones = std::iter::once(("time_zone".to_string(), &cfg.time_zone)).chain(
+                cfg.locations
+                    .iter()
+                    .map(|(id, l)| (format!("locations.{id:?}.time_zone"), &l.time_zone)),
+            );
+            for (field, zone) in zones {
+                if let Some(zone) = zone
+                    && zone.parse::<chrono_tz::Tz>().is_err()
+                {
+                    return Err(format!(
+                        "tenant {}: {field} {zone:?} is not an IANA time zone (e.g. Asia/Yekaterinburg)",
+                        cfg.id
+                    ));
+                }
+            }
+            if let Some(id) = cfg.locations.keys().find(|id| id.trim().is_empty()) {
+                return Err(format!("tenant {}: location id {id:?} is empty", cfg.id));
+            }
+            for (kind, cap) in &cfg.frequency_caps {
+                cap.validate()
+                    .map_err(|e| format!("tenant {}: frequency_caps.{kind}: {e}", cfg.id))?;
+            }
             let tenant = Arc::new(Tenant {
                 id: cfg.id.clone(),
                 sources: cfg.sources,
@@ -440,7 +552,57 @@ mod tests {
             providers: BTreeMap::new(),
             provider_for: BTreeMap::new(),
             lookup: BTreeMap::new(),
+            time_zone: None,
+            time_zone_name: None,
+            locations: BTreeMap::new(),
+            frequency_caps: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn a_frequency_cap_needs_a_place_and_a_window() {
+        let mut c = cfg("acme", &["acme-key-000000001"]);
+        c.frequency_caps.insert(
+            EventKind::OrderCompleted,
+            FrequencyCap {
+                at_most: 1,
+                window_secs: 2_592_000,
+            },
+        );
+        assert!(Tenants::new(vec![c.clone()]).is_ok());
+        c.frequency_caps.insert(
+            EventKind::DealWon,
+            FrequencyCap {
+                at_most: 0,
+                window_secs: 60,
+            },
+        );
+        let err = Tenants::new(vec![c]).err().expect("refused");
+        assert!(err.contains("frequency_caps.deal_won: at_most"), "{err}");
+    }
+
+    #[test]
+    fn time_zones_of_tenant_and_locations_are_checked() {
+        let mut c = cfg("acme", &["acme-key-000000001"]);
+        c.time_zone = Some("Asia/Yekaterinburg".into());
+        c.locations.insert(
+            "org-2".into(),
+            LocationConfig {
+                time_zone: Some("Asia/Vladivostok".into()),
+                ..LocationConfig::default()
+            },
+        );
+        assert!(Tenants::new(vec![c.clone()]).is_ok());
+        let mut bad = c.clone();
+        bad.locations.get_mut("org-2").unwrap().time_zone = Some("Mars/Olympus".into());
+        let err = Tenants::new(vec![bad]).err().expect("refused");
+        assert!(
+            err.contains("locations.\"org-2\".time_zone") && err.contains("Mars/Olympus"),
+            "{err}"
+        );
+        c.time_zone = Some("MSK".into());
+        let err = Tenants::new(vec![c]).err().expect("refused");
+        assert!(err.contains("tenant acme: time_zone \"MSK\""), "{err}");
     }
 
     #[test]

@@ -994,3 +994,80 @@ access_token = "EAA-e2e-bistro"
         "the refused file is logged"
     );
 }
+
+/// Issue 11, locations: a chain's iiko orders from two branches in two time
+/// zones, and one from a branch nobody entered in the table yet. Each known
+/// branch's customer gets that branch's name, review link and zone; the
+/// unknown one gets the chain's link and zone, and the operator sees it in
+/// the dispatcher's metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_branch_of_a_chain_gets_its_own_name_link_and_zone() {
+    let fake = MockServer::start().await;
+    meta_accepts(&fake, "wamid.e2e").await;
+    let stack = Stack::start_with(
+        "locations",
+        &fake,
+        r#"
+[tenants.vars]
+review_url = "https://r.example/chain"
+[tenants.templates.order_completed]
+text = "{{ location_name or '-' }}|{{ review_url }}|{{ time_zone }}|{{ occurred_at_local }}"
+[tenants.locations."org-msk"]
+name = "Тверская"
+time_zone = "Europe/Moscow"
+vars = { review_url = "https://yandex.ru/maps/org/1" }
+[tenants.locations."org-vvo"]
+name = "Светланская"
+time_zone = "Asia/Vladivostok"
+vars = { review_url = "https://2gis.ru/vladivostok/firm/2" }
+"#,
+    )
+    .await;
+    let order = |org: &str, n: u32| {
+        format!(
+            r#"[{{"eventType":"DeliveryOrderUpdate","eventTime":"2026-11-24 18:00:00.000","organizationId":"{org}","eventInfo":{{"id":"o-{n}","creationStatus":"Success","order":{{"id":"o-{n}","status":"Delivered","number":{n},"phone":"+7916000010{n}","customer":{{"name":"Гость"}}}}}}}}]"#
+        )
+    };
+    for (org, n) in [("org-msk", 1), ("org-vvo", 2), ("org-new", 3)] {
+        let (status, resp) = stack.post("iiko", "application/json", &order(org, n)).await;
+        assert_eq!(status, 202, "{org}: {resp}");
+    }
+    wait_requests(&fake, 3).await;
+    let bodies = meta_bodies(&fake.received_requests().await.unwrap_or_default());
+    let text_to = |phone: &str| -> Vec<String> {
+        bodies
+            .iter()
+            .filter(|b| b["to"] == phone)
+            .map(|b| b["text"]["body"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let msk = text_to("+79160000101");
+    let vvo = text_to("+79160000102");
+    let new = text_to("+79160000103");
+    assert_eq!(msk.len(), 1, "{bodies:?}");
+    assert!(
+        msk[0].starts_with("Тверская|https://yandex.ru/maps/org/1|Europe/Moscow|")
+            && msk[0].ends_with("(Мск)"),
+        "{msk:?}"
+    );
+    assert_eq!(vvo.len(), 1, "{bodies:?}");
+    assert!(
+        vvo[0].starts_with("Светланская|https://2gis.ru/vladivostok/firm/2|Asia/Vladivostok|")
+            && !vvo[0].contains("Мск"),
+        "{vvo:?}"
+    );
+    assert_eq!(new.len(), 1, "{bodies:?}");
+    assert!(
+        new[0].starts_with("-|https://r.example/chain|Europe/Moscow|"),
+        "{new:?}"
+    );
+    assert_eq!(
+        gauge(
+            &stack.health_url,
+            "vestnik_dispatcher_unknown_locations_total"
+        )
+        .await,
+        1
+    );
+    stack.stop().await;
+}

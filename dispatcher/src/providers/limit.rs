@@ -104,6 +104,9 @@ impl RateLimit {
             "wazzup" => (80.0, 100, None),
             "resend" => (2.0, 1, None),
             "smsru" | "exolve" => (20.0, 20, None),
+            // Exolve publishes no WhatsApp limits: its SMS budget, and
+            // WhatsApp's own pair rule (the Business Platform's, whoever sells it).
+            "exolve_whatsapp" => (20.0, 20, Some(WHATSAPP_PAIR)),
             _ => return None,
         };
         Some(RateLimit {

@@ -14,6 +14,7 @@ use shared::tenant::Channel;
 
 pub mod dialog360;
 pub mod exolve;
+pub mod exolve_whatsapp;
 pub mod limit;
 pub mod log;
 pub mod meta;
@@ -214,6 +215,9 @@ pub fn build(
         let p: Box<dyn Provider> = match name.as_str() {
             "dialog360" => Box::new(dialog360::Dialog360::from_config(section, http).map_err(err)?),
             "exolve" => Box::new(exolve::Exolve::from_config(section, http).map_err(err)?),
+            "exolve_whatsapp" => {
+                Box::new(exolve_whatsapp::ExolveWhatsapp::from_config(section, http).map_err(err)?)
+            }
             "meta" => Box::new(meta::Meta::from_config(section, http).map_err(err)?),
             "resend" => Box::new(resend::Resend::from_config(section, http).map_err(err)?),
             "smsru" => Box::new(smsru::SmsRu::from_config(section, http).map_err(err)?),
@@ -262,7 +266,15 @@ pub fn attempt_budget(
 
 /// "Auto" provider choice when a tenant configured several for one channel
 /// and forced none (`provider_for`): the official API first.
-pub const AUTO_ORDER: &[&str] = &["meta", "wazzup", "dialog360", "smsru", "exolve", "resend"];
+pub const AUTO_ORDER: &[&str] = &[
+    "meta",
+    "wazzup",
+    "dialog360",
+    "exolve_whatsapp",
+    "smsru",
+    "exolve",
+    "resend",
+];
 
 pub fn auto_rank(name: &str) -> usize {
     AUTO_ORDER
@@ -272,7 +284,15 @@ pub fn auto_rank(name: &str) -> usize {
 }
 
 /// The provider names [`build`] knows, i.e. the config section names.
-pub const KNOWN: &[&str] = &["dialog360", "exolve", "meta", "resend", "smsru", "wazzup"];
+pub const KNOWN: &[&str] = &[
+    "dialog360",
+    "exolve",
+    "exolve_whatsapp",
+    "meta",
+    "resend",
+    "smsru",
+    "wazzup",
+];
 
 /// Parses a provider's config section with its own struct (unknown keys are
 /// an error, so a typo does not silently fall back to a default).
