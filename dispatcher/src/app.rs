@@ -111,6 +111,7 @@ pub fn build_worker(
         health: Health::new(),
         shutdown,
         sealer: settings.security.sealer(),
+        declared_rungs: std::sync::atomic::AtomicU32::new(0),
     })
 }
 
@@ -191,6 +192,8 @@ pub fn build_tenancy(
                 provider_for: t.provider_for.clone(),
                 lookups,
                 caps: t.frequency_caps.clone(),
+                delays: t.delays.clone(),
+                send_hours: t.send_hours.clone(),
             },
         );
     }

@@ -112,6 +112,13 @@ pub enum Step {
         reason: String,
         error: String,
     },
+    /// Not due yet: waits in the broker's delay ladder until then.
+    Scheduled {
+        /// When it is due (the record's own `at` is when it was scheduled).
+        send_at: DateTime<Utc>,
+        /// `delay` or `send hours`.
+        reason: String,
+    },
     /// Not sent on purpose, and not a failure: a frequency cap, an opt-out.
     Skipped {
         reason: String,
@@ -150,6 +157,7 @@ pub fn status(history: &[Record]) -> &'static str {
             },
             Step::DeadLettered { .. } => "dead_lettered",
             Step::Skipped { .. } => "skipped",
+            Step::Scheduled { .. } => "scheduled",
             _ => status,
         };
     }
@@ -377,6 +385,28 @@ mod tests {
             outcome: outcome.into(),
             message_id: None,
             error: None,
+        }
+    }
+
+    /// Every step survives the round trip through its stored JSON (a field
+    /// named like the record's own `at` once made a step vanish on reading).
+    #[test]
+    fn the_new_steps_read_back_as_written() {
+        let steps = vec![
+            Step::Scheduled {
+                send_at: "2026-12-03T13:00:00Z".parse().expect("time"),
+                reason: "delay".into(),
+            },
+            Step::Skipped {
+                reason: "frequency cap".into(),
+                detail: "at most 1 order_completed per recipient in 2592000 s".into(),
+            },
+        ];
+        for step in steps {
+            let record = Record::now(step);
+            let json = serde_json::to_string(&record).expect("json");
+            let back: Record = serde_json::from_str(&json).expect(&json);
+            assert_eq!(back, record, "{json}");
         }
     }
 

@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod probes;
 pub mod providers;
 pub mod redis_conn;
+pub mod schedule;
 pub mod shared_limit;
 pub mod templates;
 pub mod worker;

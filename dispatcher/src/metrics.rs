@@ -19,6 +19,8 @@ pub struct Metrics {
     pub unknown_locations: IntCounter,
     /// Events not sent on purpose, by reason (`frequency_cap`, ...).
     pub skipped: IntCounterVec,
+    /// Events put in the delay ladder (once each, at their first hop).
+    pub scheduled: IntCounter,
     pub lease_waits: IntCounter,
     pub panics: IntCounter,
     pub fallbacks: IntCounterVec,
@@ -73,6 +75,11 @@ impl Metrics {
                 "Events dead-lettered, by failure class",
                 &["class"],
             ),
+            scheduled: IntCounter::new(
+                "vestnik_dispatcher_scheduled_total",
+                "Events held for a delay or the send hours (counted once, at their first hop)",
+            )
+            .expect("static metric definition"),
             skipped: counter_vec(
                 "vestnik_dispatcher_skipped_total",
                 "Events not sent on purpose (journaled as skipped), by reason",
@@ -142,6 +149,7 @@ impl Metrics {
             Box::new(m.duplicates.clone()),
             Box::new(m.unknown_locations.clone()),
             Box::new(m.skipped.clone()),
+            Box::new(m.scheduled.clone()),
             Box::new(m.lease_waits.clone()),
             Box::new(m.panics.clone()),
             Box::new(m.fallbacks.clone()),

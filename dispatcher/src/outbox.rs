@@ -85,7 +85,7 @@ pub async fn dead_letter(
     publish(channel, topology, ROUTE_DEAD, body, props, extra).await
 }
 
-async fn publish(
+pub async fn publish(
     channel: &Channel,
     topology: &Topology,
     route: &str,

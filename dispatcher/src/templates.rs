@@ -265,6 +265,15 @@ impl Templates {
         (zone, label)
     }
 
+    /// The event's time zone: its own formatting's, else its branch's, else
+    /// the tenant's, else Moscow (quiet hours are kept in it).
+    pub fn time_zone(&self, e: &Event) -> String {
+        match &e.format {
+            Some(f) => f.time_zone.clone(),
+            None => self.zone(e).0,
+        }
+    }
+
     /// The tenant's values with its branch's over them.
     fn vars_for(&self, e: &Event) -> Option<Cow<'_, BTreeMap<String, String>>> {
         let tenant = self.vars.get(&e.tenant);

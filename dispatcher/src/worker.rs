@@ -49,6 +49,18 @@ pub struct TenantRuntime {
     pub lookups: Lookups,
     /// Frequency caps per event kind (`[tenants.frequency_caps]`).
     pub caps: BTreeMap<shared::event::EventKind, shared::tenant::FrequencyCap>,
+    /// Delays per event kind (`[tenants.delays]`).
+    pub delays: BTreeMap<shared::event::EventKind, shared::tenant::Delay>,
+    /// Send hours: `default` and per kind (`[tenants.send_hours]`).
+    pub send_hours: BTreeMap<String, shared::tenant::SendHours>,
+}
+
+impl TenantRuntime {
+    fn send_hours(&self, kind: shared::event::EventKind) -> Option<&shared::tenant::SendHours> {
+        self.send_hours
+            .get(kind.as_str())
+            .or_else(|| self.send_hours.get("default"))
+    }
 }
 
 impl TenantRuntime {
@@ -96,7 +108,13 @@ pub struct Worker {
     pub shutdown: watch::Receiver<bool>,
     /// `security.seal_key`: seals what is kept in Redis about a sent message.
     pub sealer: Option<shared::seal::Sealer>,
+    /// Rungs of the delay ladder this process has declared (a bit each).
+    pub declared_rungs: std::sync::atomic::AtomicU32,
 }
+
+/// A header counting an event's hops down the delay ladder (the journal
+/// says "scheduled" once, on the first).
+pub const DELAY_HOPS: &str = "x-delay-hops";
 
 /// The failure that ends an attempt or the event, as recorded in the DLQ.
 struct Failure {
@@ -283,6 +301,10 @@ impl Worker {
             );
             return self.dead_letter(job, f).await;
         };
+        // Not due yet (a delay, quiet hours): wait in the broker's ladder.
+        if let Some(settle) = self.schedule(&event, job, tenant, &tenancy.templates).await {
+            return settle;
+        }
         if tenancy.templates.locate(&event) == crate::templates::Located::Unknown {
             self.metrics.unknown_locations.inc();
             tracing::warn!(
@@ -1387,6 +1409,93 @@ impl Worker {
             Err(e) => {
                 tracing::warn!(error = %e, "lease wait not confirmed; handing the event back");
                 Settle::Requeue
+            }
+        }
+    }
+
+    /// Holds an event that is not due (its delay, the tenant's quiet hours)
+    /// in the delay ladder, or drops a reminder whose moment has passed.
+    /// `None`: due, go on.
+    async fn schedule(
+        &self,
+        event: &Event,
+        job: &Job<'_>,
+        tenant: &TenantRuntime,
+        templates: &Templates,
+    ) -> Option<Settle> {
+        let delay = tenant.delays.get(&event.kind);
+        let hours = tenant.send_hours(event.kind);
+        if delay.is_none() && hours.is_none() {
+            return None;
+        }
+        let zone: chrono_tz::Tz = templates
+            .time_zone(event)
+            .parse()
+            .unwrap_or(chrono_tz::Europe::Moscow);
+        let now = chrono::Utc::now();
+        match crate::schedule::when(event, delay, hours, zone, now) {
+            crate::schedule::When::Now => None,
+            crate::schedule::When::Expired { starts_at } => {
+                self.metrics.skipped.with_label_values(&["expired"]).inc();
+                tracing::info!(%starts_at, "skipped: expired (the booking starts before the message could go)");
+                job.trail.push(Step::Skipped {
+                    reason: "expired".into(),
+                    detail: format!("the booking starts at {}", starts_at.to_rfc3339()),
+                });
+                Some(Settle::Ack)
+            }
+            crate::schedule::When::At(at) => {
+                let remaining = (at - now).to_std().unwrap_or_default();
+                let rung = Topology::delay_rung(remaining);
+                let bit = 1u32 << rung;
+                let declared = std::sync::atomic::Ordering::Relaxed;
+                if self.declared_rungs.load(declared) & bit == 0 {
+                    if let Err(e) = self.topology.declare_delay_rung(job.publisher, rung).await {
+                        tracing::warn!(error = %e, rung, "delay queue not declared; handing the event back");
+                        return Some(Settle::Requeue);
+                    }
+                    self.declared_rungs.fetch_or(bit, declared);
+                }
+                let hops = header_int(job.props.headers().as_ref(), DELAY_HOPS).unwrap_or(0);
+                let headers: Headers = vec![(DELAY_HOPS, int(hops + 1))];
+                let route = Topology::delay_route(rung);
+                match outbox::publish(
+                    job.publisher,
+                    &self.topology,
+                    &route,
+                    job.raw,
+                    job.props,
+                    headers,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        if hops == 0 {
+                            tracing::info!(at = %at.to_rfc3339(), "scheduled for {}", at.to_rfc3339());
+                            job.trail.push(Step::Scheduled {
+                                send_at: at,
+                                reason: if delay.is_some() {
+                                    "delay"
+                                } else {
+                                    "send hours"
+                                }
+                                .into(),
+                            });
+                            self.metrics.scheduled.inc();
+                        } else {
+                            // One more hop of a wait already journaled:
+                            // nothing new to tell.
+                            let _ = job.trail.take();
+                        }
+                        Some(Settle::Ack)
+                    }
+                    Err(e) => {
+                        // An operator may have deleted the queue: declare it again next time.
+                        self.declared_rungs.fetch_and(!bit, declared);
+                        tracing::warn!(error = %e, "delay not confirmed; handing the event back");
+                        Some(Settle::Requeue)
+                    }
+                }
             }
         }
     }

@@ -63,6 +63,109 @@ pub struct TenantConfig {
     /// across every branch (`[tenants.frequency_caps.order_completed]`).
     #[serde(default)]
     pub frequency_caps: BTreeMap<EventKind, FrequencyCap>,
+    /// When to send, per event kind: a delay after the event or a reminder
+    /// before a booking's start (`[tenants.delays]`).
+    #[serde(default)]
+    pub delays: BTreeMap<EventKind, Delay>,
+    /// The hours messages may go out, in the event's time zone: `default`
+    /// and per event kind (`[tenants.send_hours]`); outside them is quiet.
+    #[serde(default)]
+    pub send_hours: BTreeMap<String, SendHours>,
+}
+
+/// `[tenants.delays.<kind>]`: exactly one of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delay {
+    /// Send this long after the event happened (`occurred_at`).
+    #[serde(default)]
+    pub after_secs: Option<u64>,
+    /// Send this long before the booking starts (a reminder); a booking
+    /// already started when the moment comes is not reminded of (`expired`).
+    #[serde(default)]
+    pub before_start_secs: Option<u64>,
+}
+
+/// The event kind of this name (`order_completed`), if any.
+pub fn kind_named(name: &str) -> Option<EventKind> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
+/// Event kinds that carry a start time (`params.starts_at`).
+pub const KINDS_WITH_START: [EventKind; 3] = [
+    EventKind::BookingCreated,
+    EventKind::BookingTimeChanged,
+    EventKind::BookingPlaceChanged,
+];
+
+impl Delay {
+    fn validate(&self, kind: EventKind) -> Result<(), String> {
+        match (self.after_secs, self.before_start_secs) {
+            (Some(_), None) => Ok(()),
+            (None, Some(_)) if KINDS_WITH_START.contains(&kind) => Ok(()),
+            (None, Some(_)) => Err(format!(
+                "before_start_secs needs a kind with a start time ({})",
+                KINDS_WITH_START.map(|k| k.as_str()).join(", ")
+            )),
+            _ => Err("set exactly one of after_secs and before_start_secs".into()),
+        }
+    }
+}
+
+/// A daily window, `"10:00-21:00"` (seconds allowed: `"09:30:00-21:00:00"`;
+/// `24:00` is the end of the day; `"22:00-06:00"` runs over midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendHours {
+    /// Seconds after local midnight, `from` included, `to` excluded.
+    pub from: u32,
+    pub to: u32,
+}
+
+impl SendHours {
+    pub const DAY: u32 = 24 * 3600;
+
+    pub fn parse(s: &str) -> Result<SendHours, String> {
+        let bad = || format!("send hours {s:?}: write them as \"10:00-21:00\"");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let at = |t: &str| -> Result<u32, String> {
+            let parts: Vec<&str> = t.trim().split(':').collect();
+            if !(2..=3).contains(&parts.len()) {
+                return Err(bad());
+            }
+            let n: Vec<u32> = parts
+                .iter()
+                .map(|p| p.parse::<u32>().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?;
+            let (h, m, sec) = (n[0], n[1], n.get(2).copied().unwrap_or(0));
+            if m >= 60 || sec >= 60 || h > 24 || (h == 24 && (m, sec) != (0, 0)) {
+                return Err(bad());
+            }
+            Ok(h * 3600 + m * 60 + sec)
+        };
+        let (from, to) = (at(a)?, at(b)?);
+        if from == to || from >= Self::DAY {
+            return Err(format!(
+                "send hours {s:?}: an empty window (to send at any hour, leave them out)"
+            ));
+        }
+        Ok(SendHours { from, to })
+    }
+
+    /// Whether a local time of day (seconds after midnight) is inside.
+    pub fn contains(&self, second_of_day: u32) -> bool {
+        if self.from < self.to {
+            (self.from..self.to).contains(&second_of_day)
+        } else {
+            second_of_day >= self.from || second_of_day < self.to
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SendHours {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SendHours::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[tenants.frequency_caps.<kind>]`: at most `at_most` messages of that
@@ -310,7 +413,7 @@ impl TenantConfig {
         }
         h.update(
             format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
                 self.sources,
                 self.channels,
                 self.vars,
@@ -319,7 +422,9 @@ impl TenantConfig {
                 self.time_zone,
                 self.time_zone_name,
                 self.locations,
-                self.frequency_caps
+                self.frequency_caps,
+                self.delays,
+                self.send_hours
             )
             .as_bytes(),
         );
@@ -479,6 +584,19 @@ impl Tenants {
             if let Some(id) = cfg.locations.keys().find(|id| id.trim().is_empty()) {
                 return Err(format!("tenant {}: location id {id:?} is empty", cfg.id));
             }
+            for (kind, delay) in &cfg.delays {
+                delay
+                    .validate(*kind)
+                    .map_err(|e| format!("tenant {}: delays.{kind}: {e}", cfg.id))?;
+            }
+            for key in cfg.send_hours.keys() {
+                if key != "default" && kind_named(key).is_none() {
+                    return Err(format!(
+                        "tenant {}: send_hours.{key}: not \"default\" nor an event kind",
+                        cfg.id
+                    ));
+                }
+            }
             for (kind, cap) in &cfg.frequency_caps {
                 cap.validate()
                     .map_err(|e| format!("tenant {}: frequency_caps.{kind}: {e}", cfg.id))?;
@@ -556,7 +674,82 @@ mod tests {
             time_zone_name: None,
             locations: BTreeMap::new(),
             frequency_caps: BTreeMap::new(),
+            delays: BTreeMap::new(),
+            send_hours: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn send_hours_parse_and_contain() {
+        let h = SendHours::parse("10:00-21:00").unwrap();
+        assert_eq!((h.from, h.to), (36_000, 75_600));
+        assert!(h.contains(36_000) && h.contains(75_599) && !h.contains(75_600) && !h.contains(0));
+        let night = SendHours::parse("22:00-06:30:15").unwrap();
+        assert!(night.contains(23 * 3600) && night.contains(3600) && !night.contains(12 * 3600));
+        assert!(SendHours::parse("00:00-24:00").unwrap().contains(86_399));
+        for bad in [
+            "10-21",
+            "10:00",
+            "10:00-10:00",
+            "25:00-26:00",
+            "10:60-11:00",
+            "24:00-10:00",
+            "a:b-c:d",
+        ] {
+            assert!(SendHours::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn delays_and_send_hours_are_checked() {
+        let mut c = cfg("acme", &["acme-key-000000001"]);
+        c.delays.insert(
+            EventKind::OrderCompleted,
+            Delay {
+                after_secs: Some(3600),
+                before_start_secs: None,
+            },
+        );
+        c.delays.insert(
+            EventKind::BookingCreated,
+            Delay {
+                after_secs: None,
+                before_start_secs: Some(7200),
+            },
+        );
+        c.send_hours
+            .insert("default".into(), SendHours::parse("10:00-21:00").unwrap());
+        c.send_hours.insert(
+            "booking_created".into(),
+            SendHours::parse("08:00-22:00").unwrap(),
+        );
+        assert!(Tenants::new(vec![c.clone()]).is_ok());
+        let mut bad = c.clone();
+        bad.delays.insert(
+            EventKind::OrderCompleted,
+            Delay {
+                after_secs: None,
+                before_start_secs: Some(60),
+            },
+        );
+        let err = Tenants::new(vec![bad]).err().expect("refused");
+        assert!(
+            err.contains("delays.order_completed: before_start_secs needs"),
+            "{err}"
+        );
+        let mut bad = c.clone();
+        bad.delays.insert(
+            EventKind::DealWon,
+            Delay {
+                after_secs: None,
+                before_start_secs: None,
+            },
+        );
+        assert!(Tenants::new(vec![bad]).is_err());
+        c.send_hours
+            .insert("lunch".into(), SendHours::parse("12:00-13:00").unwrap());
+        let err = Tenants::new(vec![c]).err().expect("refused");
+        assert!(err.contains("send_hours.lunch"), "{err}");
     }
 
     #[test]

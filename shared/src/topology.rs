@@ -29,6 +29,12 @@ pub const ROUTE_SECOND_ATTEMPT: &str = "second-attempt";
 pub const ROUTE_LEASE_WAIT: &str = "lease-wait";
 pub const ROUTE_DEAD: &str = "dead";
 pub const ROUTE_STATUS: &str = "status";
+/// Routes of the delay ladder: `delay.<seconds>s`.
+pub const ROUTE_DELAY: &str = "delay";
+/// Rungs of the delay ladder: 1 s, 2 s, 4 s, ... 2^21 s (24 days). A wait
+/// of any length takes the longest rung that does not overshoot it, again
+/// and again: at most one hop per set bit of its seconds (22), never early.
+pub const DELAY_RUNGS: u32 = 22;
 
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -129,6 +135,46 @@ impl Topology {
 
     pub fn lease_wait(&self) -> Duration {
         self.lease_wait
+    }
+
+    /// Seconds of a rung of the delay ladder.
+    pub fn rung_secs(rung: u32) -> u64 {
+        1u64 << rung.min(DELAY_RUNGS - 1)
+    }
+
+    /// The rung for a wait of `remaining`: the longest not longer than it;
+    /// the 1 s rung for anything shorter (so never early, late by less
+    /// than a second).
+    pub fn delay_rung(remaining: Duration) -> u32 {
+        let s = remaining.as_secs();
+        if s < 2 {
+            0
+        } else {
+            (63 - s.leading_zeros()).min(DELAY_RUNGS - 1)
+        }
+    }
+
+    /// One rung of the delay ladder: a quorum queue whose messages all live
+    /// `2^rung` seconds (RabbitMQ expires messages only at a queue's head,
+    /// so one fixed TTL per queue keeps expiry on time), then go back to the
+    /// dispatch queue. Declared on first use.
+    pub fn delay_queue(&self, rung: u32) -> String {
+        format!("{}.delay.{}s", self.prefix, Self::rung_secs(rung))
+    }
+
+    pub fn delay_route(rung: u32) -> String {
+        format!("{ROUTE_DELAY}.{}s", Self::rung_secs(rung))
+    }
+
+    pub async fn declare_delay_rung(&self, channel: &Channel, rung: u32) -> lapin::Result<()> {
+        let ttl = Duration::from_secs(Self::rung_secs(rung));
+        self.queue(
+            channel,
+            &self.delay_queue(rung),
+            self.wait_args(ttl),
+            &Self::delay_route(rung),
+        )
+        .await
     }
 
     pub fn dead_letter_queue(&self) -> String {
@@ -248,13 +294,17 @@ impl Topology {
     /// Removes everything [`declare`](Self::declare) created; for tests and
     /// for retiring a prefix.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        let ladder = (0..DELAY_RUNGS).map(|r| self.delay_queue(r));
         for q in [
             self.dispatch_queue(),
             self.second_attempt_queue(),
             self.lease_wait_queue(),
             self.dead_letter_queue(),
             self.status_queue(),
-        ] {
+        ]
+        .into_iter()
+        .chain(ladder)
+        {
             channel
                 .queue_delete(
                     q.as_str().into(),
@@ -302,4 +352,43 @@ pub fn event_properties(event: &crate::Event) -> BasicProperties {
         .with_type(event.kind.as_str().into())
         .with_app_id("vestnik-ingest".into())
         .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hop by hop down the ladder, as the dispatcher does: never early,
+    /// less than a second late, one hop per set bit (plus the last second).
+    #[test]
+    fn the_ladder_reaches_any_delay_in_few_hops_and_never_early() {
+        for wait_ms in [
+            1u64,
+            999,
+            1_000,
+            1_500,
+            2_000,
+            3_700,
+            60_000,
+            3_600_000,
+            2_592_000_500,
+            40 * 86_400_000,
+        ] {
+            let mut left = wait_ms as i64;
+            let mut hops = 0;
+            while left > 0 {
+                let rung = Topology::delay_rung(Duration::from_millis(left as u64));
+                left -= (Topology::rung_secs(rung) * 1000) as i64;
+                hops += 1;
+                assert!(hops <= 64, "{wait_ms}: no end");
+            }
+            assert!(left > -1000, "{wait_ms} ms: late by {} ms", -left);
+            let bound =
+                (wait_ms / 1000).count_ones() + 2 + ((wait_ms / 1000) >> DELAY_RUNGS) as u32;
+            assert!(hops <= bound, "{wait_ms} ms: {hops} hops");
+        }
+        assert_eq!(Topology::rung_secs(0), 1);
+        assert_eq!(Topology::rung_secs(DELAY_RUNGS + 5), 1 << (DELAY_RUNGS - 1));
+        assert_eq!(Topology::delay_route(3), "delay.8s");
+    }
 }

@@ -1071,3 +1071,87 @@ vars = { review_url = "https://2gis.ru/vladivostok/firm/2" }
     );
     stack.stop().await;
 }
+
+/// Meta's answer, with when each message arrived.
+struct Arrivals(std::sync::Arc<std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>>);
+
+impl wiremock::Respond for Arrivals {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.0.lock().expect("lock").push(chrono::Utc::now());
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"messages": [{"id": "wamid.e2e-quiet"}]}))
+    }
+}
+
+/// Issue 11, end to end with the real binaries: an order posted just before
+/// its tenant's send hours close, with a delay that ends in the quiet
+/// hours, is sent when the window next opens and not before. The window is
+/// set in seconds around the real clock (Moscow, the tenant's zone): open
+/// now, closing 6 s from now, opening again 14 s from now; the delay of 8 s
+/// after the order ends inside that gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_delayed_into_the_quiet_hours_goes_when_they_end() {
+    use chrono::Timelike;
+    let fake = MockServer::start().await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    Mock::given(method("POST"))
+        .and(path("/v21.0/1234567890/messages"))
+        .respond_with(Arrivals(seen.clone()))
+        .mount(&fake)
+        .await;
+    // Moscow keeps UTC+3 all year.
+    let msk = chrono::Utc::now() + chrono::Duration::hours(3);
+    let hms = |t: chrono::DateTime<chrono::Utc>| {
+        format!("{:02}:{:02}:{:02}", t.hour(), t.minute(), t.second())
+    };
+    let closes = msk + chrono::Duration::seconds(6);
+    let opens = msk + chrono::Duration::seconds(14);
+    let stack = Stack::start_with(
+        "quiet",
+        &fake,
+        &format!(
+            r#"
+[tenants.delays.order_completed]
+after_secs = 8
+[tenants.send_hours]
+default = "{}-{}"
+"#,
+            hms(opens),
+            hms(closes)
+        ),
+    )
+    .await;
+    let posted = chrono::Utc::now();
+    assert!(
+        posted + chrono::Duration::hours(3) < closes - chrono::Duration::seconds(1),
+        "the stack took too long to start for this test's window"
+    );
+    // iiko's eventTime is UTC.
+    let order = format!(
+        r#"[{{"eventType":"DeliveryOrderUpdate","eventTime":"{}","organizationId":"org-1","eventInfo":{{"id":"o-quiet","creationStatus":"Success","order":{{"id":"o-quiet","status":"Delivered","number":7,"phone":"+79160000201","customer":{{"name":"Гость"}}}}}}}}]"#,
+        posted.format("%Y-%m-%d %H:%M:%S%.3f")
+    );
+    let (status, resp) = stack.post("iiko", "application/json", &order).await;
+    assert_eq!(status, 202, "{resp}");
+    // The window reopens at `opens` (whole seconds), in UTC.
+    let reopens = (opens - chrono::Duration::hours(3))
+        .with_nanosecond(0)
+        .expect("whole second");
+    assert!(reopens > posted, "the test's window is ahead of the post");
+    for _ in 0..300 {
+        if !seen.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = seen.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1, "sent once: {got:?}");
+    let late = got[0] - reopens;
+    assert!(
+        late >= chrono::Duration::zero() && late <= chrono::Duration::milliseconds(1500),
+        "reopens {reopens}, sent {} ({} ms)",
+        got[0],
+        late.num_milliseconds()
+    );
+    stack.stop().await;
+}
