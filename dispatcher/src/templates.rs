@@ -9,7 +9,6 @@
 mod booking;
 mod datetime;
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use minijinja::{Environment, State, UndefinedBehavior};
@@ -223,9 +222,18 @@ impl Templates {
     }
 
     /// Adds each tenant's time zone and branches.
+    /// A branch's `vars` are stored merged over its tenant's once here, so
+    /// rendering a message borrows them instead of merging per message.
     pub fn with_places<'a>(mut self, places: impl IntoIterator<Item = (&'a str, Places)>) -> Self {
-        self.places
-            .extend(places.into_iter().map(|(t, p)| (t.to_string(), p)));
+        for (tenant, mut p) in places {
+            let own = self.vars.get(tenant);
+            for l in p.locations.values_mut().filter(|l| !l.vars.is_empty()) {
+                let mut merged = own.cloned().unwrap_or_default();
+                merged.append(&mut l.vars);
+                l.vars = merged;
+            }
+            self.places.insert(tenant.to_string(), p);
+        }
         self
     }
 
@@ -275,15 +283,10 @@ impl Templates {
     }
 
     /// The tenant's values with its branch's over them.
-    fn vars_for(&self, e: &Event) -> Option<Cow<'_, BTreeMap<String, String>>> {
-        let tenant = self.vars.get(&e.tenant);
+    fn vars_for(&self, e: &Event) -> Option<&BTreeMap<String, String>> {
         match self.locate(e) {
-            Located::Known(l) if !l.vars.is_empty() => {
-                let mut merged = tenant.cloned().unwrap_or_default();
-                merged.extend(l.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Some(Cow::Owned(merged))
-            }
-            _ => tenant.map(Cow::Borrowed),
+            Located::Known(l) if !l.vars.is_empty() => Some(&l.vars),
+            _ => self.vars.get(&e.tenant),
         }
     }
 
@@ -424,7 +427,7 @@ impl Templates {
     ) -> Result<(String, String), TemplateError> {
         let n = name("_default", e.kind, None, "text");
         if booking::is_booking_kind(e.kind) {
-            Ok((booking::render(e, format, self.vars_for(e).as_deref()), n))
+            Ok((booking::render(e, format, self.vars_for(e)), n))
         } else {
             Ok((self.render_one(&n, ctx)?, n))
         }
@@ -537,7 +540,7 @@ impl Templates {
             .collect();
         put("hide", Value::Object(hide));
         if booking::is_booking_kind(e.kind) {
-            put("formatted", json!(booking::render(e, f, vars.as_deref())));
+            put("formatted", json!(booking::render(e, f, vars)));
         }
         Value::Object(m)
     }

@@ -128,28 +128,37 @@ struct Link {
     conn: Connection,
     channels: Vec<Channel>,
     next: AtomicUsize,
-    /// When the current run of failed publishes began (none: the last
-    /// publish was confirmed).
-    failing_since: std::sync::Mutex<Option<Instant>>,
+    /// When the current run of failed publishes began, in ms after
+    /// `opened` plus one (0: the last publish was confirmed). An atomic, not
+    /// a lock: every confirmed webhook reads it.
+    failing_since: AtomicU64,
+    opened: Instant,
     /// Failing for [`STUCK_AFTER`]: the supervisor reconnects.
     stuck: AtomicBool,
 }
 
 impl Link {
     fn confirmed(&self) {
-        if let Ok(mut since) = self.failing_since.lock() {
-            *since = None;
+        // Read first: the usual case (nothing failing) writes nothing.
+        if self.failing_since.load(Ordering::Relaxed) != 0 {
+            self.failing_since.store(0, Ordering::Relaxed);
         }
     }
 
     /// Records a failed publish; true when the link has now failed for
     /// [`STUCK_AFTER`] (the first time only).
     fn failed(&self) -> bool {
-        let Ok(mut since) = self.failing_since.lock() else {
-            return false;
-        };
-        let began = *since.get_or_insert_with(Instant::now);
-        began.elapsed() >= STUCK_AFTER && !self.stuck.swap(true, Ordering::Relaxed)
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let began =
+            match self
+                .failing_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => now,
+                Err(began) => began,
+            };
+        now.saturating_sub(began) >= STUCK_AFTER.as_millis() as u64
+            && !self.stuck.swap(true, Ordering::Relaxed)
     }
 
     fn healthy(&self) -> bool {
@@ -485,7 +494,8 @@ impl Broker {
             conn,
             channels,
             next: AtomicUsize::new(0),
-            failing_since: std::sync::Mutex::new(None),
+            failing_since: AtomicU64::new(0),
+            opened: Instant::now(),
             stuck: AtomicBool::new(false),
         })
     }

@@ -28,8 +28,39 @@ struct Config {
     timeout_ms: u64,
 }
 
-fn default_base_url() -> String {
+pub(crate) fn default_base_url() -> String {
     "https://api.exolve.ru".into()
+}
+
+/// One POST to Exolve with its Bearer key, classified by HTTP status (its
+/// error shapes are undocumented, so a refusal is logged masked for whoever
+/// extends the classification). Shared by the SMS and WhatsApp providers.
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    api_key: &str,
+    timeout: Duration,
+    body: &serde_json::Value,
+    provider: &'static str,
+) -> Outcome {
+    let request = http
+        .post(url)
+        .bearer_auth(api_key)
+        .timeout(timeout)
+        .json(body);
+    // No idempotency at Exolve: a timeout after sending may have sent it.
+    let Answer {
+        status,
+        retry_after,
+        text,
+    } = match exchange(request, false).await {
+        Ok(a) => a,
+        Err(o) => return o,
+    };
+    if !(200..300).contains(&status) {
+        tracing::warn!(provider, status, answer = %excerpt(&text), "exolve refused the message");
+    }
+    classify(status, &text, retry_after)
 }
 
 pub struct Exolve {
@@ -76,32 +107,15 @@ impl Exolve {
             "destination": phone.digits(),
             "text": text,
         });
-        let request = self
-            .http
-            .post(&self.url)
-            .bearer_auth(&self.api_key)
-            .timeout(self.timeout)
-            .json(&body);
-        // No idempotency at Exolve: a timeout after sending may have sent it.
-        let Answer {
-            status,
-            retry_after: wait,
-            text,
-        } = match exchange(request, false).await {
-            Ok(a) => a,
-            Err(o) => return o,
-        };
-        if !(200..300).contains(&status) {
-            // The error shapes are undocumented: keep the answer for whoever
-            // extends the classification.
-            tracing::warn!(
-                provider = "exolve",
-                status,
-                answer = %excerpt(&text),
-                "exolve refused the message"
-            );
-        }
-        classify(status, &text, wait)
+        post(
+            &self.http,
+            &self.url,
+            &self.api_key,
+            self.timeout,
+            &body,
+            "exolve",
+        )
+        .await
     }
 }
 

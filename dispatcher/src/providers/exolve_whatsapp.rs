@@ -9,7 +9,7 @@
 //! are configuration (`send_path`, `template_path`) so a deployment can
 //! follow what its Exolve manager gives it without a release. The template
 //! call also carries `language` and, when the template has body parameters,
-//! `params` (our guess, marked as such in docs/PROVIDERS.md). Errors are
+//! `params` (our guess, marked as such in docs/DISPATCHER.md). Errors are
 //! classified by HTTP status, as for Exolve's SMS, until a real error shape
 //! is known; the raw answer is logged masked.
 
@@ -21,12 +21,12 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::tenant::Channel;
 
-use super::{Address, Answer, Body, Message, Outcome, Provider, excerpt, exchange, section};
+use super::{Address, Body, Message, Outcome, Provider, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    #[serde(default = "default_base_url")]
+    #[serde(default = "super::exolve::default_base_url")]
     base_url: String,
     /// The application's API key.
     api_key: String,
@@ -38,10 +38,6 @@ struct Config {
     template_path: String,
     #[serde(default = "super::default_timeout_ms")]
     timeout_ms: u64,
-}
-
-fn default_base_url() -> String {
-    "https://api.exolve.ru".into()
 }
 
 fn default_send_path() -> String {
@@ -132,30 +128,15 @@ impl ExolveWhatsapp {
             Ok(r) => r,
             Err(o) => return o,
         };
-        let request = self
-            .http
-            .post(url)
-            .bearer_auth(&self.api_key)
-            .timeout(self.timeout)
-            .json(&body);
-        // No known idempotency key: a timeout after sending may have sent it.
-        let Answer {
-            status,
-            retry_after,
-            text,
-        } = match exchange(request, false).await {
-            Ok(a) => a,
-            Err(o) => return o,
-        };
-        if !(200..300).contains(&status) {
-            tracing::warn!(
-                provider = "exolve_whatsapp",
-                status,
-                answer = %excerpt(&text),
-                "exolve refused the WhatsApp message"
-            );
-        }
-        super::exolve::classify(status, &text, retry_after)
+        super::exolve::post(
+            &self.http,
+            url,
+            &self.api_key,
+            self.timeout,
+            &body,
+            "exolve_whatsapp",
+        )
+        .await
     }
 }
 
