@@ -443,9 +443,16 @@ impl Store {
     /// (the write went to a primary being replaced, and would be lost with
     /// it); only then is the shortfall accepted and counted. After one
     /// accepted shortfall the store does not retry again until a wait
-    /// succeeds, so a primary left without replicas costs each mark one
-    /// wait, not [`WAIT_RETRY`]. The first write's answer is returned.
-    async fn run_durable<T, F, Fut>(&self, key: String, write: F) -> Result<T, StoreError>
+    /// succeeds, and asks the primary for its connected replicas before
+    /// each wait: with none there it does not wait at all (the shortfall
+    /// is still counted), so a primary left without replicas costs a mark
+    /// one `INFO` round trip, not a wait. The first write's answer is
+    /// returned.
+    pub(crate) async fn run_durable<T, F, Fut>(
+        &self,
+        key: String,
+        write: F,
+    ) -> Result<T, StoreError>
     where
         F: Fn(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -458,11 +465,21 @@ impl Store {
         let started = tokio::time::Instant::now();
         let mut first = None;
         loop {
+            let degraded = self.wait_degraded.load(Ordering::Relaxed);
             let (value, acked) = self
                 .run(|c| async {
                     let mut w = c.clone();
+                    // Once a wait has fallen short, ask first whether any
+                    // replica is there to wait for: a promoted primary may
+                    // have none for minutes, and waiting `wait` per mark
+                    // for nobody cuts throughput to a fraction.
+                    let lonely = degraded && w.connected_replicas(&key).await? == 0;
                     let value = write(c).await?;
-                    let acked = w.wait_replicas(&key, replicas, wait).await?;
+                    let acked = if lonely {
+                        0
+                    } else {
+                        w.wait_replicas(&key, replicas, wait).await?
+                    };
                     Ok((value, acked))
                 })
                 .await?;

@@ -167,6 +167,38 @@ impl Conn {
             }
         }
     }
+
+    /// How many replicas the primary that holds `key` has connected now
+    /// (`connected_slaves` of `INFO replication`, routed like
+    /// [`wait_replicas`](Conn::wait_replicas)). A primary promoted by a
+    /// failover may have none for minutes; waiting for one then only slows
+    /// every mark.
+    pub async fn connected_replicas(&mut self, key: &str) -> redis::RedisResult<u32> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        let info: String = match self {
+            Conn::Plain(c) => cmd.query_async(c).await?,
+            Conn::Cluster(c) => {
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                redis::from_redis_value(v)?
+            }
+        };
+        Ok(replicas_in(&info))
+    }
+}
+
+/// `connected_slaves:<n>` of an `INFO replication` answer (0 when absent).
+fn replicas_in(info: &str) -> u32 {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl ConnectionLike for Conn {
@@ -194,5 +226,21 @@ impl ConnectionLike for Conn {
             Conn::Plain(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_in;
+
+    #[test]
+    fn the_replica_count_is_read_off_info_replication() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\nslave0:ip=127.0.0.1,port=7001,state=online\r\n";
+        assert_eq!(replicas_in(info), 2);
+        assert_eq!(
+            replicas_in("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n"),
+            0
+        );
+        assert_eq!(replicas_in("role:slave\r\n"), 0);
     }
 }

@@ -103,6 +103,20 @@ async fn settled() -> u16 {
     }
 }
 
+/// How many `WAIT` commands a Redis server has run (`INFO commandstats`).
+async fn waits(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .expect("info commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn delete_prefix(conn: &mut Conn, prefix: &str) {
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
@@ -231,7 +245,9 @@ fn sent(id: &str) -> (Sent, SentMessage) {
 /// A done mark waits for the replica (`WAIT 1`): with the replica stopped,
 /// the wait runs out, is retried for a while (a failover would be under
 /// way), then accepted and counted, and the mark still stands on the
-/// primary; with the replica back, marks are confirmed and nothing counted.
+/// primary; with no replica connected at all, marks do not wait (no `WAIT`
+/// reaches the primary) and are counted; with the replica back, marks wait
+/// and are confirmed again and nothing is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_mark_waits_for_the_replica_and_counts_when_it_cannot() {
     let _turn = TURNS.lock().await;
@@ -291,21 +307,56 @@ async fn a_done_mark_waits_for_the_replica_and_counts_when_it_cannot() {
         .expect("claim");
     assert!(signal("STOP").success());
     let marked = store.mark_sent("stalled", wa, "t2", &s2, &m2).await;
-    assert!(signal("CONT").success());
     marked.expect("marked on the primary although the replica did not confirm");
     assert_eq!(store.wait_shortfalls().get(), 1, "the shortfall is counted");
     let phase = store.phase("stalled", wa).await.expect("phase");
     assert_eq!(phase, dispatcher::delivery_state::Phase::Sent);
 
+    // The primary drops the stopped replica (as a failover leaves the
+    // promoted one alone): with no replica connected, marks do not wait
+    // for one at all, and every one is still counted as a shortfall.
+    let mut p = plain(primary).await;
+    let dropped: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut p)
+        .await
+        .expect("client kill");
+    assert_eq!(dropped, 1, "the replica's link dropped");
+    let waits_before = waits(&mut p).await;
+    for i in 0..3 {
+        let id = format!("alone-{i}");
+        let (s, m) = sent(&format!("m-alone-{i}"));
+        store.claim(&id, wa, &[], "t4", 1).await.expect("claim");
+        store
+            .mark_sent(&id, wa, "t4", &s, &m)
+            .await
+            .expect("marked on a primary without replicas");
+    }
+    let waits_alone = waits(&mut p).await;
+    assert!(signal("CONT").success());
+    assert_eq!(
+        waits_alone, waits_before,
+        "no WAIT sent to a primary without replicas"
+    );
+    assert_eq!(store.wait_shortfalls().get(), 4, "each counted");
+
     // The replica back in sync: marks are confirmed again, nothing counted.
-    settled().await;
+    let primary = settled().await;
     let (s3, m3) = sent("m-3");
     store.claim("back", wa, &[], "t3", 1).await.expect("claim");
+    let mut p = plain(primary).await;
+    let waits_before = waits(&mut p).await;
     store
         .mark_sent("back", wa, "t3", &s3, &m3)
         .await
         .expect("marked");
-    assert_eq!(store.wait_shortfalls().get(), 1, "no new shortfall");
+    assert_eq!(store.wait_shortfalls().get(), 4, "no new shortfall");
+    assert!(
+        waits(&mut p).await > waits_before,
+        "with the replica back, marks wait for it again"
+    );
 
     let backend = Backend::new(&settings).expect("backend");
     let mut conn = backend.connect().await.expect("primary");
