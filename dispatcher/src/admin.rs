@@ -1,7 +1,9 @@
 //! The admin HTTP API on its own port (`admin.listen`, never the public
 //! webhook port), every route behind `Authorization: Bearer <admin.token>`:
 //! the dead-letter queue (list, show, replay, purge: the same operations and
-//! the same safety as `dispatcher dlq`) and the delivery journal.
+//! the same safety as `dispatcher dlq`), the delivery journal and the
+//! tenants' stop lists (opt-outs; phones only in request bodies, never in a
+//! URL, and masked in every answer).
 //!
 //! DLQ operations take turns (one at a time per dispatcher): reading the
 //! queue holds its letters unacked until the operation ends, so two at once
@@ -10,7 +12,7 @@
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, get, post, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, delete, get, post, web};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -62,7 +64,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(dlq_purge)
         .service(dlq_show)
         .service(events_find)
-        .service(event_show);
+        .service(event_show)
+        .service(opt_outs_list)
+        .service(opt_outs_add)
+        .service(opt_outs_check)
+        .service(opt_outs_remove);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -436,4 +442,179 @@ async fn events_find(
         events.push(journal::view(&id, &history));
     }
     Ok(HttpResponse::Ok().json(serde_json::json!({ "events": events })))
+}
+
+/// A phone in a request body (never in a URL, where access logs keep it).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PhoneRequest {
+    /// Any common form (`+7 916 123-45-67`, `89161234567`).
+    pub phone: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OptOuts {
+    pub tenant: String,
+    pub count: usize,
+    pub opted_out: Vec<crate::opt_out::OptedOut>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OptOutAnswer {
+    /// The entry's id (a digest of the phone): what `DELETE` takes.
+    pub id: String,
+    /// The phone, masked.
+    pub phone: String,
+    /// On the stop list now (`check`), or put on it by this call (`add`:
+    /// false when it was already).
+    pub opted_out: bool,
+}
+
+fn tenant_id(tenant: &str) -> Result<&str, AdminError> {
+    let ok = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(tenant)
+    } else {
+        Err(AdminError::BadRequest(
+            "tenant: letters, digits, '-' or '_'".into(),
+        ))
+    }
+}
+
+fn phone_of(req: &PhoneRequest) -> Result<shared::phone::Phone, AdminError> {
+    shared::phone::normalise(&req.phone)
+        .map_err(|e| AdminError::BadRequest(format!("phone: {} (not a phone number)", e.reason())))
+}
+
+fn unavailable(e: crate::delivery_state::StoreError) -> AdminError {
+    AdminError::Unavailable(e.to_string())
+}
+
+/// The tenant's stop list, newest first (phones masked).
+#[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
+    params(("tenant" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, body = OptOuts),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[get("/admin/opt-outs/{tenant}")]
+async fn opt_outs_list(
+    _: Authorized,
+    tenant: web::Path<String>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let tenant = tenant_id(&tenant)?;
+    let list = state.store.opted_out(tenant).await.map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(OptOuts {
+        tenant: tenant.to_string(),
+        count: list.len(),
+        opted_out: list,
+    }))
+}
+
+/// Puts a phone on the tenant's stop list: nothing more is sent to it on
+/// any channel.
+#[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
+    params(("tenant" = String, Path, description = "Tenant id")),
+    request_body = PhoneRequest,
+    responses(
+        (status = 200, body = OptOutAnswer),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[post("/admin/opt-outs/{tenant}")]
+async fn opt_outs_add(
+    _: Authorized,
+    tenant: web::Path<String>,
+    body: web::Json<PhoneRequest>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let tenant = tenant_id(&tenant)?;
+    let phone = phone_of(&body)?;
+    let added = state
+        .store
+        .opt_out(tenant, &phone, "admin")
+        .await
+        .map_err(unavailable)?;
+    tracing::info!(tenant, phone = %shared::mask::phone(phone.e164()), added, "admin: opted out");
+    Ok(HttpResponse::Ok().json(OptOutAnswer {
+        id: crate::opt_out::entry_id(tenant, &phone),
+        phone: shared::mask::phone(phone.e164()),
+        opted_out: added,
+    }))
+}
+
+/// Whether a phone is on the tenant's stop list.
+#[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
+    params(("tenant" = String, Path, description = "Tenant id")),
+    request_body = PhoneRequest,
+    responses(
+        (status = 200, body = OptOutAnswer),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[post("/admin/opt-outs/{tenant}/check")]
+async fn opt_outs_check(
+    _: Authorized,
+    tenant: web::Path<String>,
+    body: web::Json<PhoneRequest>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let tenant = tenant_id(&tenant)?;
+    let phone = phone_of(&body)?;
+    let out = state
+        .store
+        .is_opted_out(tenant, &phone)
+        .await
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(OptOutAnswer {
+        id: crate::opt_out::entry_id(tenant, &phone),
+        phone: shared::mask::phone(phone.e164()),
+        opted_out: out,
+    }))
+}
+
+/// Takes an entry off the tenant's stop list, by its id (from the list or
+/// `check`): the phone may be written to again.
+#[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
+    params(
+        ("tenant" = String, Path, description = "Tenant id"),
+        ("id" = String, Path, description = "The entry's id"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "Not on the list", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[delete("/admin/opt-outs/{tenant}/{id}")]
+async fn opt_outs_remove(
+    _: Authorized,
+    path: web::Path<(String, String)>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let (tenant, id) = path.into_inner();
+    let tenant = tenant_id(&tenant)?;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(AdminError::BadRequest(
+            "id: the entry's id from the list or check (hex)".into(),
+        ));
+    }
+    let removed = state.store.opt_in(tenant, &id).await.map_err(unavailable)?;
+    if !removed {
+        return Err(AdminError::NotFound(format!(
+            "no entry {id} on {tenant}'s stop list"
+        )));
+    }
+    tracing::info!(tenant, id = %id, "admin: opt-out removed");
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -194,6 +194,7 @@ pub fn build_tenancy(
                 caps: t.frequency_caps.clone(),
                 delays: t.delays.clone(),
                 send_hours: t.send_hours.clone(),
+                inbound_accounts: inbound_accounts(&t.providers),
             },
         );
     }
@@ -211,6 +212,25 @@ pub fn build_tenancy(
             .map(|t| (t.id.as_str(), crate::templates::Places::of(t))),
     );
     Ok(Tenancy { tenants, templates })
+}
+
+/// The accounts customers write to, whose inbound stop words opt them out
+/// of this tenant: Meta's and 360dialog's `phone_number_id`, Wazzup's
+/// `channel_id` (the ids the providers' webhooks name).
+fn inbound_accounts(
+    providers: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<(String, String)> {
+    [
+        ("meta", "phone_number_id"),
+        ("dialog360", "phone_number_id"),
+        ("wazzup", "channel_id"),
+    ]
+    .into_iter()
+    .filter_map(|(provider, field)| {
+        let id = providers.get(provider)?.get(field)?.as_str()?.trim();
+        (!id.is_empty()).then(|| (provider.to_string(), id.to_string()))
+    })
+    .collect()
 }
 
 /// Providers built from routing that came with a webhook (seed 000's

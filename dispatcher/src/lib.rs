@@ -13,6 +13,7 @@ pub mod journal;
 pub mod lookup;
 pub mod metrics;
 pub mod openapi;
+pub mod opt_out;
 pub mod outbox;
 pub mod probes;
 pub mod providers;

@@ -38,6 +38,41 @@ enum Command {
         #[command(subcommand)]
         op: EventsOp,
     },
+    /// A tenant's stop list: who gets nothing on any channel.
+    OptOut {
+        #[command(subcommand)]
+        op: OptOutOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum OptOutOp {
+    /// The stop list, newest first (id, masked phone, who, when).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a phone on the stop list.
+    Add {
+        phone: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Take a phone (or an entry id from the list) off the stop list.
+    Remove {
+        /// The phone, or the entry's id as the list shows it.
+        phone_or_id: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Whether a phone is on the stop list (exit code 0 yes, 1 no).
+    Check {
+        phone: String,
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,7 +218,101 @@ fn main() -> ExitCode {
         Command::Run => runtime.block_on(run(settings)),
         Command::Dlq { op } => runtime.block_on(dlq(settings, op)),
         Command::Events { op } => runtime.block_on(events(settings, op)),
+        Command::OptOut { op } => runtime.block_on(opt_out(settings, op)),
     }
+}
+
+async fn opt_out(settings: Settings, op: OptOutOp) -> ExitCode {
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let store = match dispatcher::app::build_worker(&settings, rx) {
+        Ok(w) => w.store,
+        Err(e) => return fail(e),
+    };
+    let phone = |raw: &str| {
+        shared::phone::normalise(raw).map_err(|e| format!("{raw:?}: {} (not a phone)", e.reason()))
+    };
+    let result: Result<ExitCode, String> = async {
+        match op {
+            OptOutOp::List { tenant, json } => {
+                let list = store.opted_out(&tenant).await.map_err(|e| e.to_string())?;
+                for o in &list {
+                    if json {
+                        println!("{}", serde_json::to_string(o).unwrap_or_default());
+                    } else {
+                        println!(
+                            "{}  {:<16}  {:<22}  {}",
+                            o.id,
+                            o.phone,
+                            o.source,
+                            o.at.to_rfc3339()
+                        );
+                    }
+                }
+                if !json {
+                    eprintln!("{} on {tenant}'s stop list", list.len());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            OptOutOp::Add { phone: raw, tenant } => {
+                let p = phone(&raw)?;
+                let added = store
+                    .opt_out(&tenant, &p, "admin")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let masked = shared::mask::phone(p.e164());
+                if added {
+                    println!(
+                        "{masked} opted out of {tenant} (id {})",
+                        dispatcher::opt_out::entry_id(&tenant, &p)
+                    );
+                } else {
+                    println!("{masked} was already on {tenant}'s stop list");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            OptOutOp::Remove {
+                phone_or_id,
+                tenant,
+            } => {
+                let id = match phone(&phone_or_id) {
+                    Ok(p) => dispatcher::opt_out::entry_id(&tenant, &p),
+                    Err(_) if phone_or_id.chars().all(|c| c.is_ascii_hexdigit()) => phone_or_id,
+                    Err(e) => return Err(e),
+                };
+                if store
+                    .opt_in(&tenant, &id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    println!("{id} removed from {tenant}'s stop list");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("{id} is not on {tenant}'s stop list");
+                    Ok(ExitCode::from(1))
+                }
+            }
+            OptOutOp::Check { phone: raw, tenant } => {
+                let p = phone(&raw)?;
+                let out = store
+                    .is_opted_out(&tenant, &p)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let masked = shared::mask::phone(p.e164());
+                if out {
+                    println!("{masked} is opted out of {tenant}");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    println!("{masked} is not on {tenant}'s stop list");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 async fn run(settings: Settings) -> ExitCode {

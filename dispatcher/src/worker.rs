@@ -16,7 +16,7 @@ use lapin::message::Delivery;
 use lapin::{BasicProperties, Channel as AmqpChannel};
 use shared::Event;
 use shared::config::QuickRetrySettings;
-use shared::status::{DeliveryState, StatusUpdate};
+use shared::status::{DeliveryState, OptOut, StatusMessage, StatusUpdate};
 use shared::tenant::{Channel, ChannelPolicy};
 use shared::topology::Topology;
 use tokio::sync::watch;
@@ -53,6 +53,10 @@ pub struct TenantRuntime {
     pub delays: BTreeMap<shared::event::EventKind, shared::tenant::Delay>,
     /// Send hours: `default` and per kind (`[tenants.send_hours]`).
     pub send_hours: BTreeMap<String, shared::tenant::SendHours>,
+    /// The provider accounts customers write to (provider name, Meta's
+    /// `phone_number_id` or Wazzup's `channel_id`): whose stop words
+    /// opt out of this tenant.
+    pub inbound_accounts: Vec<(String, String)>,
 }
 
 impl TenantRuntime {
@@ -361,6 +365,24 @@ impl Worker {
             }
         }
 
+        // Nothing, on any channel, to someone on the tenant's stop list.
+        if let Some(phone) = &event.recipient.phone {
+            let Some(out) = self
+                .with_store(|| self.store.is_opted_out(&event.tenant, phone))
+                .await
+            else {
+                return Settle::Requeue;
+            };
+            if out {
+                self.metrics.skipped.with_label_values(&["opted_out"]).inc();
+                tracing::info!("skipped: the recipient opted out");
+                job.trail.push(Step::Skipped {
+                    reason: "opted out".into(),
+                    detail: "the recipient is on the tenant's stop list".into(),
+                });
+                return Settle::Ack;
+            }
+        }
         let candidates = self.candidates(&event, tenant, &job.failed_channels);
         if candidates.is_empty() {
             let reason = if job.failed_channels.is_empty() {
@@ -686,6 +708,30 @@ impl Worker {
                     )
                     .await;
                 ChannelEnd::Settled(settle)
+            }
+            Outcome::OptedOut { reason } => {
+                self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                    .await;
+                // On the provider's stop list: on the tenant's too, so that
+                // no channel writes to them again.
+                if let Some(phone) = &event.recipient.phone {
+                    let source = format!("{provider_name} stop list");
+                    let Some(added) = self
+                        .with_store(|| self.store.opt_out(&event.tenant, phone, &source))
+                        .await
+                    else {
+                        return ChannelEnd::Settled(Settle::Requeue);
+                    };
+                    self.count_opt_out(added);
+                }
+                self.metrics.skipped.with_label_values(&["opted_out"]).inc();
+                tracing::info!(channel = %channel, provider = provider_name,
+                    "skipped: the provider has the recipient on its stop list");
+                job.trail.push(Step::Skipped {
+                    reason: "opted out".into(),
+                    detail: format!("{provider_name}: {reason}"),
+                });
+                ChannelEnd::Settled(Settle::Ack)
             }
             Outcome::Uncertain { reason } => {
                 // The provider may have it: the sending mark stays, so neither
@@ -1056,14 +1102,75 @@ impl Worker {
     /// schedules the one second attempt; for a second attempt it moves on to
     /// the next channel. Out-of-order and repeated callbacks change nothing.
     pub async fn handle_status(&self, delivery: &Delivery, publisher: &AmqpChannel) -> Settle {
-        let Ok(status) = StatusUpdate::from_json(&delivery.data) else {
-            tracing::error!("unreadable status update: dropped");
-            self.metrics
-                .statuses
-                .with_label_values(&["unknown", "unreadable"])
-                .inc();
+        match StatusMessage::from_json(&delivery.data) {
+            Ok(StatusMessage::Update(status)) => self.handle_update(status, publisher).await,
+            Ok(StatusMessage::OptOut(o)) => self.handle_opt_out(o).await,
+            Err(_) => {
+                tracing::error!("unreadable status update: dropped");
+                self.metrics
+                    .statuses
+                    .with_label_values(&["unknown", "unreadable"])
+                    .inc();
+                Settle::Ack
+            }
+        }
+    }
+
+    /// A customer's stop word: the sender goes on the stop list of every
+    /// tenant whose provider account was written to.
+    async fn handle_opt_out(&self, o: OptOut) -> Settle {
+        let tenancy = self.tenancy.load();
+        let owners: Vec<&String> = tenancy
+            .tenants
+            .iter()
+            .filter(|(_, t)| {
+                t.inbound_accounts
+                    .iter()
+                    .any(|(p, a)| *p == o.provider && *a == o.account)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let phone = shared::seal::Sealer::open(self.sealer.as_ref(), &o.sender)
+            .ok()
+            .and_then(|s| shared::phone::Phone::parse_e164(&s).ok());
+        let Some(phone) = phone else {
+            tracing::error!(provider = %o.provider, "an opt-out whose sender cannot be read: dropped");
+            self.count_opt_out_outcome("unreadable");
             return Settle::Ack;
         };
+        if owners.is_empty() {
+            tracing::warn!(provider = %o.provider, account = %o.account, sender = %shared::mask::phone(phone.e164()),
+                "a stop word written to an account no tenant has: nobody to opt out of");
+            self.count_opt_out_outcome("unknown_account");
+            return Settle::Ack;
+        }
+        let source = format!("{} inbound", o.provider);
+        for tenant in owners {
+            let Some(added) = self
+                .with_store(|| self.store.opt_out(tenant, &phone, &source))
+                .await
+            else {
+                return Settle::Requeue;
+            };
+            tracing::info!(tenant = %tenant, sender = %shared::mask::phone(phone.e164()),
+                added, "opted out by the customer's stop word");
+            self.count_opt_out(added);
+        }
+        Settle::Ack
+    }
+
+    fn count_opt_out(&self, added: bool) {
+        self.count_opt_out_outcome(if added { "added" } else { "already" });
+    }
+
+    fn count_opt_out_outcome(&self, outcome: &str) {
+        self.metrics
+            .statuses
+            .with_label_values(&["opt_out", outcome])
+            .inc();
+    }
+
+    async fn handle_update(&self, status: StatusUpdate, publisher: &AmqpChannel) -> Settle {
         let provider = status.provider.as_str();
         let label = |outcome: &str| {
             self.metrics

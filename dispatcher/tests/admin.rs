@@ -386,16 +386,20 @@ async fn openapi_document_lists_every_route_of_both_ports() {
     assert_eq!(
         operations,
         [
+            "DELETE /admin/opt-outs/{tenant}/{id}",
             "GET /admin/dlq",
             "GET /admin/dlq/{id}",
             "GET /admin/events",
             "GET /admin/events/{id}",
+            "GET /admin/opt-outs/{tenant}",
             "GET /healthz",
             "GET /metrics",
             "GET /openapi.json",
             "GET /readyz",
             "POST /admin/dlq/purge",
             "POST /admin/dlq/replay",
+            "POST /admin/opt-outs/{tenant}",
+            "POST /admin/opt-outs/{tenant}/check",
         ]
     );
     // Every documented operation is served on its port (actix answers an
@@ -407,9 +411,13 @@ async fn openapi_document_lists_every_route_of_both_ports() {
         } else {
             &probes
         };
-        let url = format!("{base}{}", p.replace("{id}", "x"));
+        let url = format!(
+            "{base}{}",
+            p.replace("{id}", "x").replace("{tenant}", "acme")
+        );
         let req = match m {
             "GET" => http.get(url),
+            "DELETE" => http.delete(url),
             _ => http.post(url).json(&serde_json::json!({})),
         };
         let r = req.send().await.expect("request");

@@ -38,6 +38,15 @@ impl AppState {
         (source == SourceId::Booking).then_some(&self.default_format)
     }
 
+    /// A value as it may be written (spool, RabbitMQ): sealed when a key is
+    /// configured.
+    pub fn seal(&self, value: &str) -> String {
+        match &self.sealer {
+            Some(s) => s.seal(value),
+            None => value.to_string(),
+        }
+    }
+
     /// A route's credentials as they may be written (spool, RabbitMQ, and
     /// from there Redis and the DLQ): sealed when a key is configured.
     pub fn sealed_route(&self, route: &shared::event::Route) -> shared::event::Route {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use shared::Event;
-use shared::status::StatusUpdate;
+use shared::status::StatusMessage;
 
 use crate::metrics::Metrics;
 use crate::publish::{Broker, Outgoing};
@@ -70,18 +70,19 @@ impl Durable {
 
 /// Spool records are an event's JSON as it is (records written before
 /// statuses existed stay readable), or this tag followed by a provider
-/// status update's JSON, which the drain publishes to the `status` route.
+/// status message's JSON (a status update or an opt-out), which the drain
+/// publishes to the `status` route.
 /// JSON never starts with this tag.
 pub const STATUS_RECORD_TAG: &[u8] = b"status:";
 
 /// What a spool record holds, by its tag.
 pub enum SpoolRecord {
     Event(Box<Event>),
-    Status(StatusUpdate),
+    Status(StatusMessage),
 }
 
 impl SpoolRecord {
-    pub fn status_bytes(update: &StatusUpdate) -> Vec<u8> {
+    pub fn status_bytes(update: &StatusMessage) -> Vec<u8> {
         let mut record = STATUS_RECORD_TAG.to_vec();
         record.extend_from_slice(&update.to_json());
         record
@@ -90,7 +91,7 @@ impl SpoolRecord {
     /// The record and the payload to publish (without the tag).
     pub fn decode(record: &[u8]) -> Result<(SpoolRecord, &[u8]), String> {
         match record.strip_prefix(STATUS_RECORD_TAG) {
-            Some(json) => StatusUpdate::from_json(json)
+            Some(json) => StatusMessage::from_json(json)
                 .map(|u| (SpoolRecord::Status(u), json))
                 .map_err(|e| format!("not a status update: {e}")),
             None => Event::from_json(record)
@@ -106,9 +107,9 @@ impl Durable {
     /// the drain sends them to the same route). A partial publish followed
     /// by spooling repeats a few updates, which the dispatcher absorbs (a
     /// status never regresses).
-    pub async fn store_statuses(&self, updates: &[StatusUpdate]) -> Result<DurableIn, SpoolError> {
-        let payloads: Vec<Vec<u8>> = updates.iter().map(StatusUpdate::to_json).collect();
-        let refs: Vec<(&StatusUpdate, &[u8])> = updates
+    pub async fn store_statuses(&self, updates: &[StatusMessage]) -> Result<DurableIn, SpoolError> {
+        let payloads: Vec<Vec<u8>> = updates.iter().map(StatusMessage::to_json).collect();
+        let refs: Vec<(&StatusMessage, &[u8])> = updates
             .iter()
             .zip(&payloads)
             .map(|(u, p)| (u, p.as_slice()))
@@ -240,11 +241,11 @@ async fn drain_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION};
+    use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION, StatusUpdate};
 
     #[test]
     fn status_records_are_tagged_and_decode_to_their_payload() {
-        let u = StatusUpdate {
+        let u = StatusMessage::Update(StatusUpdate {
             schema: STATUS_SCHEMA_VERSION,
             provider: "meta".into(),
             message_id: "wamid.1".into(),
@@ -254,7 +255,7 @@ mod tests {
             error_code: None,
             error: None,
             delivery_key: None,
-        };
+        });
         let record = SpoolRecord::status_bytes(&u);
         assert!(record.starts_with(STATUS_RECORD_TAG));
         let (decoded, payload) = SpoolRecord::decode(&record).unwrap();

@@ -30,7 +30,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use shared::Event;
-use shared::status::StatusUpdate;
+use shared::status::StatusMessage;
 use shared::topology::{ROUTE_DISPATCH, ROUTE_STATUS, Topology};
 use tokio::sync::{Notify, RwLock};
 
@@ -85,7 +85,7 @@ impl<'a> Outgoing<'a> {
     }
 
     /// A provider's delivery status (route `status`, queue `<prefix>.statuses`).
-    pub fn status(update: &StatusUpdate, payload: &'a [u8]) -> Self {
+    pub fn status(update: &StatusMessage, payload: &'a [u8]) -> Self {
         Outgoing {
             route: ROUTE_STATUS,
             properties: status_properties(update),
@@ -96,23 +96,24 @@ impl<'a> Outgoing<'a> {
 
 /// Persistent; provider, state and schema in headers so tools can filter
 /// without parsing. The provider's message id is not personal data, but a
-/// recipient never appears here (a StatusUpdate has none).
-fn status_properties(update: &StatusUpdate) -> BasicProperties {
+/// recipient never appears here (an opt-out's sender is in the body only,
+/// sealed when the ingest has a key).
+fn status_properties(update: &StatusMessage) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (k, v) in [
-        ("x-provider", update.provider.as_str()),
-        ("x-state", update.state.as_str()),
+        ("x-provider", update.provider()),
+        ("x-state", update.label()),
     ] {
         headers.insert(
             ShortString::from(k),
             AMQPValue::LongString(LongString::from(v)),
         );
     }
-    headers.insert("x-schema".into(), AMQPValue::ShortUInt(update.schema));
+    headers.insert("x-schema".into(), AMQPValue::ShortUInt(update.schema()));
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
-        .with_timestamp(u64::try_from(update.received_at.timestamp()).unwrap_or_default())
+        .with_timestamp(u64::try_from(update.received_at().timestamp()).unwrap_or_default())
         .with_type("status".into())
         .with_app_id("vestnik-ingest".into())
         .with_headers(headers)
@@ -297,7 +298,7 @@ impl Broker {
     /// same confirms as events. All or error.
     pub async fn publish_statuses(
         &self,
-        updates: &[(&StatusUpdate, &[u8])],
+        updates: &[(&StatusMessage, &[u8])],
         timeout: Duration,
     ) -> Result<(), PublishError> {
         let messages: Vec<Outgoing<'_>> = updates

@@ -585,6 +585,11 @@ pub struct CallbackSettings {
     pub dialog360_secrets: Vec<String>,
     /// Wazzup24: accepted `Authorization: Bearer <crmKey>` / `?key=` values.
     pub wazzup_keys: Vec<String>,
+    /// An inbound message (Meta, 360dialog, Wazzup) that says only one of
+    /// these (case, spaces and punctuation around it aside) opts its sender
+    /// out of every message of the tenant that owns the number written to.
+    /// Empty: inbound messages opt nobody out.
+    pub stop_words: Vec<String>,
 }
 
 impl Default for CallbackSettings {
@@ -595,6 +600,9 @@ impl Default for CallbackSettings {
             dialog360_header: "X-Vestnik-Secret".into(),
             dialog360_secrets: Vec::new(),
             wazzup_keys: Vec::new(),
+            stop_words: ["stop", "unsubscribe", "стоп", "отписаться", "отписка"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -608,6 +616,7 @@ impl std::fmt::Debug for CallbackSettings {
             .field("dialog360_header", &self.dialog360_header)
             .field("dialog360_secrets", &self.dialog360_secrets.len())
             .field("wazzup_keys", &self.wazzup_keys.len())
+            .field("stop_words", &self.stop_words)
             .finish()
     }
 }
@@ -620,6 +629,15 @@ impl CallbackSettings {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.meta_app_secrets.iter().any(|s| s.trim().is_empty()) {
             return invalid("callbacks.meta_app_secrets must not contain empty values".into());
+        }
+        if self
+            .stop_words
+            .iter()
+            .any(|w| crate::status::stop_word_form(w).is_empty())
+        {
+            return invalid(
+                "callbacks.stop_words: every word must have a letter or digit in it".into(),
+            );
         }
         for (key, list) in [
             ("dialog360_secrets", &self.dialog360_secrets),

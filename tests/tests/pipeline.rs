@@ -545,6 +545,138 @@ async fn an_admin_replays_the_dead_letter_queue_from_the_cli() {
     stack.stop().await;
 }
 
+/// A customer's WhatsApp message to the business's Meta number.
+fn meta_inbound_body(from: &str, text: &str) -> String {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1234567890"},
+            "contacts": [{"profile": {"name": "Иван"}, "wa_id": from}],
+            "messages": [{"from": from, "id": "wamid.in-1", "timestamp": "1764007200",
+                "type": "text", "text": {"body": text}}]
+        }}]}]
+    })
+    .to_string()
+}
+
+/// Runs the admin CLI and returns its exit code and output (no assertion).
+fn admin_status(stack: &Stack, args: &[&str]) -> (i32, String) {
+    let out = Command::new(bin("dispatcher"))
+        .arg("--config")
+        .arg(&stack.config)
+        .args(args)
+        .output()
+        .expect("dispatcher CLI runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Meta inbound "СТОП" opts the sender out: the customer who wrote it gets
+/// nothing more from the tenant, on any channel, until an admin removes
+/// them; a customer who wrote something else is not opted out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_inbound_stop_word_opts_the_sender_out() {
+    let fake = MockServer::start().await;
+    meta_accepts(&fake, "wamid.stop").await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100,
+            "sms": {"79160000031": {"status": "OK", "status_code": 100, "sms_id": "e2e-sms-31"}}
+        })))
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("stop-word", &fake).await;
+    let order = |id: &str, phone: &str| {
+        format!(r#"{{"order":{{"id":"{id}","status":"Выполнен","client":{{"phone":"{phone}"}}}}}}"#)
+    };
+    let (status, _) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            &order("rk-s1", "+79160000031"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(wait_requests(&fake, 1).await.len(), 1, "the review request");
+
+    // The customer answers "СТОП!"; another answers "Спасибо".
+    for (from, text) in [("79160000031", "СТОП!"), ("79160000032", "Спасибо")] {
+        let body = meta_inbound_body(from, text);
+        assert_eq!(
+            meta_callback(&stack, &body, &sign("e2e-meta-app-secret-0001", &body)).await,
+            200
+        );
+    }
+    let mut opted = (1, String::new());
+    for _ in 0..100 {
+        opted = admin_status(
+            &stack,
+            &["opt-out", "check", "+79160000031", "--tenant", "acme"],
+        );
+        if opted.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(opted.0, 0, "opted out: {}", opted.1);
+    let (code, _) = admin_status(
+        &stack,
+        &["opt-out", "check", "+79160000032", "--tenant", "acme"],
+    );
+    assert_eq!(code, 1, "\"Спасибо\" opts nobody out");
+    let listed = admin(&stack, &["opt-out", "list", "--tenant", "acme", "--json"]);
+    let entry: serde_json::Value =
+        serde_json::from_str(listed.lines().next().expect("one entry")).expect("json");
+    assert_eq!(entry["source"], "meta inbound");
+    assert!(!listed.contains("9160000031"), "masked: {listed}");
+
+    // The next order of that customer: nothing on WhatsApp, nor by SMS.
+    let (status, _) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            &order("rk-s2", "+79160000031"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let mut skipped = false;
+    for _ in 0..100 {
+        if stack.logs().contains("skipped: the recipient opted out") {
+            skipped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(skipped, "the dispatcher skipped it");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.received_requests().await.unwrap_or_default().len(),
+        1,
+        "nothing sent to the opted-out customer"
+    );
+
+    // An admin takes them off the list (they asked to hear again): sent.
+    let out = admin(
+        &stack,
+        &["opt-out", "remove", "+79160000031", "--tenant", "acme"],
+    );
+    assert!(out.contains("removed"), "{out}");
+    let (status, _) = stack
+        .post(
+            "rkeeper",
+            "application/json",
+            &order("rk-s3", "+79160000031"),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(wait_requests(&fake, 2).await.len(), 2);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_500_gets_the_second_attempt_and_the_journal_tells_it() {
     let fake = MockServer::start().await;

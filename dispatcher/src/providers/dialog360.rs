@@ -19,6 +19,12 @@ struct Config {
     #[serde(default = "default_base_url")]
     base_url: String,
     api_key: String,
+    /// The number's Cloud API id, as 360dialog's webhooks name it in
+    /// `metadata.phone_number_id`: only needed for customers' stop words
+    /// to opt them out of this tenant (sending does not use it).
+    #[serde(default)]
+    #[allow(dead_code)]
+    phone_number_id: Option<String>,
     #[serde(default = "super::default_timeout_ms")]
     timeout_ms: u64,
 }

@@ -103,6 +103,10 @@ pub enum Outcome {
     /// a provider without idempotency): retrying could send twice, so it
     /// is not retried; an admin decides.
     Uncertain { reason: String },
+    /// The provider has this recipient on its stop list (SMS.ru 209): the
+    /// recipient asked to hear nothing, so no other channel tries either and
+    /// the tenant's own stop list takes the number.
+    OptedOut { reason: String },
     /// Not sent: the fleet's rate limit (or the provider's own pause) for
     /// this account or recipient would hold it longer than `max_wait_ms`.
     /// Nothing went out, so it costs no attempt: the delivery waits in the
@@ -120,6 +124,7 @@ impl Outcome {
             Outcome::Config { .. } => "config",
             Outcome::Uncertain { .. } => "uncertain",
             Outcome::Throttled { .. } => "throttled",
+            Outcome::OptedOut { .. } => "opted_out",
         }
     }
 
@@ -130,6 +135,7 @@ impl Outcome {
             | Outcome::Recipient { reason }
             | Outcome::Config { reason }
             | Outcome::Uncertain { reason }
+            | Outcome::OptedOut { reason }
             | Outcome::Throttled { reason, .. } => reason,
         }
     }

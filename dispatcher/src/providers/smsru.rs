@@ -176,7 +176,8 @@ fn by_code(code: i64, text: &str) -> Outcome {
         .to_string();
     match code {
         220 | 500 | 206 | 230..=233 | 501..=508 => Outcome::transient(reason),
-        202 | 203 | 205 | 207 | 209 | 212 | 214 | 215 | 216 => Outcome::Recipient { reason },
+        209 => Outcome::OptedOut { reason },
+        202 | 203 | 205 | 207 | 212 | 214 | 215 | 216 => Outcome::Recipient { reason },
         _ => Outcome::Config { reason },
     }
 }

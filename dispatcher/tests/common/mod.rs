@@ -472,6 +472,12 @@ pub fn status(
 
 /// Publishes a status update to the harness's status queue (confirmed).
 pub async fn publish_status(h: &Harness, s: &shared::status::StatusUpdate) {
+    publish_status_message(h, &shared::status::StatusMessage::Update(s.clone())).await
+}
+
+/// Publishes what the status route carries (an update or an opt-out).
+#[allow(dead_code)]
+pub async fn publish_status_message(h: &Harness, s: &shared::status::StatusMessage) {
     let conn = connect().await;
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())

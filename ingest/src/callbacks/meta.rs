@@ -18,7 +18,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use shared::status::DeliveryState;
 
-use super::{CallbackError, Callbacks, Parsed, Provider, code_string, describe_json_error, update};
+use super::{
+    CallbackError, Callbacks, Inbound, Parsed, Provider, code_string, describe_json_error, update,
+};
 
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 /// Meta's challenge is a number; anything much longer is not Meta.
@@ -163,7 +165,16 @@ pub fn parse(
 
     let mut out = Parsed::default();
     for value in values {
-        out.inbound += array(value.get("messages"), "messages")?.len();
+        let messages = array(value.get("messages"), "messages")?;
+        out.inbound += messages.len();
+        let account = value
+            .get("metadata")
+            .and_then(|m| m.get("phone_number_id"))
+            .and_then(code_string);
+        if let Some(account) = account {
+            out.texts
+                .extend(messages.iter().filter_map(|m| inbound(m, &account)));
+        }
         for err in array(value.get("errors"), "errors")? {
             out.errors += 1;
             let code = err.get("code").and_then(code_string);
@@ -179,6 +190,29 @@ pub fn parse(
         }
     }
     Ok(out)
+}
+
+/// An inbound message's words, whatever the customer typed or tapped:
+/// `text.body`, a template quick reply's `button.text`, an interactive
+/// reply's title.
+fn inbound(m: &Value, account: &str) -> Option<Inbound> {
+    let text = match m.get("type").and_then(Value::as_str)? {
+        "text" => m.get("text")?.get("body")?,
+        "button" => m.get("button")?.get("text")?,
+        "interactive" => {
+            let i = m.get("interactive")?;
+            i.get("button_reply")
+                .or_else(|| i.get("list_reply"))?
+                .get("title")?
+        }
+        _ => return None,
+    };
+    Some(Inbound {
+        account: account.to_string(),
+        sender: m.get("from")?.as_str()?.to_string(),
+        text: text.as_str()?.to_string(),
+        at: m.get("timestamp").and_then(unix_seconds),
+    })
 }
 
 fn array<'a>(v: Option<&'a Value>, name: &str) -> Result<&'a [Value], String> {
@@ -399,6 +433,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!((p.updates.len(), p.inbound, p.errors), (0, 1, 0));
+        assert_eq!(
+            p.texts,
+            vec![Inbound {
+                account: "1122334455667".into(),
+                sender: "972987654321".into(),
+                text: "Body Text".into(),
+                at: DateTime::from_timestamp(1697043223, 0),
+            }],
+            "the text is kept for the stop words"
+        );
         let p = parse(
             &fixture("meta_wa_errors_webhook_syntax_docs.json"),
             Provider::Meta,

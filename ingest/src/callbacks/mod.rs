@@ -19,7 +19,9 @@ use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::config::CallbackSettings;
-use shared::status::{DeliveryState, STATUS_SCHEMA_VERSION, StatusUpdate};
+use shared::status::{
+    DeliveryState, OptOut, STATUS_SCHEMA_VERSION, StatusMessage, StatusUpdate, is_stop_word,
+};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::app::AppState;
@@ -116,6 +118,7 @@ pub struct Callbacks {
     pub(crate) dialog360_header: HeaderName,
     pub(crate) dialog360: Secrets,
     pub(crate) wazzup: Secrets,
+    pub(crate) stop_words: Vec<String>,
 }
 
 impl Callbacks {
@@ -133,6 +136,7 @@ impl Callbacks {
             dialog360_header,
             dialog360: Secrets::new(&s.dialog360_secrets),
             wazzup: Secrets::new(&s.wazzup_keys),
+            stop_words: s.stop_words.clone(),
         })
     }
 
@@ -236,6 +240,20 @@ pub struct Parsed {
     pub ignored: usize,
     /// Wazzup's registration ping `{"test": true}`.
     pub ping: bool,
+    /// The inbound messages' texts, to be compared with the stop words
+    /// (only in memory: the text is the customer's own writing).
+    pub texts: Vec<Inbound>,
+}
+
+/// One inbound text message: who wrote it, to which of our numbers.
+#[derive(Debug, PartialEq)]
+pub struct Inbound {
+    /// Meta/360dialog `metadata.phone_number_id`, Wazzup `channelId`.
+    pub account: String,
+    /// The sender's number as the provider gives it (digits).
+    pub sender: String,
+    pub text: String,
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// Builds a normalised update; the recipient is never part of it (the
@@ -314,13 +332,52 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Makes the parsed updates durable and answers 200 with what was done.
-/// Returns the answer and the metric outcome.
+/// The opt-outs among inbound texts: a message that is only a stop word,
+/// from a sender whose number reads as a phone. The sender is sealed when
+/// the ingest has a key.
+fn opt_outs(
+    state: &AppState,
+    provider: Provider,
+    texts: &[Inbound],
+    received_at: DateTime<Utc>,
+) -> Vec<OptOut> {
+    texts
+        .iter()
+        .filter(|t| is_stop_word(&t.text, &state.callbacks.stop_words))
+        .filter_map(|t| {
+            let digits = t.sender.trim().trim_start_matches('+');
+            let phone = shared::phone::normalise(&format!("+{digits}"))
+                .inspect_err(|_| {
+                    tracing::info!(
+                        provider = provider.as_str(),
+                        "a stop word from a sender that is not a phone number: ignored"
+                    );
+                })
+                .ok()?;
+            tracing::info!(provider = provider.as_str(), sender = %shared::mask::phone(phone.e164()),
+                "a stop word: the sender asks to be opted out");
+            Some(OptOut {
+                schema: STATUS_SCHEMA_VERSION,
+                provider: provider.as_str().to_string(),
+                account: t.account.clone(),
+                sender: state.seal(phone.e164()),
+                at: t.at.unwrap_or(received_at),
+                received_at,
+                opt_out: true,
+            })
+        })
+        .collect()
+}
+
+/// Makes the parsed updates (and opt-outs) durable and answers 200 with
+/// what was done. Returns the answer and the metric outcome.
 pub async fn accept(
     state: &AppState,
     provider: Provider,
     parsed: Parsed,
 ) -> Result<(HttpResponse, &'static str), CallbackError> {
+    let received_at = Utc::now();
+    let stops = opt_outs(state, provider, &parsed.texts, received_at);
     let m = &state.metrics.callback_items;
     let p = provider.as_str();
     m.with_label_values(&[p, "status"])
@@ -331,15 +388,18 @@ pub async fn accept(
         .inc_by(parsed.errors as u64);
     m.with_label_values(&[p, "ignored_status"])
         .inc_by(parsed.ignored as u64);
+    m.with_label_values(&[p, "opt_out"])
+        .inc_by(stops.len() as u64);
     let answer = |outcome: &'static str, queued: usize| {
         HttpResponse::Ok().json(json!({
             "status": outcome,
             "queued": queued,
             "inbound_ignored": parsed.inbound,
             "statuses_ignored": parsed.ignored,
+            "opt_outs": stops.len(),
         }))
     };
-    if parsed.updates.is_empty() {
+    if parsed.updates.is_empty() && stops.is_empty() {
         let outcome = if parsed.ping { "ping" } else { "ignored" };
         tracing::debug!(
             provider = p,
@@ -349,9 +409,16 @@ pub async fn accept(
         );
         return Ok((answer(outcome, 0), outcome));
     }
+    let messages: Vec<StatusMessage> = parsed
+        .updates
+        .iter()
+        .cloned()
+        .map(StatusMessage::Update)
+        .chain(stops.iter().cloned().map(StatusMessage::OptOut))
+        .collect();
     let durable_in = state
         .durable
-        .store_statuses(&parsed.updates)
+        .store_statuses(&messages)
         .await
         .map_err(|e| CallbackError::Unavailable(e.to_string()))?;
     for u in &parsed.updates {
@@ -362,7 +429,7 @@ pub async fn accept(
         DurableIn::Broker => "queued",
         DurableIn::Spool => "spooled",
     };
-    Ok((answer("queued", parsed.updates.len()), outcome))
+    Ok((answer("queued", messages.len()), outcome))
 }
 
 /// Counts and logs a callback's result; the handlers' last step.

@@ -13,7 +13,7 @@ use serde_json::Value;
 use shared::status::DeliveryState;
 
 use super::{
-    CallbackError, Callbacks, Parsed, Provider, bearer, code_string, describe_json_error,
+    CallbackError, Callbacks, Inbound, Parsed, Provider, bearer, code_string, describe_json_error,
     query_param, update,
 };
 
@@ -60,7 +60,10 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, String> 
     };
     match root.get("messages") {
         None | Some(Value::Null) => {}
-        Some(Value::Array(m)) => out.inbound = m.len(),
+        Some(Value::Array(m)) => {
+            out.inbound = m.len();
+            out.texts = m.iter().filter_map(inbound).collect();
+        }
         Some(_) => return Err("messages is not an array".into()),
     }
     let statuses = match root.get("statuses") {
@@ -75,6 +78,22 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, String> 
         }
     }
     Ok(out)
+}
+
+/// A WhatsApp text the customer wrote (not our own echo), for the stop
+/// words; other chat types' `chatId`s are not phone numbers.
+fn inbound(m: &Value) -> Option<Inbound> {
+    let echo = m.get("isEcho").and_then(Value::as_bool).unwrap_or(false);
+    let whatsapp = m.get("chatType").and_then(Value::as_str) == Some("whatsapp");
+    if echo || !whatsapp || m.get("type").and_then(Value::as_str) != Some("text") {
+        return None;
+    }
+    Some(Inbound {
+        account: m.get("channelId")?.as_str()?.to_string(),
+        sender: m.get("chatId")?.as_str()?.to_string(),
+        text: m.get("text")?.as_str()?.to_string(),
+        at: m.get("dateTime").and_then(timestamp),
+    })
 }
 
 fn status(item: &Value, received_at: DateTime<Utc>) -> Option<shared::status::StatusUpdate> {
@@ -168,6 +187,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!((p.updates.len(), p.inbound, p.ping), (0, 1, false));
+        assert!(p.texts.is_empty(), "a sticker says no words");
+        let text = r#"{"messages":[
+            {"messageId":"m1","channelId":"ch-1","chatType":"whatsapp","chatId":"79161234567",
+             "type":"text","isEcho":false,"text":"СТОП","dateTime":"2025-05-06T14:16:00.002Z","status":"inbound"},
+            {"messageId":"m2","channelId":"ch-1","chatType":"whatsapp","chatId":"79161234567",
+             "type":"text","isEcho":true,"text":"stop","status":"sent"},
+            {"messageId":"m3","channelId":"ch-1","chatType":"telegram","chatId":"12345",
+             "type":"text","isEcho":false,"text":"stop","status":"inbound"}]}"#;
+        let p = parse(text.as_bytes(), Utc::now()).unwrap();
+        assert_eq!(p.inbound, 3);
+        assert_eq!(
+            p.texts,
+            vec![Inbound {
+                account: "ch-1".into(),
+                sender: "79161234567".into(),
+                text: "СТОП".into(),
+                at: timestamp(&serde_json::json!("2025-05-06T14:16:00.002Z")),
+            }],
+            "only the customer's own WhatsApp text"
+        );
     }
 
     #[test]
