@@ -24,7 +24,7 @@ use crate::providers::wazzup::Wazzup;
 use crate::providers::{self, Provider, log::LogOnly};
 use crate::shared_limit::SharedLimits;
 use crate::templates::Templates;
-use crate::worker::{RouteProvider, Tenancy, TenantRuntime, Worker};
+use crate::worker::{RouteProvider, Routing, Tenancy, TenantRuntime, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -123,78 +123,55 @@ pub fn build_tenancy(
     http: &reqwest::Client,
     limits: &SharedLimits,
 ) -> Result<Tenancy, StartError> {
-    let d = &settings.dispatcher;
     let mut tenants = HashMap::new();
-    let lease = Duration::from_secs(d.lease_ttl_secs);
     for t in &settings.tenants {
-        let built = providers::build(&t.providers, http, limits)
-            .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
-        for (name, section) in &t.providers {
-            let budget = providers::attempt_budget(name, section, &d.retry)
-                .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
-            if budget > lease {
-                return Err(StartError::Config(format!(
-                    "tenant {}: one attempt through {name} can take {} s without renewing its lease \
-                     (its timeout and quick retries), longer than dispatcher.lease_ttl_secs = {} s: another \
-                     dispatcher could claim a send still in flight. Raise the lease or lower \
-                     timeout_ms / dispatcher.retry",
-                    t.id,
-                    budget.as_secs_f64().ceil(),
-                    d.lease_ttl_secs
-                )));
-            }
+        let routing = build_routing(
+            settings,
+            http,
+            limits,
+            &t.id,
+            &t.providers,
+            &t.channels,
+            &t.provider_for,
+        )?;
+        let mut branches = HashMap::new();
+        for (id, l) in t.locations.iter().filter(|(_, l)| l.overrides_sending()) {
+            let mut provider_for = t.provider_for.clone();
+            provider_for.extend(l.provider_for.iter().map(|(c, p)| (*c, p.clone())));
+            let branch = build_routing(
+                settings,
+                http,
+                limits,
+                &format!("{}, location {id:?}", t.id),
+                &shared::tenant::merged_providers(&t.providers, &l.providers),
+                l.channels.as_ref().unwrap_or(&t.channels),
+                &provider_for,
+            )?;
+            branches.insert(id.clone(), branch);
         }
-        let mut by_channel: BTreeMap<Channel, Vec<Arc<dyn Provider>>> = BTreeMap::new();
-        for p in built {
-            by_channel
-                .entry(p.channel())
-                .or_default()
-                .push(Arc::from(p));
+        // A branch with its own WhatsApp account: its customers' stop words
+        // opt them out of the tenant too.
+        let mut accounts = inbound_accounts(&t.providers);
+        for l in t.locations.values().filter(|l| !l.providers.is_empty()) {
+            accounts.extend(inbound_accounts(&shared::tenant::merged_providers(
+                &t.providers,
+                &l.providers,
+            )));
         }
-        for list in by_channel.values_mut() {
-            list.sort_by_key(|p| providers::auto_rank(p.name()));
-        }
-        for (channel, name) in &t.provider_for {
-            if !by_channel
-                .get(channel)
-                .is_some_and(|l| l.iter().any(|p| p.name() == name))
-            {
-                return Err(StartError::Config(format!(
-                    "tenant {}: provider_for.{channel} = {name:?}, but no such {channel} provider is configured",
-                    t.id
-                )));
-            }
-        }
-        if settings.production {
-            let policy = &t.channels;
-            for channel in policy
-                .default
-                .iter()
-                .chain(policy.by_kind.values().flatten())
-            {
-                if !by_channel.contains_key(channel) {
-                    return Err(StartError::Config(format!(
-                        "tenant {}: channel {channel} has no provider configured; in production \
-                         (production = true) its messages would not be sent. Configure one, or \
-                         remove the channel from [tenants.channels]",
-                        t.id
-                    )));
-                }
-            }
-        }
+        accounts.sort();
+        accounts.dedup();
         let lookups = Lookups::from_config(&t.lookup, http)
             .map_err(|e| StartError::Config(format!("tenant {}: {e}", t.id)))?;
         tenants.insert(
             t.id.clone(),
             TenantRuntime {
-                policy: t.channels.clone(),
-                providers: by_channel,
-                provider_for: t.provider_for.clone(),
+                routing,
+                branches,
                 lookups,
                 caps: t.frequency_caps.clone(),
                 delays: t.delays.clone(),
                 send_hours: t.send_hours.clone(),
-                inbound_accounts: inbound_accounts(&t.providers),
+                inbound_accounts: accounts,
             },
         );
     }
@@ -212,6 +189,80 @@ pub fn build_tenancy(
             .map(|t| (t.id.as_str(), crate::templates::Places::of(t))),
     );
     Ok(Tenancy { tenants, templates })
+}
+
+/// The providers of a tenant or of one of its branches, built and checked
+/// against its channels (`who` names it in errors).
+fn build_routing(
+    settings: &Settings,
+    http: &reqwest::Client,
+    limits: &SharedLimits,
+    who: &str,
+    sections: &BTreeMap<String, serde_json::Value>,
+    policy: &shared::tenant::ChannelPolicy,
+    provider_for: &BTreeMap<Channel, String>,
+) -> Result<Routing, StartError> {
+    let d = &settings.dispatcher;
+    let lease = Duration::from_secs(d.lease_ttl_secs);
+    let built = providers::build(sections, http, limits)
+        .map_err(|e| StartError::Config(format!("tenant {who}: {e}")))?;
+    for (name, section) in sections {
+        let budget = providers::attempt_budget(name, section, &d.retry)
+            .map_err(|e| StartError::Config(format!("tenant {who}: {e}")))?;
+        if budget > lease {
+            return Err(StartError::Config(format!(
+                "tenant {}: one attempt through {name} can take {} s without renewing its lease \
+                 (its timeout and quick retries), longer than dispatcher.lease_ttl_secs = {} s: another \
+                 dispatcher could claim a send still in flight. Raise the lease or lower \
+                 timeout_ms / dispatcher.retry",
+                who,
+                budget.as_secs_f64().ceil(),
+                d.lease_ttl_secs
+            )));
+        }
+    }
+    let mut by_channel: BTreeMap<Channel, Vec<Arc<dyn Provider>>> = BTreeMap::new();
+    for p in built {
+        by_channel
+            .entry(p.channel())
+            .or_default()
+            .push(Arc::from(p));
+    }
+    for list in by_channel.values_mut() {
+        list.sort_by_key(|p| providers::auto_rank(p.name()));
+    }
+    for (channel, name) in provider_for {
+        if !by_channel
+            .get(channel)
+            .is_some_and(|l| l.iter().any(|p| p.name() == name))
+        {
+            return Err(StartError::Config(format!(
+                "tenant {}: provider_for.{channel} = {name:?}, but no such {channel} provider is configured",
+                who
+            )));
+        }
+    }
+    if settings.production {
+        for channel in policy
+            .default
+            .iter()
+            .chain(policy.by_kind.values().flatten())
+        {
+            if !by_channel.contains_key(channel) {
+                return Err(StartError::Config(format!(
+                    "tenant {}: channel {channel} has no provider configured; in production \
+                     (production = true) its messages would not be sent. Configure one, or \
+                     remove the channel from [tenants.channels]",
+                    who
+                )));
+            }
+        }
+    }
+    Ok(Routing {
+        policy: policy.clone(),
+        providers: by_channel,
+        provider_for: provider_for.clone(),
+    })
 }
 
 /// The accounts customers write to, whose inbound stop words opt them out

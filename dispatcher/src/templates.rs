@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, State, UndefinedBehavior};
 use serde_json::{Map, Value, json};
 use shared::event::{DateLocale, Event, EventKind, FormatOptions, HideFlag};
-use shared::tenant::{Channel, LocationConfig, TemplateConfig, TemplateVariant, TenantConfig};
+use shared::tenant::{
+    Channel, LocationConfig, TemplateConfig, TemplateVariant, TenantConfig, WhatsappButton,
+    WhatsappHeader,
+};
 
 use crate::providers::Body;
 use datetime::{Clock, Style};
@@ -57,17 +60,59 @@ pub enum TemplateError {
     },
     #[error("template {name}: {reason}")]
     Config { name: String, reason: String },
-    #[error("template {name} rendered an empty message")]
+    #[error("template {name} rendered empty")]
     Empty { name: String },
 }
 
 /// An approved WhatsApp template: name, language and the compiled names of
-/// its body parameters.
+/// its body parameters, header parameter and button values.
 #[derive(Debug, Clone)]
 struct WhatsappCompiled {
     name: String,
     language: String,
     params: Vec<String>,
+    header: Option<WhatsappHeader>,
+    buttons: Vec<WhatsappButton>,
+    wazzup_template_id: Option<String>,
+}
+
+/// The header with each value passed through `f` (compiling, rendering).
+fn map_header<E>(
+    h: &WhatsappHeader,
+    mut f: impl FnMut(&str, &str) -> Result<String, E>,
+) -> Result<WhatsappHeader, E> {
+    Ok(match h {
+        WhatsappHeader::Text { text } => WhatsappHeader::Text {
+            text: f("header.text", text)?,
+        },
+        WhatsappHeader::Image { link } => WhatsappHeader::Image {
+            link: f("header.link", link)?,
+        },
+        WhatsappHeader::Document { link, filename } => WhatsappHeader::Document {
+            link: f("header.link", link)?,
+            filename: filename
+                .as_deref()
+                .map(|n| f("header.filename", n))
+                .transpose()?,
+        },
+    })
+}
+
+/// The button with its value passed through `f`.
+fn map_button<E>(
+    b: &WhatsappButton,
+    mut f: impl FnMut(&str, &str) -> Result<String, E>,
+) -> Result<WhatsappButton, E> {
+    Ok(match b {
+        WhatsappButton::Url { index, suffix } => WhatsappButton::Url {
+            index: *index,
+            suffix: f(&format!("buttons[{index}].suffix"), suffix)?,
+        },
+        WhatsappButton::QuickReply { index, payload } => WhatsappButton::QuickReply {
+            index: *index,
+            payload: f(&format!("buttons[{index}].payload"), payload)?,
+        },
+    })
 }
 
 /// One variant (the kind's default or one locale's) as compiled template names.
@@ -200,10 +245,39 @@ fn compile_variant(
             let part = format!("whatsapp.params[{i}]");
             params.push(add(&part, &Some(p.clone()))?.unwrap_or_default());
         }
+        let mut compile = |part: &str, src: &str| {
+            add(&format!("whatsapp.{part}"), &Some(src.to_string())).map(Option::unwrap_or_default)
+        };
+        let header = wa
+            .header
+            .as_ref()
+            .map(|h| map_header(h, &mut compile))
+            .transpose()?;
+        let mut indexes = std::collections::BTreeSet::new();
+        let mut buttons = Vec::with_capacity(wa.buttons.len());
+        for b in &wa.buttons {
+            // Meta's templates have at most 10 buttons.
+            if b.index() > 9 || !indexes.insert(b.index()) {
+                return Err(TemplateError::Config {
+                    name: name(tenant, kind, locale, "whatsapp"),
+                    reason: format!("button index {} is out of 0..=9 or given twice", b.index()),
+                });
+            }
+            buttons.push(map_button(b, &mut compile)?);
+        }
+        let wazzup_template_id = wa
+            .wazzup_template_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(String::from);
         out.whatsapp = Some(WhatsappCompiled {
             name: wa.name.clone(),
             language: wa.language.clone(),
             params,
+            header,
+            buttons,
+            wazzup_template_id,
         });
     }
     Ok(out)
@@ -386,10 +460,34 @@ impl Templates {
                 .iter()
                 .map(|p| self.render_one(p, &ctx))
                 .collect::<Result<_, _>>()?;
+            // A header or button value that renders empty would be refused
+            // by Meta (132000-class): say which one here instead.
+            let render = |_: &str, n: &str| {
+                let v = self.render_one(n, &ctx)?;
+                if v.is_empty() {
+                    return Err(TemplateError::Empty {
+                        name: n.to_string(),
+                    });
+                }
+                Ok(v)
+            };
+            let header = wa
+                .header
+                .as_ref()
+                .map(|h| map_header(h, render))
+                .transpose()?;
+            let buttons = wa
+                .buttons
+                .iter()
+                .map(|b| map_button(b, render))
+                .collect::<Result<_, _>>()?;
             return Ok(Body::Template {
                 name: wa.name.clone(),
                 language: wa.language.clone(),
                 params,
+                header,
+                buttons,
+                wazzup_template_id: wa.wazzup_template_id.clone(),
             });
         }
 
@@ -630,7 +728,7 @@ fn text_to_html(text: &str) -> String {
 mod tests {
     use super::*;
     use shared::event::{Params, Recipient, SCHEMA_VERSION};
-    use shared::tenant::WhatsappTemplate;
+    use shared::tenant::{WhatsappButton, WhatsappHeader, WhatsappTemplate};
 
     fn event(kind: EventKind) -> Event {
         Event {
@@ -688,6 +786,9 @@ mod tests {
                     name: "review_request".into(),
                     language: "ru".into(),
                     params: vec!["{{ name }}".into(), "{{ review_url }}".into()],
+                    header: None,
+                    buttons: vec![],
+                    wazzup_template_id: None,
                 }),
                 ..TemplateConfig::default()
             },
@@ -708,8 +809,53 @@ mod tests {
                 name: "review_request".into(),
                 language: "ru".into(),
                 params: vec!["Иван".into(), "https://r.example/x".into()],
+                header: None,
+                buttons: vec![],
+                wazzup_template_id: None,
             }
         );
+    }
+
+    #[test]
+    fn template_buttons_are_checked_at_start_up_and_empty_values_when_sent() {
+        let with = |header: Option<WhatsappHeader>, buttons: Vec<WhatsappButton>| {
+            BTreeMap::from([(
+                EventKind::OrderCompleted,
+                TemplateConfig {
+                    whatsapp: Some(WhatsappTemplate {
+                        header,
+                        buttons,
+                        ..wa("review", "ru", &["{{ name }}"])
+                    }),
+                    ..TemplateConfig::default()
+                },
+            )])
+        };
+        let vars = BTreeMap::new();
+        let url = |index, suffix: &str| WhatsappButton::Url {
+            index,
+            suffix: suffix.into(),
+        };
+        for buttons in [vec![url(0, "a"), url(0, "b")], vec![url(10, "a")]] {
+            let cfg = with(None, buttons);
+            let Err(err) = Templates::new([("acme", &cfg, &vars)]) else {
+                panic!("a bad button index must be refused");
+            };
+            assert!(err.to_string().contains("button index"), "{err}");
+        }
+        // A link that renders empty (the branch has no photo): refused with
+        // its name, not sent to Meta to be refused there.
+        let cfg = with(
+            Some(WhatsappHeader::Image {
+                link: "{{ photo }}".into(),
+            }),
+            vec![url(0, "{{ review_path }}")],
+        );
+        let t = Templates::new([("acme", &cfg, &vars)]).unwrap();
+        let err = t
+            .render(&event(EventKind::OrderCompleted), Channel::Whatsapp)
+            .unwrap_err();
+        assert!(err.to_string().contains("whatsapp.header.link"), "{err}");
     }
 
     #[test]
@@ -751,6 +897,9 @@ mod tests {
             name: name.into(),
             language: language.into(),
             params: params.iter().map(|p| p.to_string()).collect(),
+            header: None,
+            buttons: vec![],
+            wazzup_template_id: None,
         }
     }
 
@@ -793,6 +942,9 @@ mod tests {
                 name: "review_ru".into(),
                 language: "ru".into(),
                 params: vec!["Иван".into()],
+                header: None,
+                buttons: vec![],
+                wazzup_template_id: None,
             }
         );
         assert_eq!(
@@ -877,6 +1029,9 @@ mod tests {
                 name: "review_en".into(),
                 language: "en_US".into(),
                 params: vec!["en-US".into()],
+                header: None,
+                buttons: vec![],
+                wazzup_template_id: None,
             }
         );
         assert_eq!(text_of(t.render(&en, Channel::Sms).unwrap()), "en sms");
@@ -1440,6 +1595,7 @@ mod tests {
             time_zone: zone.map(String::from),
             time_zone_name: None,
             vars: BTreeMap::from([("review_url".to_string(), url.to_string())]),
+            ..LocationConfig::default()
         };
         let places = Places {
             time_zone: Some("Europe/Kaliningrad".into()),

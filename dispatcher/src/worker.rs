@@ -40,12 +40,34 @@ pub enum Settle {
     Requeue,
 }
 
-pub struct TenantRuntime {
+/// How a tenant, or one of its branches, sends: channels, providers.
+pub struct Routing {
     pub policy: ChannelPolicy,
     /// Configured providers per channel, in configuration order.
     pub providers: BTreeMap<Channel, Vec<Arc<dyn Provider>>>,
     /// Forced provider per channel (by name).
     pub provider_for: BTreeMap<Channel, String>,
+}
+
+impl Routing {
+    fn provider(&self, channel: Channel) -> Option<Arc<dyn Provider>> {
+        let list = self.providers.get(&channel)?;
+        match self.provider_for.get(&channel) {
+            Some(name) => list.iter().find(|p| p.name() == name).cloned(),
+            None => list.first().cloned(),
+        }
+    }
+
+    fn has_any_provider(&self) -> bool {
+        self.providers.values().any(|l| !l.is_empty())
+    }
+}
+
+pub struct TenantRuntime {
+    pub routing: Routing,
+    /// Branches that send otherwise (their own channels, sender names or
+    /// accounts: `[tenants.locations."<id>"]`), by location id.
+    pub branches: HashMap<String, Routing>,
     pub lookups: Lookups,
     /// Frequency caps per event kind (`[tenants.frequency_caps]`).
     pub caps: BTreeMap<shared::event::EventKind, shared::tenant::FrequencyCap>,
@@ -68,16 +90,13 @@ impl TenantRuntime {
 }
 
 impl TenantRuntime {
-    fn provider(&self, channel: Channel) -> Option<Arc<dyn Provider>> {
-        let list = self.providers.get(&channel)?;
-        match self.provider_for.get(&channel) {
-            Some(name) => list.iter().find(|p| p.name() == name).cloned(),
-            None => list.first().cloned(),
-        }
-    }
-
-    fn has_any_provider(&self) -> bool {
-        self.providers.values().any(|l| !l.is_empty())
+    /// The event's branch's routing when it has its own, else the tenant's.
+    fn routing(&self, event: &Event) -> &Routing {
+        event
+            .location
+            .as_ref()
+            .and_then(|l| self.branches.get(l))
+            .unwrap_or(&self.routing)
     }
 }
 
@@ -427,7 +446,7 @@ impl Worker {
         for (i, c) in candidates.iter().enumerate() {
             // The second attempt belongs to the first remaining channel only.
             let attempt = if i == 0 { job.attempt } else { 1 };
-            let policy = tenant.policy.for_kind(event.kind);
+            let policy = tenant.routing(&event).policy.for_kind(event.kind);
             match self
                 .attempt_channel(
                     &event,
@@ -808,6 +827,7 @@ impl Worker {
             Channel::Email => event.recipient.email.clone().map(Address::Email),
         };
         let routed = event.route.as_ref().and_then(|r| (self.route_provider)(r));
+        let tenant = tenant.routing(event);
         let dev_mode = !tenant.has_any_provider() && routed.is_none();
         tenant
             .policy

@@ -221,6 +221,7 @@ access_token = "EAAtest-token-not-real"
         }));
         worker.edit_tenants(|tenants| {
             let tenant = tenants.get_mut("acme").expect("tenant");
+            let tenant = &mut tenant.routing;
             tenant.providers.clear();
             tenant.provider_for.clear();
             for (name, channel) in [("meta", Channel::Whatsapp), ("smsru", Channel::Sms)] {

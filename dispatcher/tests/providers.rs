@@ -268,12 +268,15 @@ async fn wazzup_refuses_what_it_cannot_send_without_a_request() {
         name: "order_ready".into(),
         language: "ru".into(),
         params: vec!["1".into()],
+        header: None,
+        buttons: vec![],
+        wazzup_template_id: None,
     };
     let o = p.send(&to_phone(Channel::Whatsapp, template, "k")).await;
     assert_eq!(
         o,
         Outcome::Config {
-            reason: "Wazzup templates not supported".into()
+            reason: "template order_ready: Wazzup sends WABA templates by its own id; set wazzup_template_id".into()
         }
     );
     assert_eq!(p.send(&to_email(text("hi"), "k")).await.class(), "config");
@@ -354,6 +357,9 @@ async fn dialog360_sends_the_cloud_api_body_with_its_key() {
         name: "order_ready".into(),
         language: "ru".into(),
         params: vec!["42".into()],
+        header: None,
+        buttons: vec![],
+        wazzup_template_id: None,
     };
     let o = p.send(&to_phone(Channel::Whatsapp, template, "k")).await;
     assert_eq!(
@@ -601,6 +607,9 @@ async fn exolve_whatsapp_sends_text_and_templates_to_their_paths() {
         name: "review_request".into(),
         language: "ru".into(),
         params: vec!["Иван".into(), "https://r.example/1".into()],
+        header: None,
+        buttons: vec![],
+        wazzup_template_id: None,
     };
     let o = p.send(&to_phone(Channel::Whatsapp, template, "k2")).await;
     assert_eq!(

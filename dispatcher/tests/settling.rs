@@ -191,7 +191,8 @@ async fn a_panicking_task_dead_letters_its_event_and_the_consumer_goes_on() {
     let running = dispatcher::app::start_with(h.settings.clone(), move |w| {
         w.edit_tenants(|tenants| {
             let acme = tenants.get_mut("acme").expect("tenant acme");
-            acme.providers
+            acme.routing
+                .providers
                 .insert(Channel::Whatsapp, vec![Arc::new(Panicky { sent: counter })]);
         });
     })

@@ -203,7 +203,7 @@ impl FrequencyCap {
 }
 
 /// One branch of a tenant: `[tenants.locations."<id>"]`.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LocationConfig {
     /// What customers call it ("Кофейня на Тверской"): `location_name` in
@@ -220,6 +220,60 @@ pub struct LocationConfig {
     /// `review_url` on Yandex Maps, 2GIS or Google).
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// The branch's channels, instead of the tenant's `[tenants.channels]`.
+    #[serde(default)]
+    pub channels: Option<ChannelPolicy>,
+    /// Provider sections over the tenant's, key by key: another sender
+    /// name (`smsru = { sender = "Lenina5" }`), another account (its own
+    /// `phone_number_id` and token), or a provider the tenant lacks.
+    #[serde(default)]
+    pub providers: BTreeMap<String, serde_json::Value>,
+    /// Forced providers per channel, over the tenant's `provider_for`.
+    #[serde(default)]
+    pub provider_for: BTreeMap<Channel, String>,
+}
+
+impl LocationConfig {
+    /// Whether the branch sends differently from its tenant.
+    pub fn overrides_sending(&self) -> bool {
+        self.channels.is_some() || !self.providers.is_empty() || !self.provider_for.is_empty()
+    }
+}
+
+/// Provider sections are secrets: only their names are printed.
+impl fmt::Debug for LocationConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocationConfig")
+            .field("name", &self.name)
+            .field("time_zone", &self.time_zone)
+            .field("time_zone_name", &self.time_zone_name)
+            .field("vars", &self.vars)
+            .field("channels", &self.channels)
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .field("provider_for", &self.provider_for)
+            .finish()
+    }
+}
+
+/// The tenant's provider sections with a branch's over them: a section the
+/// branch names is merged key by key (an object over an object), else taken
+/// whole.
+pub fn merged_providers(
+    tenant: &BTreeMap<String, serde_json::Value>,
+    branch: &BTreeMap<String, serde_json::Value>,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut out = tenant.clone();
+    for (name, over) in branch {
+        match (out.get_mut(name), over) {
+            (Some(serde_json::Value::Object(base)), serde_json::Value::Object(o)) => {
+                base.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            _ => {
+                out.insert(name.clone(), over.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The zone label when none is configured: Moscow's customary "Мск", else
@@ -259,7 +313,7 @@ impl fmt::Display for Channel {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelPolicy {
     #[serde(default = "default_channels")]
@@ -394,6 +448,55 @@ pub struct WhatsappTemplate {
     /// Body parameters `{{1}}`, `{{2}}`, ... in order, each a minijinja expression.
     #[serde(default)]
     pub params: Vec<String>,
+    /// The header's parameter, when the approved template's header has one.
+    #[serde(default)]
+    pub header: Option<WhatsappHeader>,
+    /// The buttons that take a value (a URL's dynamic suffix, a quick
+    /// reply's payload); static buttons need no entry.
+    #[serde(default)]
+    pub buttons: Vec<WhatsappButton>,
+    /// Wazzup's own id of the same template (a GUID from its WABA template
+    /// list): Wazzup sends templates by it, with the body parameters as
+    /// `templateValues`.
+    #[serde(default)]
+    pub wazzup_template_id: Option<String>,
+}
+
+/// `header = { type = "image", link = "https://..." }`: every value is a
+/// minijinja template like the body parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WhatsappHeader {
+    /// A text header's one parameter.
+    Text { text: String },
+    /// An image header, by a public HTTPS link.
+    Image { link: String },
+    /// A document header (a PDF menu, a receipt), by link, with the file
+    /// name the customer sees.
+    Document {
+        link: String,
+        #[serde(default)]
+        filename: Option<String>,
+    },
+}
+
+/// `buttons = [{ type = "url", index = 0, suffix = "{{ review_path }}" }]`.
+/// `index` is the button's position in the approved template (0-based).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WhatsappButton {
+    /// A URL button whose approved URL ends in `{{1}}`: the suffix for it.
+    Url { index: u8, suffix: String },
+    /// A quick-reply button: the payload its tap sends back.
+    QuickReply { index: u8, payload: String },
+}
+
+impl WhatsappButton {
+    pub fn index(&self) -> u8 {
+        match self {
+            WhatsappButton::Url { index, .. } | WhatsappButton::QuickReply { index, .. } => *index,
+        }
+    }
 }
 
 fn default_language() -> String {
@@ -431,6 +534,11 @@ impl TenantConfig {
         // serde_json::Value's Display is its JSON, maps in key order.
         for (name, v) in self.providers.iter().chain(self.lookup.iter()) {
             h.update(format!("|{name}={v}").as_bytes());
+        }
+        for (id, l) in &self.locations {
+            for (name, v) in &l.providers {
+                h.update(format!("|{id}.{name}={v}").as_bytes());
+            }
         }
         h.finalize().into()
     }
@@ -836,6 +944,56 @@ mod tests {
         crate::config::Settings::from_toml(&text)
             .map(|mut s| s.tenants.remove(0).templates)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn whatsapp_headers_and_buttons_parse_and_odd_ones_are_refused() {
+        let t = templates_from_toml(
+            r#"
+[tenants.templates.order_completed.whatsapp]
+name = "review"
+params = ["{{ name }}"]
+header = { type = "document", link = "https://cdn.example/m.pdf", filename = "Меню.pdf" }
+buttons = [
+  { type = "url", index = 0, suffix = "{{ review_path }}" },
+  { type = "quick_reply", index = 2, payload = "stop" },
+]
+wazzup_template_id = "guid-1"
+"#,
+        )
+        .unwrap();
+        let wa = t[&EventKind::OrderCompleted].whatsapp.clone().unwrap();
+        assert_eq!(
+            wa.header,
+            Some(WhatsappHeader::Document {
+                link: "https://cdn.example/m.pdf".into(),
+                filename: Some("Меню.pdf".into())
+            })
+        );
+        assert_eq!(
+            wa.buttons,
+            vec![
+                WhatsappButton::Url {
+                    index: 0,
+                    suffix: "{{ review_path }}".into()
+                },
+                WhatsappButton::QuickReply {
+                    index: 2,
+                    payload: "stop".into()
+                },
+            ]
+        );
+        assert_eq!(wa.wazzup_template_id.as_deref(), Some("guid-1"));
+        for odd in [
+            r#"header = { type = "video", link = "x" }"#,
+            r#"header = { type = "image", url = "x" }"#,
+            r#"buttons = [{ type = "url", index = 0 }]"#,
+            r#"buttons = [{ type = "call", index = 0, suffix = "x" }]"#,
+        ] {
+            let toml =
+                format!("[tenants.templates.order_completed.whatsapp]\nname = \"review\"\n{odd}\n");
+            assert!(templates_from_toml(&toml).is_err(), "{odd}");
+        }
     }
 
     #[test]

@@ -105,9 +105,22 @@ impl ExolveWhatsapp {
                 }),
             ),
             Body::Template {
+                header: Some(_), ..
+            } => {
+                return Err(Outcome::Config {
+                    reason: "exolve_whatsapp: template headers are not supported (Exolve's template API is unverified)".into(),
+                });
+            }
+            Body::Template { buttons, .. } if !buttons.is_empty() => {
+                return Err(Outcome::Config {
+                    reason: "exolve_whatsapp: template buttons are not supported (Exolve's template API is unverified)".into(),
+                });
+            }
+            Body::Template {
                 name,
                 language,
                 params,
+                ..
             } => {
                 let mut body = json!({
                     "sender_id": self.sender_id,

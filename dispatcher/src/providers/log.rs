@@ -29,6 +29,7 @@ impl Provider for LogOnly {
                     name,
                     language,
                     params,
+                    ..
                 } => {
                     format!(
                         "template {name} [{language}] with {} parameters",

@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::json;
 use shared::phone::Phone;
-use shared::tenant::Channel;
+use shared::tenant::{Channel, WhatsappButton, WhatsappHeader};
 
 use super::{Address, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
@@ -89,8 +89,25 @@ pub(crate) async fn send_cloud_api(
     }
     // No idempotency key in the Cloud API: a timeout after sending is uncertain.
     match exchange(request.json(&body), false).await {
-        Ok(a) => classify(a.status, &a.text, a.retry_after),
+        Ok(a) => for_template(&m.body, classify(a.status, &a.text, a.retry_after)),
         Err(o) => o,
+    }
+}
+
+/// A template error (Meta's 132xxx: missing in this language, paused,
+/// disabled, parameters not matching) is a config error of that template:
+/// its name and language lead the reason, so the alert says which one to
+/// fix. Not retried, like every config error.
+pub(crate) fn for_template(body: &Body, outcome: Outcome) -> Outcome {
+    match (body, outcome) {
+        (Body::Template { name, language, .. }, Outcome::Config { reason })
+            if reason.starts_with("meta 132") =>
+        {
+            Outcome::Config {
+                reason: format!("template {name} ({language}): {reason}"),
+            }
+        }
+        (_, o) => o,
     }
 }
 
@@ -109,16 +126,46 @@ pub(crate) fn cloud_api_body(phone: &Phone, body: &Body) -> Result<serde_json::V
             name,
             language,
             params,
+            header,
+            buttons,
+            ..
         } => {
-            let parameters: Vec<_> = params
-                .iter()
-                .map(|p| json!({"type": "text", "text": p}))
-                .collect();
-            let components = if parameters.is_empty() {
-                json!([])
-            } else {
-                json!([{"type": "body", "parameters": parameters}])
-            };
+            let mut components = Vec::new();
+            if let Some(h) = header {
+                let parameter = match h {
+                    WhatsappHeader::Text { text } => json!({"type": "text", "text": text}),
+                    WhatsappHeader::Image { link } => {
+                        json!({"type": "image", "image": {"link": link}})
+                    }
+                    WhatsappHeader::Document { link, filename } => {
+                        let mut document = json!({"link": link});
+                        if let Some(f) = filename {
+                            document["filename"] = json!(f);
+                        }
+                        json!({"type": "document", "document": document})
+                    }
+                };
+                components.push(json!({"type": "header", "parameters": [parameter]}));
+            }
+            if !params.is_empty() {
+                let parameters: Vec<_> = params
+                    .iter()
+                    .map(|p| json!({"type": "text", "text": p}))
+                    .collect();
+                components.push(json!({"type": "body", "parameters": parameters}));
+            }
+            for b in buttons {
+                components.push(match b {
+                    WhatsappButton::Url { index, suffix } => json!({
+                        "type": "button", "sub_type": "url", "index": index.to_string(),
+                        "parameters": [{"type": "text", "text": suffix}],
+                    }),
+                    WhatsappButton::QuickReply { index, payload } => json!({
+                        "type": "button", "sub_type": "quick_reply", "index": index.to_string(),
+                        "parameters": [{"type": "payload", "payload": payload}],
+                    }),
+                });
+            }
             Ok(json!({
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
@@ -249,6 +296,37 @@ mod tests {
             .join("../../shared/fixtures")
             .join(name);
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn a_text_header_and_no_body_parameters_give_only_the_header() {
+        let phone = shared::phone::normalise("+79161234567").unwrap();
+        let body = Body::Template {
+            name: "visit_thanks".into(),
+            language: "ru".into(),
+            params: vec![],
+            header: Some(WhatsappHeader::Text {
+                text: "Кофейня".into(),
+            }),
+            buttons: vec![],
+            wazzup_template_id: None,
+        };
+        let json = cloud_api_body(&phone, &body).unwrap();
+        assert_eq!(
+            json["template"],
+            json!({"name": "visit_thanks", "language": {"code": "ru"}, "components": [
+                {"type": "header", "parameters": [{"type": "text", "text": "Кофейня"}]}
+            ]})
+        );
+        // A 132xxx answer names the template; other config errors do not.
+        let refused = |code: i64| Outcome::Config {
+            reason: format!("meta {code}: m"),
+        };
+        assert_eq!(
+            for_template(&body, refused(132015)).reason(),
+            "template visit_thanks (ru): meta 132015: m"
+        );
+        assert_eq!(for_template(&body, refused(190)).reason(), "meta 190: m");
     }
 
     #[test]

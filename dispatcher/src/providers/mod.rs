@@ -69,11 +69,16 @@ impl fmt::Debug for Address {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     Text(String),
-    /// A pre-approved WhatsApp template with positional body parameters.
+    /// A pre-approved WhatsApp template: positional body parameters, the
+    /// header's parameter, the buttons that take a value (all rendered).
     Template {
         name: String,
         language: String,
         params: Vec<String>,
+        header: Option<shared::tenant::WhatsappHeader>,
+        buttons: Vec<shared::tenant::WhatsappButton>,
+        /// Wazzup's id of the same template, when configured.
+        wazzup_template_id: Option<String>,
     },
     Email {
         subject: String,

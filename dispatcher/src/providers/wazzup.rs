@@ -86,13 +86,41 @@ impl Wazzup {
                 reason: "Wazzup needs a phone number".into(),
             };
         };
-        let text = match &m.body {
-            Body::Text(t) => t,
-            // Wazzup's `templateId` is its own template GUID, not the Meta
-            // name + language we carry: no safe mapping, so not guessed.
-            Body::Template { .. } => {
+        let mut body = json!({
+            "channelId": self.channel_id,
+            "chatType": self.chat_type,
+            "chatId": phone.digits(),
+            "crmMessageId": m.idempotency_key,
+            // Automatic notifications must not clear the managers' unanswered counter.
+            "clearUnanswered": false,
+        });
+        match &m.body {
+            Body::Text(t) => body["text"] = json!(t),
+            // A WABA template by Wazzup's own id (its GUID, not Meta's name
+            // and language), the body parameters as `templateValues`
+            // (providers.md B1: unverified beyond the field names).
+            Body::Template {
+                wazzup_template_id: Some(id),
+                params,
+                header,
+                buttons,
+                ..
+            } => {
+                if header.is_some() || !buttons.is_empty() {
+                    return Outcome::Config {
+                        reason: "Wazzup templates take body parameters only (templateValues): \
+                                 no header or button values"
+                            .into(),
+                    };
+                }
+                body["templateId"] = json!(id);
+                body["templateValues"] = json!(params);
+            }
+            Body::Template { name, .. } => {
                 return Outcome::Config {
-                    reason: "Wazzup templates not supported".into(),
+                    reason: format!(
+                        "template {name}: Wazzup sends WABA templates by its own id; set wazzup_template_id"
+                    ),
                 };
             }
             Body::Email { .. } => {
@@ -100,16 +128,7 @@ impl Wazzup {
                     reason: "an e-mail body cannot go to WhatsApp".into(),
                 };
             }
-        };
-        let body = json!({
-            "channelId": self.channel_id,
-            "chatType": self.chat_type,
-            "chatId": phone.digits(),
-            "text": text,
-            "crmMessageId": m.idempotency_key,
-            // Automatic notifications must not clear the managers' unanswered counter.
-            "clearUnanswered": false,
-        });
+        }
         let request = self
             .http
             .post(&self.url)
