@@ -86,9 +86,13 @@ async fn three_dispatchers_keep_one_account_under_its_limit() {
         worst <= PER_SECOND + 1,
         "{worst} sends in one second, above {PER_SECOND}/s"
     );
-    // Not trivially slow either: the three together use the limit.
+    // Not trivially slow either: the three together use the limit. The
+    // promise is the ceiling above; this only catches a fleet that takes
+    // turns (one dispatcher at a time would need 3x as long). Debug builds
+    // on this 2-core machine reach 67-76 % of the rate (30 s ideal, 39.5 to
+    // 46.6 s measured), so the bound is twice the ideal, not a timing target.
     assert!(
-        span < Duration::from_secs_f64(N as f64 / PER_SECOND as f64 * 1.5),
+        span < Duration::from_secs_f64(N as f64 / PER_SECOND as f64 * 2.0),
         "{span:?} for {N} at {PER_SECOND}/s"
     );
     // Each dispatcher took part.
