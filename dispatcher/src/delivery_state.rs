@@ -197,6 +197,13 @@ pub enum Phase {
 /// or Cluster failover completes well within it.
 const WAIT_RETRY: Duration = Duration::from_secs(5);
 
+/// How long after the last accepted shortfall, or the last primary seen
+/// without replicas, every durable mark asks its primary first (see
+/// [`Store::run_durable`]). A window, not "until a wait succeeds": in a
+/// Cluster a wait that succeeds on another primary says nothing about the
+/// lonely one.
+const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
+
 /// Shared multiplexed connections checked out of the pool.
 const SHARED_CONNECTIONS: usize = 4;
 
@@ -220,7 +227,10 @@ pub struct Store {
     wait_replicas: u32,
     wait_timeout: Duration,
     wait_shortfalls: prometheus::IntCounter,
-    wait_degraded: Arc<std::sync::atomic::AtomicBool>,
+    /// When a shortfall was last accepted or a primary without replicas
+    /// last seen: ms after `epoch`, plus one (0: never).
+    degraded_at: Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
 }
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LUA));
@@ -394,7 +404,8 @@ impl Store {
                 "Durable marks whose replicas did not confirm within redis.wait_timeout_ms",
             )
             .map_err(|e| e.to_string())?,
-            wait_degraded: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            degraded_at: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            epoch: std::time::Instant::now(),
         })
     }
 
@@ -441,13 +452,14 @@ impl Store {
     /// wait that falls short is retried, through fresh connections, for up
     /// to [`WAIT_RETRY`], because the usual cause is a failover under way
     /// (the write went to a primary being replaced, and would be lost with
-    /// it); only then is the shortfall accepted and counted. After one
-    /// accepted shortfall the store does not retry again until a wait
-    /// succeeds, and asks the primary for its connected replicas before
-    /// each wait: with none there it does not wait at all (the shortfall
-    /// is still counted), so a primary left without replicas costs a mark
-    /// one `INFO` round trip, not a wait. The first write's answer is
-    /// returned.
+    /// it); only then is the shortfall accepted and counted. For
+    /// [`DEGRADED_WINDOW`] after an accepted shortfall (renewed while a
+    /// primary without replicas is seen) the store does not retry, and asks
+    /// each mark's primary for its connected replicas before waiting: with
+    /// none there it does not wait at all (the shortfall is still counted),
+    /// so a primary left without replicas costs a mark one `INFO` round
+    /// trip, not a wait, while the other primaries of a Cluster wait for
+    /// theirs as usual. The first write's answer is returned.
     pub(crate) async fn run_durable<T, F, Fut>(
         &self,
         key: String,
@@ -465,8 +477,8 @@ impl Store {
         let started = tokio::time::Instant::now();
         let mut first = None;
         loop {
-            let degraded = self.wait_degraded.load(Ordering::Relaxed);
-            let (value, acked) = self
+            let degraded = self.degraded();
+            let (value, acked, lonely) = self
                 .run(|c| async {
                     let mut w = c.clone();
                     // Once a wait has fallen short, ask first whether any
@@ -480,17 +492,20 @@ impl Store {
                     } else {
                         w.wait_replicas(&key, replicas, wait).await?
                     };
-                    Ok((value, acked))
+                    Ok((value, acked, lonely))
                 })
                 .await?;
             first.get_or_insert(value);
             if acked >= i64::from(replicas) {
-                self.wait_degraded.store(false, Ordering::Relaxed);
                 break;
             }
-            if self.wait_degraded.load(Ordering::Relaxed) || started.elapsed() >= WAIT_RETRY {
-                self.wait_degraded.store(true, Ordering::Relaxed);
+            if degraded || started.elapsed() >= WAIT_RETRY {
+                self.mark_degraded();
                 self.wait_shortfalls.inc();
+                if lonely {
+                    // Expected while it lasts: counted, not logged per mark.
+                    break;
+                }
                 tracing::warn!(
                     replicas = acked,
                     wanted = replicas,
@@ -505,6 +520,21 @@ impl Store {
             tokio::time::sleep(wait).await;
         }
         first.ok_or_else(|| StoreError::Unavailable("no write".into()))
+    }
+
+    /// Within [`DEGRADED_WINDOW`] of the last shortfall or lonely primary.
+    fn degraded(&self) -> bool {
+        let at = self.degraded_at.load(Ordering::Relaxed);
+        at != 0 && self.since_epoch_ms().saturating_sub(at - 1) < DEGRADED_WINDOW.as_millis() as u64
+    }
+
+    fn mark_degraded(&self) {
+        self.degraded_at
+            .store(self.since_epoch_ms() + 1, Ordering::Relaxed);
+    }
+
+    fn since_epoch_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     pub(crate) async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
