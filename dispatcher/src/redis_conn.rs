@@ -153,6 +153,29 @@ impl Conn {
     ) -> redis::RedisResult<i64> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        self.on_primary_of(key, cmd).await
+    }
+
+    /// How many replicas the primary that holds `key` has connected now
+    /// (`connected_slaves` of `INFO replication`, routed like
+    /// [`wait_replicas`](Conn::wait_replicas)). A primary promoted by a
+    /// failover may have none for minutes; waiting for one then only slows
+    /// every mark.
+    pub async fn connected_replicas(&mut self, key: &str) -> redis::RedisResult<u32> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("replication");
+        let info: String = self.on_primary_of(key, cmd).await?;
+        Ok(replicas_in(&info))
+    }
+
+    /// Runs `cmd` on the primary that holds `key`: the one connection
+    /// in plain mode, the slot's primary in a Cluster (a keyless command
+    /// such as `WAIT` or `INFO` would otherwise go to any node).
+    async fn on_primary_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> redis::RedisResult<T> {
         match self {
             Conn::Plain(c) => cmd.query_async(c).await,
             Conn::Cluster(c) => {
@@ -166,30 +189,6 @@ impl Conn {
                 Ok(redis::from_redis_value(v)?)
             }
         }
-    }
-
-    /// How many replicas the primary that holds `key` has connected now
-    /// (`connected_slaves` of `INFO replication`, routed like
-    /// [`wait_replicas`](Conn::wait_replicas)). A primary promoted by a
-    /// failover may have none for minutes; waiting for one then only slows
-    /// every mark.
-    pub async fn connected_replicas(&mut self, key: &str) -> redis::RedisResult<u32> {
-        let mut cmd = redis::cmd("INFO");
-        cmd.arg("replication");
-        let info: String = match self {
-            Conn::Plain(c) => cmd.query_async(c).await?,
-            Conn::Cluster(c) => {
-                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
-                let v = c
-                    .route_command(
-                        cmd,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                    )
-                    .await?;
-                redis::from_redis_value(v)?
-            }
-        };
-        Ok(replicas_in(&info))
     }
 }
 

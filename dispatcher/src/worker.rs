@@ -393,13 +393,12 @@ impl Worker {
                 return Settle::Requeue;
             };
             if out {
-                self.metrics.skipped.with_label_values(&["opted_out"]).inc();
                 tracing::info!("skipped: the recipient opted out");
-                job.trail.push(Step::Skipped {
-                    reason: "opted out".into(),
-                    detail: "the recipient is on the tenant's stop list".into(),
-                });
-                return Settle::Ack;
+                return self.skip(
+                    job,
+                    "opted_out",
+                    "the recipient is on the tenant's stop list",
+                );
             }
         }
         let candidates = self.candidates(&event, tenant, &job.failed_channels);
@@ -422,23 +421,16 @@ impl Worker {
                 return Settle::Requeue;
             };
             if check == crate::frequency_cap::CapCheck::Capped {
-                self.metrics
-                    .skipped
-                    .with_label_values(&["frequency_cap"])
-                    .inc();
                 tracing::info!(
                     at_most = cap.at_most,
                     window_secs = cap.window_secs,
                     "skipped: frequency cap (the recipient had enough of this kind in the window)"
                 );
-                job.trail.push(Step::Skipped {
-                    reason: "frequency cap".into(),
-                    detail: format!(
-                        "at most {} {} per recipient in {} s",
-                        cap.at_most, event.kind, cap.window_secs
-                    ),
-                });
-                return Settle::Ack;
+                let detail = format!(
+                    "at most {} {} per recipient in {} s",
+                    cap.at_most, event.kind, cap.window_secs
+                );
+                return self.skip(job, "frequency_cap", detail);
             }
         }
         let mut failed = job.failed_channels.clone();
@@ -743,14 +735,13 @@ impl Worker {
                     };
                     self.count_opt_out(added);
                 }
-                self.metrics.skipped.with_label_values(&["opted_out"]).inc();
                 tracing::info!(channel = %channel, provider = provider_name,
                     "skipped: the provider has the recipient on its stop list");
-                job.trail.push(Step::Skipped {
-                    reason: "opted out".into(),
-                    detail: format!("{provider_name}: {reason}"),
-                });
-                ChannelEnd::Settled(Settle::Ack)
+                ChannelEnd::Settled(self.skip(
+                    job,
+                    "opted_out",
+                    format!("{provider_name}: {reason}"),
+                ))
             }
             Outcome::Uncertain { reason } => {
                 // The provider may have it: the sending mark stays, so neither
@@ -1179,6 +1170,18 @@ impl Worker {
         Settle::Ack
     }
 
+    /// An event that is not sent, on purpose: counted by `label`
+    /// (`vestnik_dispatcher_skipped_total`), journaled as skipped with the
+    /// label in words, and acked.
+    fn skip(&self, job: &Job<'_>, label: &str, detail: impl Into<String>) -> Settle {
+        self.metrics.skipped.with_label_values(&[label]).inc();
+        job.trail.push(Step::Skipped {
+            reason: label.replace('_', " "),
+            detail: detail.into(),
+        });
+        Settle::Ack
+    }
+
     fn count_opt_out(&self, added: bool) {
         self.count_opt_out_outcome(if added { "added" } else { "already" });
     }
@@ -1563,13 +1566,9 @@ impl Worker {
         match crate::schedule::when(event, delay, hours, zone, now) {
             crate::schedule::When::Now => None,
             crate::schedule::When::Expired { starts_at } => {
-                self.metrics.skipped.with_label_values(&["expired"]).inc();
                 tracing::info!(%starts_at, "skipped: expired (the booking starts before the message could go)");
-                job.trail.push(Step::Skipped {
-                    reason: "expired".into(),
-                    detail: format!("the booking starts at {}", starts_at.to_rfc3339()),
-                });
-                Some(Settle::Ack)
+                let detail = format!("the booking starts at {}", starts_at.to_rfc3339());
+                Some(self.skip(job, "expired", detail))
             }
             crate::schedule::When::At(at) => {
                 let remaining = (at - now).to_std().unwrap_or_default();
