@@ -190,19 +190,24 @@ pub async fn start(settings: Settings, handle_signals: bool) -> Result<Running, 
         Some(listen) => Some(start_metrics(listen, state.clone(), handle_signals)?),
         None => None,
     };
+    let document = web::Data::new(crate::openapi::Document::new(
+        &state.sources,
+        !separate_metrics,
+        &settings.callbacks.dialog360_header,
+    ));
     let mut server = HttpServer::new(move || {
         App::new()
             .into_utoipa_app()
-            .openapi(crate::openapi::base())
             .app_data(state.clone())
+            .app_data(document.clone())
             .configure(if separate_metrics {
                 crate::routes::public
             } else {
                 crate::routes::configure
             })
-            .openapi_service(crate::openapi::service)
-            .default_service(web::to(crate::routes::not_found))
             .into_app()
+            .service(crate::openapi::service())
+            .default_service(web::to(crate::routes::not_found))
     })
     .shutdown_timeout(10)
     .bind(&settings.ingest.listen)

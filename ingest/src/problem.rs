@@ -23,8 +23,9 @@ pub enum Problem {
     Unavailable(String),
     #[error("no such route")]
     NotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// The methods the path is served with (RFC 9110's `Allow`).
+    #[error("method not allowed here; allowed: {0}")]
+    MethodNotAllowed(String),
 }
 
 impl Problem {
@@ -42,7 +43,7 @@ impl Problem {
             Problem::WrongParameters(_) => "wrong_parameters",
             Problem::Unavailable(_) => "unavailable",
             Problem::NotFound => "not_found",
-            Problem::MethodNotAllowed => "method_not_allowed",
+            Problem::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 }
@@ -65,14 +66,20 @@ impl ResponseError for Problem {
             Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Problem::BadRequest(_) | Problem::WrongParameters(_) => StatusCode::BAD_REQUEST,
             Problem::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Problem::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Problem::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut r = HttpResponse::build(self.status_code());
-        if matches!(self, Problem::Unavailable(_)) {
-            r.insert_header(("Retry-After", "5"));
+        match self {
+            Problem::Unavailable(_) => {
+                r.insert_header(("Retry-After", "5"));
+            }
+            Problem::MethodNotAllowed(allow) => {
+                r.insert_header(("Allow", allow.as_str()));
+            }
+            _ => {}
         }
         r.json(Body {
             error: self.code(),

@@ -16,6 +16,7 @@ use crate::accept::{self, Context};
 use crate::app::AppState;
 use crate::auth;
 use crate::callbacks::{self, CallbackError, Provider};
+use crate::openapi::Document;
 use crate::params;
 use crate::problem::Problem;
 use crate::sources::{Body, ContentKind, Item};
@@ -29,11 +30,14 @@ pub fn configure(cfg: &mut ServiceConfig) {
 
 /// The public port's routes when `/metrics` is served on its own listener.
 pub fn public(cfg: &mut ServiceConfig) {
-    cfg.service(webhook)
-        .service(check)
+    // One operation per source in the document (`crate::openapi`), one
+    // route here: the source is the path's last segment.
+    cfg.route("/api/webhook/{source}", web::post().to(webhook))
+        .route("/api/webhook/{source}", web::get().to(check))
         .service(meta_verify)
         .service(meta_callback)
-        .service(status_callback)
+        .service(dialog360_callback)
+        .service(wazzup_callback)
         .service(healthz)
         .service(readyz);
 }
@@ -43,54 +47,62 @@ pub fn metrics_only(cfg: &mut actix_web::web::ServiceConfig) {
     cfg.service(metrics);
 }
 
-/// No route for this request: 405 when the path exists with other methods,
-/// else 404.
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, Problem> {
-    match req.resource_map().match_pattern(req.path()) {
-        Some(_) => Err(Problem::MethodNotAllowed),
+/// No route for this request: 405 with `Allow` when the document gives the
+/// path other methods, else 404.
+pub async fn not_found(
+    req: HttpRequest,
+    doc: web::Data<Document>,
+) -> Result<HttpResponse, Problem> {
+    match shared::allow::allowed_methods(&doc.value, req.path()) {
+        Some(methods) => Err(Problem::MethodNotAllowed(methods.join(", "))),
         None => Err(Problem::NotFound),
     }
 }
 
-#[derive(Serialize)]
+/// A webhook's answer: 202 when events were queued, 200 when nothing is to
+/// be sent.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookAnswer {
+    /// `queued` (202) or `ignored` (200).
+    status: &'static str,
+    /// The events made durable, in the order of the items they came from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    events: Vec<Queued>,
+    /// Items of the body that are not notified, and why.
+    ignored: Vec<Ignored>,
+    /// Why the whole body was ignored (`empty batch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 struct Queued {
+    /// The event's id, to find it in the delivery journal.
     id: String,
+    /// `order_completed`, `booking_created`, ...
     kind: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Ignored {
+    /// The item's position in the body (0 for a single event).
     index: usize,
     reason: String,
 }
 
+/// Seed 000's answer to opening a webhook URL.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(non_snake_case)]
+pub struct CheckAnswer {
+    /// `Success`, `Wrong parameters` or `Error`.
+    Status: &'static str,
+    ErrorMessage: Option<String>,
+    WarningMessage: Option<String>,
+}
+
 /// A source's webhook. The body is the source's own format; the answer
 /// comes once every accepted item is durable (broker-confirmed or spooled).
-#[utoipa::path(
-    tag = "webhooks",
-    params(
-        ("source" = String, Path, description = "iiko, rkeeper, yclients, amocrm or booking"),
-        ("key" = Option<String>, Query, description = "The tenant's key (or `X-Api-Key`, or `Authorization: Bearer`)"),
-    ),
-    request_body(
-        content(
-            (serde_json::Value = "application/json"),
-            (String = "application/x-www-form-urlencoded"),
-        ),
-        description = "The source's own payload: JSON, or AmoCRM's bracketed form encoding",
-    ),
-    responses(
-        (status = 202, description = "Queued: `{status, events: [{id, kind}], ignored: [{index, reason}]}`"),
-        (status = 200, description = "Understood, nothing to send (not a final status, no usable recipient, ...)"),
-        (status = 400, description = "Malformed body or wrong URL parameters", body = crate::problem::Body),
-        (status = 401, description = "Missing or wrong key", body = crate::problem::Body),
-        (status = 404, description = "Unknown source", body = crate::problem::Body),
-        (status = 413, description = "Body over ingest.max_body_bytes", body = crate::problem::Body),
-        (status = 415, description = "Content type the source does not send", body = crate::problem::Body),
-        (status = 503, description = "Could not be made durable; retry (Retry-After)", body = crate::problem::Body),
-    )
-)]
-#[post("/api/webhook/{source}")]
+/// Described per source by `crate::openapi`.
 async fn webhook(
     req: HttpRequest,
     path: web::Path<String>,
@@ -166,8 +178,12 @@ async fn handle_webhook(
         .map_err(|e| Problem::BadRequest(e.to_string()))?;
     if items.is_empty() {
         return Ok((
-            HttpResponse::Ok()
-                .json(json!({"status": "ignored", "reason": "empty batch", "ignored": []})),
+            HttpResponse::Ok().json(WebhookAnswer {
+                status: "ignored",
+                events: Vec::new(),
+                ignored: Vec::new(),
+                reason: Some("empty batch"),
+            }),
             "ignored",
         ));
     }
@@ -194,7 +210,12 @@ async fn handle_webhook(
     if events.is_empty() {
         tracing::debug!(source = %source_id, tenant = %tenant.id, ignored = ignored.len(), "webhook ignored");
         return Ok((
-            HttpResponse::Ok().json(json!({"status": "ignored", "ignored": ignored})),
+            HttpResponse::Ok().json(WebhookAnswer {
+                status: "ignored",
+                events: Vec::new(),
+                ignored,
+                reason: None,
+            }),
             "ignored",
         ));
     }
@@ -216,8 +237,12 @@ async fn handle_webhook(
         })
         .collect();
     Ok((
-        HttpResponse::Accepted()
-            .json(json!({"status": "queued", "events": queued, "ignored": ignored})),
+        HttpResponse::Accepted().json(WebhookAnswer {
+            status: "queued",
+            events: queued,
+            ignored,
+            reason: None,
+        }),
         "queued",
     ))
 }
@@ -256,12 +281,13 @@ async fn meta_verify(
 /// `X-Hub-Signature-256` (the app secret).
 #[utoipa::path(
     tag = "callbacks",
-    request_body(content = serde_json::Value, description = "Meta's webhook envelope (`entry[].changes[].value.statuses[]`)"),
+    request_body(content = serde_json::Value, description = "Meta's webhook envelope: `entry[].changes[].value` with `statuses[]` and `messages[]` (schema: `crate::callbacks::meta::schema`)"),
     responses(
-        (status = 200, description = "Statuses recorded (or nothing to record)"),
-        (status = 400, description = "Malformed body"),
-        (status = 401, description = "Missing or wrong signature"),
-        (status = 503, description = "Not durable yet; Meta retries"),
+        (status = 200, description = "Statuses and stop words recorded (or nothing to record)", body = callbacks::CallbackAnswer),
+        (status = 400, description = "Malformed body", body = crate::problem::Body),
+        (status = 401, description = "Missing or wrong signature", body = crate::problem::Body),
+        (status = 413, description = "Body over ingest.max_body_bytes", body = crate::problem::Body),
+        (status = 503, description = "Not configured here, or not durable yet (Meta retries)", body = crate::problem::Body),
     )
 )]
 #[post("/api/callback/meta")]
@@ -283,32 +309,58 @@ async fn meta_callback(
     callbacks::finish(&state.metrics, Provider::Meta, result)
 }
 
-/// 360dialog and Wazzup delivery statuses: credentials are in the headers
-/// or URL, checked before the body is read.
+/// 360dialog's webhook (the Cloud API's envelope, or on-premise statuses
+/// at the top level); the key is in the configured header or the URL,
+/// checked before the body is read.
 #[utoipa::path(
     tag = "callbacks",
-    params(("provider" = String, Path, description = "dialog360 or wazzup")),
-    request_body(content = serde_json::Value, description = "The provider's status webhook"),
+    request_body(content = serde_json::Value, description = "360dialog's webhook: the Cloud API's envelope (schema: `crate::callbacks::meta::schema`)"),
     responses(
-        (status = 200, description = "Statuses recorded (or nothing to record)"),
-        (status = 400, description = "Malformed body"),
-        (status = 401, description = "Missing or wrong credentials"),
-        (status = 404, description = "Unknown provider"),
-        (status = 503, description = "Not durable yet; the provider retries"),
+        (status = 200, description = "Statuses and stop words recorded (or nothing to record)", body = callbacks::CallbackAnswer),
+        (status = 400, description = "Malformed body", body = crate::problem::Body),
+        (status = 401, description = "Missing or wrong key", body = crate::problem::Body),
+        (status = 413, description = "Body over ingest.max_body_bytes", body = crate::problem::Body),
+        (status = 503, description = "Not configured here, or not durable yet (360dialog retries)", body = crate::problem::Body),
     )
 )]
-#[post("/api/callback/{provider}")]
-async fn status_callback(
+#[post("/api/callback/dialog360")]
+async fn dialog360_callback(
     req: HttpRequest,
-    path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, CallbackError> {
-    let provider = match path.as_str() {
-        "dialog360" => Provider::Dialog360,
-        "wazzup" => Provider::Wazzup,
-        _ => return Err(Problem::NotFound.into()),
-    };
+    status_callback(req, payload, state, Provider::Dialog360).await
+}
+
+/// Wazzup's webhook (statuses, inbound messages, the test ping); the crmKey
+/// is in the URL or `Authorization: Bearer`, checked before the body is
+/// read.
+#[utoipa::path(
+    tag = "callbacks",
+    request_body(content = serde_json::Value, description = "Wazzup's webhook: `statuses`, `messages`, `test` (schema: `crate::callbacks::wazzup::schema`)"),
+    responses(
+        (status = 200, description = "Statuses and stop words recorded (or nothing to record)", body = callbacks::CallbackAnswer),
+        (status = 400, description = "Malformed body", body = crate::problem::Body),
+        (status = 401, description = "Missing or wrong key", body = crate::problem::Body),
+        (status = 413, description = "Body over ingest.max_body_bytes", body = crate::problem::Body),
+        (status = 503, description = "Not configured here, or not durable yet (Wazzup retries)", body = crate::problem::Body),
+    )
+)]
+#[post("/api/callback/wazzup")]
+async fn wazzup_callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, CallbackError> {
+    status_callback(req, payload, state, Provider::Wazzup).await
+}
+
+async fn status_callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    provider: Provider,
+) -> Result<HttpResponse, CallbackError> {
     let result = async {
         let cb = &state.callbacks;
         match provider {
@@ -394,33 +446,21 @@ async fn read_body(
 }
 
 /// Seed 000's parameter check, for every source: open the webhook URL in a
-/// browser and read `Status`, `ErrorMessage`, `WarningMessage`.
-#[utoipa::path(
-    tag = "webhooks",
-    params(
-        ("source" = String, Path, description = "iiko, rkeeper, yclients, amocrm or booking"),
-        ("key" = Option<String>, Query, description = "The tenant's key"),
-    ),
-    responses(
-        (status = 200, description = "`{Status: \"Success\", WarningMessage}`"),
-        (status = 400, description = "`{Status: \"Wrong parameters\", ErrorMessage}`"),
-        (status = 401, description = "Missing or wrong key"),
-        (status = 404, description = "Unknown source"),
-    )
-)]
-#[get("/api/webhook/{source}")]
+/// browser and read `Status`, `ErrorMessage`, `WarningMessage`. Described
+/// per source by `crate::openapi`.
 async fn check(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let answer = |status: StatusCode, verdict: &str, errors: Vec<String>, warnings: Vec<String>| {
-        HttpResponse::build(status).json(json!({
-            "Status": verdict,
-            "ErrorMessage": (!errors.is_empty()).then(|| errors.join("; ")),
-            "WarningMessage": (!warnings.is_empty()).then(|| warnings.join("; ")),
-        }))
-    };
+    let answer =
+        |status: StatusCode, verdict: &'static str, errors: Vec<String>, warnings: Vec<String>| {
+            HttpResponse::build(status).json(CheckAnswer {
+                Status: verdict,
+                ErrorMessage: (!errors.is_empty()).then(|| errors.join("; ")),
+                WarningMessage: (!warnings.is_empty()).then(|| warnings.join("; ")),
+            })
+        };
     let Some(source) = SourceId::from_path(&path) else {
         return answer(
             StatusCode::NOT_FOUND,

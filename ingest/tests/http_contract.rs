@@ -77,11 +77,19 @@ async fn refusals_have_fitting_statuses_and_queue_nothing() {
         .body(big))
     .await;
     assert_eq!((s, b["error"].as_str()), (413, Some("payload_too_large")));
-    let (s, _) = raw(h
+    let r = h
         .http
-        .delete(h.url(&format!("/api/webhook/iiko?key={KEY}"))))
-    .await;
-    assert_eq!(s, 405);
+        .delete(h.url(&format!("/api/webhook/iiko?key={KEY}")))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 405);
+    let allow = r.headers().get("allow").and_then(|v| v.to_str().ok());
+    assert_eq!(
+        allow,
+        Some("GET, POST"),
+        "RFC 9110: a 405 says what is allowed"
+    );
     let (s, b) = raw(h.http.get(h.url("/nowhere"))).await;
     assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
     let (s, b) = raw(post(&format!(
@@ -241,29 +249,36 @@ async fn openapi_document_lists_every_served_route() {
         }
     }
     operations.sort();
+    let mut expected = vec![
+        "GET /api/callback/meta",
+        "GET /healthz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /readyz",
+        "POST /api/callback/dialog360",
+        "POST /api/callback/meta",
+        "POST /api/callback/wazzup",
+    ];
+    let per_source: Vec<String> = ["amocrm", "booking", "iiko", "rkeeper", "yclients"]
+        .iter()
+        .flat_map(|s| {
+            [
+                format!("GET /api/webhook/{s}"),
+                format!("POST /api/webhook/{s}"),
+            ]
+        })
+        .collect();
+    expected.extend(per_source.iter().map(String::as_str));
+    expected.sort();
     assert_eq!(
-        operations,
-        [
-            "GET /api/callback/meta",
-            "GET /api/webhook/{source}",
-            "GET /healthz",
-            "GET /metrics",
-            "GET /openapi.json",
-            "GET /readyz",
-            "POST /api/callback/meta",
-            "POST /api/callback/{provider}",
-            "POST /api/webhook/{source}",
-        ],
+        operations, expected,
         "a route was added or removed: the document follows the code"
     );
     for op in &operations {
         let (method, path) = op.split_once(' ').expect("method and path");
-        let path = path
-            .replace("{source}", "iiko")
-            .replace("{provider}", "wazzup");
         let req = match method {
-            "GET" => h.http.get(h.url(&path)),
-            _ => h.http.post(h.url(&path)).body("{}"),
+            "GET" => h.http.get(h.url(path)),
+            _ => h.http.post(h.url(path)).body("{}"),
         };
         let (status, body) = raw(req).await;
         let default_answer = matches!(
@@ -275,8 +290,67 @@ async fn openapi_document_lists_every_served_route() {
             "{op} is documented but not served: {status} {body}"
         );
     }
-    let (s, b) = raw(h.http.put(h.url("/api/callback/meta"))).await;
-    assert_eq!((s, b["error"].as_str()), (405, Some("method_not_allowed")));
+    // Each source's operation: its own content types, a schema from its
+    // parser's types, and a real body as the example that its parser takes.
+    for source in ["amocrm", "booking", "iiko", "rkeeper", "yclients"] {
+        let post = &doc["paths"][format!("/api/webhook/{source}")]["post"];
+        let content = post["requestBody"]["content"].as_object().expect("content");
+        let types: Vec<&str> = content.keys().map(String::as_str).collect();
+        let want: &[&str] = if source == "amocrm" {
+            &["application/json", "application/x-www-form-urlencoded"]
+        } else {
+            &["application/json"]
+        };
+        assert_eq!(types, want, "{source}'s content types");
+        let (kind, media) = content
+            .iter()
+            .find(|(_, m)| m.get("example").is_some())
+            .expect("an example");
+        assert!(media["schema"].is_object(), "{source} has a body schema");
+        let example = &media["example"];
+        let body = if kind == "application/json" {
+            example.to_string()
+        } else {
+            let pairs: Vec<(&str, &str)> = example
+                .as_object()
+                .expect("a form example is an object")
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+                .collect();
+            serde_urlencoded::to_string(pairs).expect("form")
+        };
+        let (s, b) = raw(h
+            .http
+            .post(h.url(&format!("/api/webhook/{source}?key={KEY}")))
+            .header("content-type", kind.as_str())
+            .body(body))
+        .await;
+        assert!(
+            s == 200 || s == 202,
+            "{source}'s example is refused: {s} {b}"
+        );
+        for status in ["200", "202", "400", "401", "413", "415", "503"] {
+            assert!(
+                post["responses"].get(status).is_some(),
+                "{source}: {status} documented"
+            );
+        }
+    }
+    assert!(
+        doc["paths"].get("/api/webhook/{source}").is_none(),
+        "no generic operation: one per source"
+    );
+    let r = h
+        .http
+        .put(h.url("/api/callback/meta"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 405);
+    assert_eq!(
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, POST")
+    );
     h.finish().await;
 }
 

@@ -1,6 +1,7 @@
 //! What both Vestnik services agree on: the normalised event, configuration,
 //! tenants and their keys, the RabbitMQ topology and its nodes, phone handling and PII masking.
 
+pub mod allow;
 pub mod amqp;
 pub mod config;
 pub mod event;

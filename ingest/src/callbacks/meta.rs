@@ -124,6 +124,34 @@ struct MetaError {
     message: Option<String>,
 }
 
+/// The JSON Schema of what [`parse`] reads without a 400: an object whose
+/// `entry` (when present) is an array, each entry's `changes` an array;
+/// in a change of `field` `messages` (or none), and at the top level when
+/// there is no `entry` (360dialog on-premise), `statuses`, `messages` and
+/// `errors` are arrays or null. An item that cannot be used is counted as
+/// ignored, not refused, so items are not constrained here.
+pub fn schema() -> Value {
+    let list = serde_json::json!({"type": ["array", "null"]});
+    let value = serde_json::json!({
+        "properties": {"statuses": list, "messages": list, "errors": list},
+    });
+    let change = serde_json::json!({"anyOf": [
+        {"required": ["field"], "properties": {"field": {"type": "string", "not": {"const": "messages"}}}},
+        {"properties": {"value": value}},
+    ]});
+    serde_json::json!({
+        "type": "object",
+        "description": "`entry[].changes[].value` with `metadata.phone_number_id`, `statuses[]` \
+            ({id, status, timestamp, errors[], biz_opaque_callback_data}) and `messages[]`",
+        "anyOf": [
+            {"required": ["entry"], "properties": {"entry": {"type": "array", "items": {
+                "properties": {"changes": {"type": "array", "items": change}},
+            }}}},
+            {"not": {"required": ["entry"]}, "allOf": [value]},
+        ],
+    })
+}
+
 /// Parses a Cloud API body (Meta or 360dialog). Only a body that is not a
 /// JSON object, or whose `entry`/`changes`/`statuses` are not arrays, is
 /// malformed; a single status we cannot use is counted as ignored, so one

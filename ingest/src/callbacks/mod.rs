@@ -16,7 +16,6 @@ use actix_web::http::header::HeaderName;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::config::CallbackSettings;
 use shared::status::{
@@ -391,13 +390,13 @@ pub async fn accept(
     m.with_label_values(&[p, "opt_out"])
         .inc_by(stops.len() as u64);
     let answer = |outcome: &'static str, queued: usize| {
-        HttpResponse::Ok().json(json!({
-            "status": outcome,
-            "queued": queued,
-            "inbound_ignored": parsed.inbound,
-            "statuses_ignored": parsed.ignored,
-            "opt_outs": stops.len(),
-        }))
+        HttpResponse::Ok().json(CallbackAnswer {
+            status: outcome,
+            queued,
+            inbound_ignored: parsed.inbound,
+            statuses_ignored: parsed.ignored,
+            opt_outs: stops.len(),
+        })
     };
     if parsed.updates.is_empty() && stops.is_empty() {
         let outcome = if parsed.ping { "ping" } else { "ignored" };
@@ -430,6 +429,21 @@ pub async fn accept(
         DurableIn::Spool => "spooled",
     };
     Ok((answer("queued", messages.len()), outcome))
+}
+
+/// A callback's answer (200).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CallbackAnswer {
+    /// `queued`, `ignored` (nothing to record) or `ping` (Wazzup's test).
+    status: &'static str,
+    /// Status updates and opt-outs made durable.
+    queued: usize,
+    /// Inbound messages seen (those that are a stop word also count in `opt_outs`).
+    inbound_ignored: usize,
+    /// Status items that could not be used (no id, unknown state, ...).
+    statuses_ignored: usize,
+    /// Senders of a stop word, opted out.
+    opt_outs: usize,
 }
 
 /// Counts and logs a callback's result; the handlers' last step.

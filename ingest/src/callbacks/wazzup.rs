@@ -51,6 +51,19 @@ struct WazzupError {
     description: Option<String>,
 }
 
+/// The JSON Schema of what [`parse`] reads without a 400: an object whose
+/// `statuses` and `messages` are arrays or null; an item that cannot be
+/// used is counted as ignored, so items are not constrained here.
+pub fn schema() -> Value {
+    let list = serde_json::json!({"type": ["array", "null"]});
+    serde_json::json!({
+        "type": "object",
+        "description": "`statuses[]` ({messageId, status, timestamp, error}), `messages[]` \
+            (inbound and echoes), or `{\"test\": true}`",
+        "properties": {"statuses": list, "messages": list, "test": {}},
+    })
+}
+
 pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, String> {
     let root: Value = serde_json::from_slice(body).map_err(|e| describe_json_error(&e))?;
     let root = root.as_object().ok_or("body is not a JSON object")?;

@@ -19,10 +19,11 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+use serde_json::json;
 use shared::event::{EventKind, Lookup};
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source};
+use super::{Body, Components, ContentKind, Draft, Item, NOT_BLANK, ParseError, Source};
 
 /// Deepest legitimate key: `contacts[update][0][custom_fields][0][values][0][value]` (7).
 const MAX_DEPTH: usize = 10;
@@ -45,6 +46,185 @@ impl Source for Amocrm {
         };
         items(&hook, tenant)
     }
+
+    /// Written beside the decoder rather than derived: lists arrive as
+    /// arrays or as objects keyed by index, a record may be either, nulls
+    /// read as absent and a leaf may be any JSON value (see [`Scalar`],
+    /// [`Indexed`], [`lists_as_maps`]). A body must name a lead change, a
+    /// contact change or the account; a lead whose status changed must
+    /// have an id.
+    fn json_schema(&self, components: &mut Components) -> Value {
+        let name = |n: &str| json!({"$ref": format!("#/components/schemas/amocrm.{n}")});
+        let scalar = json!({"description": "Any JSON value: text, a number, a boolean, or an object whose `value` is read"});
+        let filled = json!({"anyOf": [
+            {"type": "string", "pattern": NOT_BLANK},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "object", "required": ["value"], "properties": {"value": {"anyOf": [
+                {"type": "string", "pattern": NOT_BLANK}, {"type": "number"}, {"type": "boolean"},
+            ]}}},
+        ]});
+        // A record: an object, an array (read as an object keyed by index)
+        // or null (absent).
+        let record = |properties: Value, extra: Value| {
+            let mut object = json!({"type": "object", "properties": properties});
+            if let (Some(o), Some(e)) = (object.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            json!({"anyOf": [object, {"type": "array"}, {"type": "null"}]})
+        };
+        let indexed = |item: Value| {
+            let item = json!({"anyOf": [item, {"type": "null"}]});
+            json!({"anyOf": [
+                {"type": "object", "additionalProperties": item},
+                {"type": "array", "items": item},
+                {"type": "null"},
+            ]})
+        };
+        // Holds at least one item that is not null.
+        let some = json!({"anyOf": [
+            {"type": "object", "not": {"additionalProperties": {"type": "null"}}},
+            {"type": "array", "contains": {"not": {"type": "null"}}},
+        ]});
+        let both = |a: &str, b: &str| json!({"required": [a, b], "properties": {a: {"not": {"type": "null"}}, b: {"not": {"type": "null"}}}});
+        components.insert("amocrm.Scalar".into(), scalar);
+        components.insert(
+            "amocrm.Field".into(),
+            record(
+                json!({
+                    "id": name("Scalar"), "field_id": name("Scalar"),
+                    "name": name("Scalar"), "field_name": name("Scalar"),
+                    "code": name("Scalar"), "field_code": name("Scalar"),
+                    "values": indexed(name("Scalar")),
+                }),
+                // `field_id` is another name of `id` (API v4): not both.
+                json!({"not": {"anyOf": [
+                    both("id", "field_id"), both("name", "field_name"), both("code", "field_code"),
+                ]}}),
+            ),
+        );
+        let fields = indexed(name("Field"));
+        let lead_keys = [
+            "id",
+            "name",
+            "status_id",
+            "old_status_id",
+            "pipeline_id",
+            "price",
+            "account_id",
+            "last_modified",
+        ];
+        let mut lead: serde_json::Map<String, Value> = lead_keys
+            .iter()
+            .map(|k| (k.to_string(), name("Scalar")))
+            .collect();
+        lead.insert(
+            "main_contact".into(),
+            record(
+                json!({"id": name("Scalar"), "name": name("Scalar"), "phone": name("Scalar")}),
+                json!({}),
+            ),
+        );
+        lead.insert("custom_fields".into(), fields.clone());
+        lead.insert("custom_fields_values".into(), fields.clone());
+        components.insert("amocrm.Lead".into(), record(Value::Object(lead), json!({})));
+        components.insert(
+            "amocrm.Contact".into(),
+            record(
+                json!({
+                    "id": name("Scalar"), "name": name("Scalar"), "phone": name("Scalar"),
+                    "email": name("Scalar"), "type": name("Scalar"),
+                    "custom_fields": fields.clone(), "custom_fields_values": fields,
+                }),
+                json!({}),
+            ),
+        );
+        let actions = [
+            "status",
+            "add",
+            "update",
+            "delete",
+            "restore",
+            "responsible",
+            "note",
+        ];
+        let changed = |of: &str| {
+            let with: Vec<Value> = actions
+                .iter()
+                .map(|a| json!({"required": [a], "properties": {*a: some.clone()}}))
+                .collect();
+            json!({"required": [of], "properties": {of: {"type": "object", "anyOf": with}}})
+        };
+        let mut leads: serde_json::Map<String, Value> = actions
+            .iter()
+            .map(|a| (a.to_string(), indexed(name("Lead"))))
+            .collect();
+        // A lead whose status changed is read by its id.
+        leads.insert(
+            "status".into(),
+            indexed(json!({"allOf": [name("Lead"), {"type": "object", "required": ["id"], "properties": {"id": filled}}]})),
+        );
+        let contacts: serde_json::Map<String, Value> = actions
+            .iter()
+            .map(|a| (a.to_string(), indexed(name("Contact"))))
+            .collect();
+        json!({
+            "type": "object",
+            "properties": {
+                "leads": record(Value::Object(leads), json!({})),
+                "contacts": record(Value::Object(contacts), json!({})),
+                "account": record(json!({"id": name("Scalar"), "subdomain": name("Scalar")}), json!({})),
+            },
+            "anyOf": [
+                changed("leads"),
+                changed("contacts"),
+                {"required": ["account"], "properties": {"account": {"type": "object", "anyOf": [
+                    {"required": ["id"], "properties": {"id": filled}},
+                    {"required": ["subdomain"], "properties": {"subdomain": filled}},
+                ]}}},
+            ],
+        })
+    }
+
+    /// AmoCRM's own encoding: bracketed keys (`leads[status][0][id]`), every
+    /// value text. The keys Vestnik reads are listed; others are allowed
+    /// and not read.
+    fn form_schema(&self) -> Option<Value> {
+        let lead = "leads[status][0]";
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "account[id]": {"type": "string"},
+                "account[subdomain]": {"type": "string"},
+                format!("{lead}[id]"): {"type": "string", "pattern": NOT_BLANK},
+                format!("{lead}[status_id]"): {"type": "string"},
+                format!("{lead}[pipeline_id]"): {"type": "string"},
+                format!("{lead}[old_status_id]"): {"type": "string"},
+            },
+            "additionalProperties": {"type": "string"},
+            // A name and at most MAX_DEPTH bracketed parts, as `prepare_form` checks.
+            "propertyNames": {"pattern": format!(
+                "^[^\\[\\]]+((\\[[^\\[\\]]+\\]){{0,{MAX_DEPTH}}}|(\\[[^\\[\\]]+\\]){{0,{}}}\\[\\])$",
+                MAX_DEPTH - 1
+            )},
+            "anyOf": [
+                {"required": ["account[id]"], "properties": {"account[id]": {"pattern": NOT_BLANK}}},
+                {"required": ["account[subdomain]"], "properties": {"account[subdomain]": {"pattern": NOT_BLANK}}},
+                {"required": [format!("{lead}[id]")]},
+            ],
+            "dependentRequired": {
+                format!("{lead}[status_id]"): [format!("{lead}[id]")],
+                format!("{lead}[pipeline_id]"): [format!("{lead}[id]")],
+                format!("{lead}[old_status_id]"): [format!("{lead}[id]")],
+            },
+        }))
+    }
+
+    fn example(&self) -> &'static str {
+        include_str!(
+            "../../openapi-examples/amocrm_form_leads_status_minimal_v4_logged_drvorobjev.txt"
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -64,6 +244,34 @@ fn from_form(bytes: &[u8]) -> Result<Hook, ParseError> {
         })
 }
 
+/// `name[part][part]...`: a name without brackets, then bracketed parts
+/// without brackets inside, only the last of which may be empty (`x[]`).
+/// serde_qs refuses or misreads other keys (`a]`, `a[b`, `a[][b]`, an
+/// empty name), at the cost of the pairs after them.
+fn well_formed_key(key: &[u8]) -> bool {
+    let name = key.iter().take_while(|b| !matches!(b, b'[' | b']')).count();
+    if name == 0 {
+        return false;
+    }
+    let mut part: Option<usize> = None;
+    let mut empty_part = false;
+    for &b in &key[name..] {
+        if empty_part {
+            return false;
+        }
+        part = match (b, part) {
+            (b'[', None) => Some(0),
+            (b']', Some(len)) => {
+                empty_part = len == 0;
+                None
+            }
+            (b'[' | b']', _) | (_, None) => return false,
+            (_, Some(len)) => Some(len + 1),
+        };
+    }
+    part.is_none()
+}
+
 /// Checks what serde_qs tolerates silently, and makes escapes uniform:
 /// broken `%` escapes, keys nested deeper than [`MAX_DEPTH`] and bytes that
 /// are not UTF-8 once decoded are refused; hex digits are upper-cased because
@@ -81,6 +289,8 @@ fn prepare_form(bytes: &[u8]) -> Result<Vec<u8>, ParseError> {
         let mut decoded = Vec::with_capacity(pair.len());
         let mut key_depth = 0usize;
         let mut in_key = true;
+        // The key ends at the first `=` as sent (`%3D` is part of a key).
+        let mut key_len = None;
         let mut i = 0;
         while let Some(&b) = pair.get(i) {
             let byte = match b {
@@ -110,12 +320,20 @@ fn prepare_form(bytes: &[u8]) -> Result<Vec<u8>, ParseError> {
                     b
                 }
             };
-            if in_key && byte == b'=' {
+            if in_key && b == b'=' {
                 in_key = false;
+                key_len = Some(decoded.len());
             } else if in_key && byte == b'[' {
                 key_depth += 1;
             }
             decoded.push(byte);
+        }
+        let key = &decoded[..key_len.unwrap_or(decoded.len())];
+        if !well_formed_key(key) {
+            return Err(malformed(&format!(
+                "the key of pair {} is not a name followed by [bracketed] parts",
+                n + 1
+            )));
         }
         if key_depth > MAX_DEPTH {
             return Err(malformed(&format!(
@@ -719,6 +937,30 @@ mod tests {
 
     fn form(body: &str) -> Result<Vec<Item>, ParseError> {
         Amocrm.parse(Body::Form(body.as_bytes()), &tenant())
+    }
+
+    /// A key is a name and bracketed parts, only the last of which may be
+    /// empty: serde_qs misreads the others and loses the pairs after them.
+    /// A `%3D` is part of the key, not its end.
+    #[test]
+    fn keys_that_are_not_name_and_parts_are_refused() {
+        let account = "account%5Bsubdomain%5D=shop";
+        for key in [
+            "a%5D",
+            "a%5Bb",
+            "a%5B%5D%5Bb%5D",
+            "",
+            "%5Bx%5D",
+            "a%5Bb%5D%5Bc",
+        ] {
+            let body = format!("{key}=1&{account}");
+            let e = form(&body).expect_err(&body);
+            assert!(e.to_string().contains("pair 1"), "{body}: {e}");
+        }
+        for key in ["a", "a%5B%5D", "a%5Bb%5D%5B0%5D", "a%3Db", "a%5Bx%3Dy%5D"] {
+            let body = format!("{key}=1&{account}");
+            assert!(form(&body).is_ok(), "{body}");
+        }
     }
 
     fn json(body: &str) -> Result<Vec<Item>, ParseError> {

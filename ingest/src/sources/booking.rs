@@ -14,8 +14,8 @@ use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
 use super::{
-    Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string, json_object,
-    text,
+    Body, Components, ContentKind, Draft, Item, NOT_BLANK, ParseError, Source, amount, component,
+    describe, id_string, json_object, text,
 };
 
 pub struct Booking;
@@ -35,20 +35,44 @@ impl Source for Booking {
             .map_err(|e| malformed(&format!("not a booking event: {}", describe(&e))))?;
         Ok(vec![item(&hook)?])
     }
+
+    /// Vestnik's own shape (docs/SOURCES.md): `event` and `case.id` are
+    /// required.
+    fn json_schema(&self, components: &mut Components) -> Value {
+        let hook = component::<Hook>(components);
+        serde_json::json!({"allOf": [hook, {
+            "required": ["event", "case"],
+            "properties": {
+                "event": {"type": "string", "pattern": NOT_BLANK},
+                "case": {"type": "object", "required": ["id"], "properties": {"id": {"anyOf": [
+                    {"type": "string", "minLength": 1}, {"type": "number"}
+                ]}}},
+            },
+        }]})
+    }
+
+    fn example(&self) -> &'static str {
+        include_str!("../../openapi-examples/booking_update_case_time_docs.json")
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = booking::Hook)]
 #[serde(default)]
 struct Hook {
     event: Option<String>,
     event_id: Option<Value>,
     occurred_at: Option<String>,
+    #[serde(deserialize_with = "super::record")]
     case: Option<Case>,
+    #[serde(deserialize_with = "super::record")]
     client: Option<Client>,
+    #[serde(deserialize_with = "super::record")]
     payment: Option<Payment>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = booking::Case)]
 #[serde(default)]
 struct Case {
     id: Option<Value>,
@@ -64,25 +88,30 @@ struct Case {
     previous_start: Option<String>,
     address: Option<String>,
     previous_address: Option<String>,
+    #[serde(deserialize_with = "super::records")]
     resources: Option<Vec<Resource>>,
+    #[serde(deserialize_with = "super::record")]
     service: Option<Service>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = booking::Resource)]
 #[serde(default)]
 struct Resource {
     name: Option<String>,
     description: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = booking::Service)]
 #[serde(default)]
 struct Service {
     name: Option<String>,
     url: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = booking::Client)]
 #[serde(default)]
 struct Client {
     name: Option<String>,
@@ -91,7 +120,8 @@ struct Client {
     email: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = booking::Payment)]
 #[serde(default)]
 struct Payment {
     amount: Option<Value>,

@@ -13,7 +13,10 @@ use serde_json::Value;
 use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
-use super::{Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string};
+use super::{
+    Body, Components, ContentKind, Draft, Item, ParseError, Source, amount, component, describe,
+    id_string,
+};
 
 pub struct Iiko;
 
@@ -34,7 +37,11 @@ impl Source for Iiko {
         // Look at the first significant byte so serde's error keeps its position
         // (and never quotes payload values: see `json_error`).
         let events: Vec<Event> = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'[') => serde_json::from_slice(bytes).map_err(|e| json_error(&e))?,
+            Some(b'[') => serde_json::from_slice::<Vec<super::Obj<Event>>>(bytes)
+                .map_err(|e| json_error(&e))?
+                .into_iter()
+                .map(|super::Obj(e)| e)
+                .collect(),
             Some(b'{') => vec![serde_json::from_slice(bytes).map_err(|e| json_error(&e))?],
             _ => {
                 let why = match serde_json::from_slice::<Value>(bytes) {
@@ -48,35 +55,57 @@ impl Source for Iiko {
         };
         events.iter().map(|e| event_item(e, tenant)).collect()
     }
+
+    /// An array of events, or one event object (seed 001).
+    fn json_schema(&self, components: &mut Components) -> Value {
+        let event = component::<Event>(components);
+        serde_json::json!({"oneOf": [{"type": "array", "items": event}, event]})
+    }
+
+    fn example(&self) -> &'static str {
+        include_str!(
+            "../../openapi-examples/iiko_delivery_update_cooking_nonfinal_synthetic_spec.json"
+        )
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = iiko::Event)]
 #[serde(default, rename_all = "camelCase")]
 struct Event {
     event_type: Option<String>,
     event_time: Option<String>,
     organization_id: Option<Value>,
+    #[serde(deserialize_with = "super::record")]
     event_info: Option<EventInfo>,
     // Seed 001 phone paths relative to the event itself.
+    #[serde(deserialize_with = "super::record")]
     order: Option<Order>,
+    #[serde(deserialize_with = "super::record")]
     delivery_order: Option<Order>,
+    #[serde(deserialize_with = "super::record")]
     customer: Option<Customer>,
     phone: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = iiko::EventInfo)]
 #[serde(default, rename_all = "camelCase")]
 struct EventInfo {
     id: Option<Value>,
     organization_id: Option<Value>,
     creation_status: Option<String>,
+    #[serde(deserialize_with = "super::record")]
     order: Option<Order>,
+    #[serde(deserialize_with = "super::record")]
     delivery_order: Option<Order>,
+    #[serde(deserialize_with = "super::record")]
     customer: Option<Customer>,
     phone: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = iiko::Order)]
 #[serde(default, rename_all = "camelCase")]
 struct Order {
     id: Option<Value>,
@@ -85,11 +114,14 @@ struct Order {
     is_deleted: Option<bool>,
     number: Option<Value>,
     sum: Option<Value>,
+    #[serde(deserialize_with = "super::record")]
     customer: Option<Customer>,
+    #[serde(deserialize_with = "super::record")]
     delivery_point: Option<DeliveryPoint>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = iiko::Customer)]
 #[serde(default)]
 struct Customer {
     name: Option<String>,
@@ -98,7 +130,8 @@ struct Customer {
     email: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = iiko::DeliveryPoint)]
 #[serde(default)]
 struct DeliveryPoint {
     /// An object (`street.name`, `house`, `flat`, or `line1`) or, in hand-made
@@ -281,6 +314,20 @@ fn json_error(e: &serde_json::Error) -> ParseError {
 mod tests {
     use super::super::{fixture, tenant};
     use super::*;
+
+    /// Each event of a batch, and each record in one, is an object.
+    #[test]
+    fn events_and_records_are_objects_not_arrays() {
+        for body in [
+            r#"[[null]]"#,
+            r#"[{"eventType": "DeliveryOrderUpdate", "eventInfo": [1]}]"#,
+        ] {
+            assert!(
+                Iiko.parse(Body::Json(body.as_bytes()), &tenant()).is_err(),
+                "{body}"
+            );
+        }
+    }
 
     fn parse(body: &[u8]) -> Result<Vec<Item>, ParseError> {
         Iiko.parse(Body::Json(body), &tenant())

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 use shared::event::{EventKind, Lookup, Params};
 use shared::{SourceId, Tenant};
 
@@ -112,6 +113,43 @@ pub trait Source: Send + Sync + 'static {
     fn accepts(&self) -> &'static [ContentKind];
 
     fn parse(&self, body: Body<'_>, tenant: &Tenant) -> Result<Vec<Item>, ParseError>;
+
+    /// The JSON body as the OpenAPI document describes it (a JSON Schema):
+    /// the schema of the parser's own types, whose named parts go into
+    /// `components`, narrowed where the parser asks for more than its types
+    /// say. It admits what [`parse`](Source::parse) reads without a 400.
+    fn json_schema(&self, components: &mut Components) -> Value;
+
+    /// The `application/x-www-form-urlencoded` body's schema, for a source
+    /// that accepts one.
+    fn form_schema(&self) -> Option<Value> {
+        None
+    }
+
+    /// A body this source really sent (a copy of a file of
+    /// `../shared/fixtures`, in `ingest/openapi-examples/`), in the first
+    /// content type of [`accepts`](Source::accepts): the document's example.
+    fn example(&self) -> &'static str;
+}
+
+/// A JSON Schema `pattern` for text that is not blank: it has a character
+/// that Rust's `str::trim` keeps (the Unicode `White_Space` set, spelled
+/// out: regex engines disagree on what `\S` means).
+pub(crate) const NOT_BLANK: &str = "[^\\t\\n\\u000B\\f\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000]";
+
+/// Named schemas an OpenAPI document keeps under `components.schemas`.
+pub type Components = serde_json::Map<String, Value>;
+
+/// A reference to `T`'s schema, with `T` and every schema it refers to
+/// added to `components`.
+pub(crate) fn component<T: utoipa::ToSchema>(components: &mut Components) -> Value {
+    let mut named = Vec::new();
+    T::schemas(&mut named);
+    named.push((T::name().into_owned(), T::schema()));
+    for (name, schema) in named {
+        components.insert(name, serde_json::to_value(schema).unwrap_or_default());
+    }
+    serde_json::json!({"$ref": format!("#/components/schemas/{}", T::name())})
 }
 
 pub struct Registry {
@@ -135,12 +173,62 @@ impl Registry {
     pub fn get(&self, id: SourceId) -> Option<&dyn Source> {
         self.sources.get(&id).map(|s| s.as_ref())
     }
+
+    /// Every source, in [`SourceId::ALL`]'s order.
+    pub fn all(&self) -> impl Iterator<Item = &dyn Source> {
+        SourceId::ALL.into_iter().filter_map(|id| self.get(id))
+    }
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// One record of a body: a JSON object, nothing else. serde's derived
+/// structs also read an array (the fields by position), which no source
+/// sends and which the OpenAPI schema does not admit; a field holding a
+/// record says so with `#[serde(deserialize_with = "record")]` (or
+/// `records` for a list of them).
+pub(crate) struct Obj<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// An optional record (object or null); see [`Obj`].
+pub(crate) fn record<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let o: Option<Obj<T>> = serde::Deserialize::deserialize(d)?;
+    Ok(o.map(|Obj(t)| t))
+}
+
+/// An optional list of records; see [`Obj`].
+pub(crate) fn records<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let o: Option<Vec<Obj<T>>> = serde::Deserialize::deserialize(d)?;
+    Ok(o.map(|v| v.into_iter().map(|Obj(t)| t).collect()))
 }
 
 /// Serde helper shared by sources: ids arrive as numbers or strings depending

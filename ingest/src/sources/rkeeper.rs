@@ -16,8 +16,8 @@ use shared::event::EventKind;
 use shared::{SourceId, Tenant};
 
 use super::{
-    Body, ContentKind, Draft, Item, ParseError, Source, amount, describe, id_string, json_object,
-    text,
+    Body, Components, ContentKind, Draft, Item, ParseError, Source, amount, component, describe,
+    id_string, json_object, text,
 };
 
 pub struct Rkeeper;
@@ -46,21 +46,53 @@ impl Source for Rkeeper {
         };
         Ok(vec![item])
     }
+
+    /// A Delivery push (`order`, nothing of White Server's) or a White
+    /// Server event (`response`, or only `responseEventCommon` of another
+    /// type than `OrderStatusChanged`, which is not notified).
+    fn json_schema(&self, components: &mut Components) -> Value {
+        let push = component::<Push>(components);
+        serde_json::json!({"allOf": [push, {"anyOf": [
+            {"required": ["order"], "properties": {
+                "order": {"type": "object"},
+                "responseEventCommon": {"type": "null"},
+                "response": {"type": "null"},
+            }},
+            {"required": ["response"], "properties": {"response": {"type": "object"}}},
+            {"required": ["responseEventCommon"], "properties": {
+                "responseEventCommon": {"type": "object", "properties": {
+                    "eventType": {"not": {"const": "OrderStatusChanged"}},
+                }},
+                "response": {"type": "null"},
+            }},
+        ]}]})
+    }
+
+    fn example(&self) -> &'static str {
+        include_str!("../../openapi-examples/rkeeper_ws_event_order_status_changed_docs.json")
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = rkeeper::Push)]
 #[serde(default)]
 struct Push {
+    #[serde(deserialize_with = "super::record")]
     order: Option<Order>,
+    #[serde(deserialize_with = "super::record")]
     customer: Option<Person>,
+    #[serde(deserialize_with = "super::record")]
     client: Option<Person>,
     phone: Option<Value>,
     #[serde(rename = "responseEventCommon")]
+    #[serde(deserialize_with = "super::record")]
     response_event_common: Option<EventCommon>,
+    #[serde(deserialize_with = "super::record")]
     response: Option<WsResponse>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = rkeeper::Order)]
 #[serde(default)]
 struct Order {
     id: Option<Value>,
@@ -68,7 +100,9 @@ struct Order {
     guid: Option<Value>,
     /// A label (`"Выполнен"`) or an object (`{"value": ...}` / `{"name": ...}`).
     status: Option<Value>,
+    #[serde(deserialize_with = "super::record")]
     customer: Option<Person>,
+    #[serde(deserialize_with = "super::record")]
     client: Option<Person>,
     phone: Option<Value>,
     sum: Option<Value>,
@@ -76,7 +110,8 @@ struct Order {
     address: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = rkeeper::Person)]
 #[serde(default)]
 struct Person {
     phone: Option<Value>,
@@ -84,7 +119,8 @@ struct Person {
     email: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = rkeeper::EventCommon)]
 #[serde(default, rename_all = "camelCase")]
 struct EventCommon {
     object_id: Option<Value>,
@@ -93,7 +129,8 @@ struct EventCommon {
     event_type: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = rkeeper::WsResponse)]
 #[serde(default, rename_all = "camelCase")]
 struct WsResponse {
     original_order_id: Option<Value>,
@@ -246,6 +283,20 @@ mod tests {
 
     fn parse(body: &[u8]) -> Result<Vec<Item>, ParseError> {
         Rkeeper.parse(Body::Json(body), &tenant())
+    }
+
+    /// serde's structs would read an array as their fields by position: a
+    /// record is an object or nothing (the OpenAPI schema says the same).
+    #[test]
+    fn a_record_is_an_object_not_an_array() {
+        for body in [
+            r#"{"order": [null, null]}"#,
+            r#"{"responseEventCommon": [null, null]}"#,
+            r#"{"order": {"status": "Выполнен", "customer": ["+79161234567"]}}"#,
+        ] {
+            assert!(parse(body.as_bytes()).is_err(), "{body}");
+        }
+        assert!(parse(br#"{"order": {"status": "new", "customer": null}}"#).is_ok());
     }
 
     fn one(body: &[u8]) -> Item {

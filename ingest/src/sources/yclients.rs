@@ -14,7 +14,8 @@ use shared::event::{EventKind, Lookup};
 use shared::{SourceId, Tenant};
 
 use super::{
-    Body, ContentKind, Draft, Item, ParseError, Source, describe, id_string, json_object, text,
+    Body, Components, ContentKind, Draft, Item, ParseError, Source, component, describe, id_string,
+    json_object, text,
 };
 
 pub struct Yclients;
@@ -34,9 +35,28 @@ impl Source for Yclients {
             .map_err(|e| malformed(&format!("not a YCLIENTS webhook: {}", describe(&e))))?;
         Ok(vec![item(&hook, tenant)?])
     }
+
+    /// `resource: "record"` with the record in `data` (a record deleted
+    /// needs none), another resource (not notified), or the record itself
+    /// in `resource` (seed 001).
+    fn json_schema(&self, components: &mut Components) -> Value {
+        let hook = component::<Hook>(components);
+        let record = component::<Record>(components);
+        serde_json::json!({"allOf": [hook, {"anyOf": [
+            {"required": ["resource"], "properties": {"resource": {"type": "string", "not": {"const": "record"}}}},
+            {"required": ["resource", "status"], "properties": {"resource": {"const": "record"}, "status": {"const": "delete"}}},
+            {"required": ["resource", "data"], "properties": {"resource": {"const": "record"}, "data": record}},
+            {"required": ["resource"], "properties": {"resource": record}},
+        ]}]})
+    }
+
+    fn example(&self) -> &'static str {
+        include_str!("../../openapi-examples/yclients_record_update_real_capture_php_comment.json")
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = yclients::Hook)]
 #[serde(default)]
 struct Hook {
     company_id: Option<Value>,
@@ -46,19 +66,24 @@ struct Hook {
     status: Option<String>,
     data: Option<Value>,
     // Seed 001 phone paths relative to the body.
+    #[serde(deserialize_with = "super::record")]
     record: Option<Holder>,
+    #[serde(deserialize_with = "super::record")]
     client: Option<Client>,
     phone: Option<Value>,
 }
 
 /// Anything with a `client` (used for the `record.client.phone` seed path).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = yclients::Holder)]
 #[serde(default)]
 struct Holder {
+    #[serde(deserialize_with = "super::record")]
     client: Option<Client>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = yclients::Record)]
 #[serde(default)]
 struct Record {
     id: Option<Value>,
@@ -66,8 +91,11 @@ struct Record {
     attendance: Option<Value>,
     visit_attendance: Option<Value>,
     deleted: Option<Value>,
+    #[serde(deserialize_with = "super::record")]
     client: Option<Client>,
+    #[serde(deserialize_with = "super::records")]
     services: Option<Vec<Service>>,
+    #[serde(deserialize_with = "super::record")]
     staff: Option<Staff>,
     /// ISO 8601 with offset (real) or a unix time (seed 001).
     datetime: Option<Value>,
@@ -78,7 +106,8 @@ struct Record {
     // we do not read it, and unknown/odd fields never fail the parse.
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = yclients::Client)]
 #[serde(default)]
 struct Client {
     phone: Option<Value>,
@@ -86,14 +115,16 @@ struct Client {
     email: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = yclients::Service)]
 #[serde(default)]
 struct Service {
     title: Option<String>,
     cost: Option<Value>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = yclients::Staff)]
 #[serde(default)]
 struct Staff {
     name: Option<String>,
