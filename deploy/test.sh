@@ -38,6 +38,8 @@ env $(deploy/redis-ha.sh env | grep '^VESTNIK_TEST_REDIS_CLUSTER=') \
   cargo test --workspace --locked "${dispatcher_suites[@]}" "$@"
 echo "== README's run command: a webhook reaches the log provider"
 BUILD_PROFILE=debug deploy/smoke-local.sh
+echo "== the API contract: schemathesis against every listener's /openapi.json (deploy/contract.sh)"
+BUILD_PROFILE=debug deploy/contract.sh
 echo "== failure drills, short (docs/RELIABILITY.md)"
 deploy/drills --short --no-build
 echo "== fleet drills, short: a 3-node RabbitMQ cluster, Sentinel and Redis Cluster (deploy/cluster)"

@@ -161,8 +161,24 @@ pub struct FilterQuery {
     pub source: Option<String>,
     /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed, internal.
     pub reason: Option<String>,
-    /// Only letters dead-lettered at least this many seconds ago.
+    /// Only letters dead-lettered at least this many seconds ago (at most
+    /// ten years).
+    #[serde(default, deserialize_with = "age")]
+    #[param(maximum = 315_360_000)]
+    #[schema(maximum = 315_360_000)]
     pub older_than_secs: Option<u64>,
+}
+
+/// Ten years, in seconds: a bound an age filter can have in the document.
+const MAX_AGE_SECS: u64 = 315_360_000;
+
+fn age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        Some(s) if s > MAX_AGE_SECS => Err(serde::de::Error::custom(format!(
+            "older_than_secs: at most {MAX_AGE_SECS} (ten years)"
+        ))),
+        v => Ok(v),
+    }
 }
 
 impl FilterQuery {
@@ -247,6 +263,7 @@ fn needs_filter(filter: &FilterQuery, all: bool, what: &str) -> Result<(), Admin
 #[utoipa::path(tag = "dead letters", params(FilterQuery), security(("admin_token" = [])),
     responses(
         (status = 200, body = DeadLetters),
+        (status = 400, description = "A query parameter unknown or of the wrong type", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 503, description = "Broker unreachable", body = ErrorBody),
     ))]
@@ -449,6 +466,7 @@ async fn events_find(
 #[serde(deny_unknown_fields)]
 pub struct PhoneRequest {
     /// Any common form (`+7 916 123-45-67`, `89161234567`).
+    #[schema(example = "+7 916 123-45-67")]
     pub phone: String,
 }
 
@@ -496,7 +514,7 @@ fn unavailable(e: crate::delivery_state::StoreError) -> AdminError {
 
 /// The tenant's stop list, newest first (phones masked).
 #[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
-    params(("tenant" = String, Path, description = "Tenant id")),
+    params(("tenant" = String, Path, description = "Tenant id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, body = OptOuts),
         (status = 400, body = ErrorBody),
@@ -521,7 +539,7 @@ async fn opt_outs_list(
 /// Puts a phone on the tenant's stop list: nothing more is sent to it on
 /// any channel.
 #[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
-    params(("tenant" = String, Path, description = "Tenant id")),
+    params(("tenant" = String, Path, description = "Tenant id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     request_body = PhoneRequest,
     responses(
         (status = 200, body = OptOutAnswer),
@@ -553,7 +571,7 @@ async fn opt_outs_add(
 
 /// Whether a phone is on the tenant's stop list.
 #[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
-    params(("tenant" = String, Path, description = "Tenant id")),
+    params(("tenant" = String, Path, description = "Tenant id", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     request_body = PhoneRequest,
     responses(
         (status = 200, body = OptOutAnswer),
@@ -586,8 +604,8 @@ async fn opt_outs_check(
 /// `check`): the phone may be written to again.
 #[utoipa::path(tag = "opt-outs", security(("admin_token" = [])),
     params(
-        ("tenant" = String, Path, description = "Tenant id"),
-        ("id" = String, Path, description = "The entry's id"),
+        ("tenant" = String, Path, description = "Tenant id", pattern = r"^[A-Za-z0-9_-]{1,64}$"),
+        ("id" = String, Path, description = "The entry's id", pattern = r"^[0-9A-Fa-f]{1,64}$"),
     ),
     responses(
         (status = 204, description = "Removed"),

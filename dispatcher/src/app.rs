@@ -399,16 +399,16 @@ pub async fn start_with(
         shutdown_rx,
     ));
     let state = web::Data::new(worker.clone());
-    let api = crate::openapi::document();
-    let probes_api = api.clone();
+    let document = web::Data::new(crate::openapi::Document::probes());
     let server = HttpServer::new(move || {
         App::new()
             .into_utoipa_app()
-            .openapi(crate::openapi::base())
             .app_data(state.clone())
+            .app_data(document.clone())
             .configure(crate::probes::configure)
             .into_app()
-            .service(crate::openapi::service(&probes_api))
+            .service(crate::openapi::service())
+            .default_service(web::to(crate::openapi::fallback))
     })
     .workers(1)
     .disable_signals()
@@ -422,7 +422,7 @@ pub async fn start_with(
     let handle = server.handle();
     tokio::spawn(server);
     tracing::info!(%addr, "dispatcher health and metrics listening");
-    let admin = start_admin(&settings, &worker, api)?;
+    let admin = start_admin(&settings, &worker)?;
     Ok(Running {
         addr,
         admin_addr: admin.as_ref().map(|(a, _)| *a),
@@ -457,7 +457,6 @@ fn reloader(settings: &Settings, worker: &Arc<Worker>) -> shared::reload::Reload
 fn start_admin(
     settings: &Settings,
     worker: &Arc<Worker>,
-    api: utoipa::openapi::OpenApi,
 ) -> Result<Option<(SocketAddr, actix_web::dev::ServerHandle)>, StartError> {
     let admin = &settings.admin;
     if admin.token.is_empty() {
@@ -471,12 +470,13 @@ fn start_admin(
         worker.store.clone(),
         worker.journal.clone(),
     ));
+    let document = web::Data::new(crate::openapi::Document::admin());
     let server =
         HttpServer::new(move || {
             App::new()
                 .into_utoipa_app()
-                .openapi(crate::openapi::base())
                 .app_data(state.clone())
+                .app_data(document.clone())
                 .app_data(web::JsonConfig::default().error_handler(|e, _| {
                     AdminError::BadRequest(format!("request body: {e}")).into()
                 }))
@@ -484,9 +484,15 @@ fn start_admin(
                     web::QueryConfig::default()
                         .error_handler(|e, _| AdminError::BadRequest(format!("query: {e}")).into()),
                 )
+                .map(|app| {
+                    crate::openapi::shadowed(&document)
+                        .into_iter()
+                        .fold(app, |app, r| app.service(r))
+                })
                 .configure(crate::admin::configure)
                 .into_app()
-                .service(crate::openapi::service(&api))
+                .service(crate::openapi::service())
+                .default_service(web::to(crate::openapi::fallback))
         })
         .workers(1)
         .disable_signals()

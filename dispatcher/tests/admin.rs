@@ -353,15 +353,51 @@ async fn journal_tells_first_attempt_second_attempt_and_fallback() {
     h.finish().await;
 }
 
+/// Each port serves its own document: exactly the operations that port
+/// serves; a path it does not serve is a 404 there, a method it does not
+/// take a 405 with `Allow` (RFC 9110).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openapi_document_lists_every_route_of_both_ports() {
+async fn each_port_documents_exactly_what_it_serves() {
     let fake = MockServer::start().await;
     let h = Harness::start("admin-openapi", &with_admin(Options::meta(&fake))).await;
     let probes = format!("http://{}", h.running().addr);
     let admin = Admin::of(&h);
     let http = reqwest::Client::new();
-    let mut documents = Vec::new();
-    for base in [&probes, &admin.base] {
+    let operations_of = |doc: &serde_json::Value| {
+        let mut operations = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for m in ["get", "post", "put", "delete", "patch"] {
+                if item.get(m).is_some() {
+                    operations.push(format!("{} {path}", m.to_uppercase()));
+                }
+            }
+        }
+        operations.sort();
+        operations
+    };
+    let expected_admin = [
+        "DELETE /admin/opt-outs/{tenant}/{id}",
+        "GET /admin/dlq",
+        "GET /admin/dlq/{id}",
+        "GET /admin/events",
+        "GET /admin/events/{id}",
+        "GET /admin/opt-outs/{tenant}",
+        "GET /openapi.json",
+        "POST /admin/dlq/purge",
+        "POST /admin/dlq/replay",
+        "POST /admin/opt-outs/{tenant}",
+        "POST /admin/opt-outs/{tenant}/check",
+    ];
+    let expected_probes = [
+        "GET /healthz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /readyz",
+    ];
+    for (base, expected) in [
+        (&probes, &expected_probes[..]),
+        (&admin.base, &expected_admin[..]),
+    ] {
         let doc: serde_json::Value = http
             .get(format!("{base}/openapi.json"))
             .send()
@@ -371,72 +407,82 @@ async fn openapi_document_lists_every_route_of_both_ports() {
             .await
             .expect("the document is JSON");
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
-        documents.push(doc);
-    }
-    assert_eq!(documents[0], documents[1], "one document on both ports");
-    let mut operations = Vec::new();
-    for (path, item) in documents[0]["paths"].as_object().expect("paths") {
-        for m in ["get", "post", "put", "delete", "patch"] {
-            if item.get(m).is_some() {
-                operations.push(format!("{} {path}", m.to_uppercase()));
-            }
+        let operations = operations_of(&doc);
+        assert_eq!(
+            operations, expected,
+            "{base}: the document follows the code"
+        );
+        // Every documented operation is served on its port (an unrouted
+        // request gets the `not_found` / `method_not_allowed` answer).
+        for op in &operations {
+            let (m, p) = op.split_once(' ').expect("method and path");
+            let url = format!(
+                "{base}{}",
+                p.replace("{id}", "0a").replace("{tenant}", "acme")
+            );
+            let req = match m {
+                "GET" => http.get(url),
+                "DELETE" => http.delete(url),
+                _ => http.post(url).json(&serde_json::json!({})),
+            };
+            let r = req.send().await.expect("request");
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            let unrouted =
+                body["error"] == "method_not_allowed" || body["message"] == "no such route";
+            assert!(
+                !unrouted,
+                "{op} is documented but not served: {status} {body}"
+            );
         }
     }
-    operations.sort();
-    assert_eq!(
-        operations,
-        [
-            "DELETE /admin/opt-outs/{tenant}/{id}",
-            "GET /admin/dlq",
-            "GET /admin/dlq/{id}",
-            "GET /admin/events",
-            "GET /admin/events/{id}",
-            "GET /admin/opt-outs/{tenant}",
-            "GET /healthz",
-            "GET /metrics",
-            "GET /openapi.json",
-            "GET /readyz",
-            "POST /admin/dlq/purge",
-            "POST /admin/dlq/replay",
-            "POST /admin/opt-outs/{tenant}",
-            "POST /admin/opt-outs/{tenant}/check",
-        ]
-    );
-    // Every documented operation is served on its port (actix answers an
-    // unrouted request with an empty 404).
-    for op in &operations {
-        let (m, p) = op.split_once(' ').expect("method and path");
-        let base = if p.starts_with("/admin") {
-            &admin.base
-        } else {
-            &probes
-        };
-        let url = format!(
-            "{base}{}",
-            p.replace("{id}", "x").replace("{tenant}", "acme")
-        );
-        let req = match m {
-            "GET" => http.get(url),
-            "DELETE" => http.delete(url),
-            _ => http.post(url).json(&serde_json::json!({})),
-        };
-        let r = req.send().await.expect("request");
-        let status = r.status().as_u16();
-        let body = r.text().await.unwrap_or_default();
-        assert!(
-            !(status == 404 && body.is_empty()),
-            "{op} is documented but not served"
+    for (url, what) in [
+        (
+            format!("{probes}/admin/dlq"),
+            "the admin API is not on the probes port",
+        ),
+        (
+            format!("{}/healthz", admin.base),
+            "nor the probes on the admin port",
+        ),
+    ] {
+        let r = http.get(url).send().await.expect("request");
+        assert_eq!(r.status().as_u16(), 404, "{what}");
+    }
+    // A method a path does not take: 405 and what it does take, also where
+    // a template would match the path (`/admin/dlq/{id}` and `purge`).
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/admin/dlq/purge", "POST"),
+        (
+            reqwest::Method::DELETE,
+            "/admin/opt-outs/acme/check",
+            "POST",
+        ),
+        (reqwest::Method::PUT, "/admin/dlq/0a", "GET"),
+        (reqwest::Method::POST, "/admin/dlq", "GET"),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{}{path}", admin.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(
+            r.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
         );
     }
     let r = http
-        .get(format!("{}/admin/dlq", probes))
+        .post(format!("{probes}/healthz"))
         .send()
         .await
         .expect("request");
+    assert_eq!(r.status().as_u16(), 405);
     assert_eq!(
-        r.status().as_u16(),
-        404,
-        "the admin API is not on the probes port"
+        r.headers().get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET")
     );
     h.finish().await;
 }
