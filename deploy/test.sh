@@ -18,6 +18,13 @@ if command -v docker-compose >/dev/null; then
 else
   echo "docker-compose not installed (and not root): compose file not validated" >&2
 fi
+echo "== Prometheus alert rules and their tests (promtool)"
+if ! command -v promtool >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

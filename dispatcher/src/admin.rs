@@ -68,7 +68,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(opt_outs_list)
         .service(opt_outs_add)
         .service(opt_outs_check)
-        .service(opt_outs_remove);
+        .service(opt_outs_remove)
+        .service(pauses_list)
+        .service(pauses_resume);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -635,4 +637,73 @@ async fn opt_outs_remove(
     }
     tracing::info!(tenant, id = %id, "admin: opt-out removed");
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Pauses {
+    pub count: usize,
+    /// Oldest first.
+    pub paused: Vec<crate::pause::Paused>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRequest {
+    /// The pause's id from the list: `<tenant>|<provider>|<account>`.
+    pub id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Resumed {
+    pub id: String,
+    pub resumed: bool,
+}
+
+/// Provider accounts paused after an account-level failure (fleet-wide):
+/// nothing goes through them; their messages fall back or are held.
+#[utoipa::path(tag = "channel health", security(("admin_token" = [])),
+    responses(
+        (status = 200, body = Pauses),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[get("/admin/pauses")]
+async fn pauses_list(
+    _: Authorized,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let paused = state.store.pauses().await.map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(Pauses {
+        count: paused.len(),
+        paused,
+    }))
+}
+
+/// Resumes a paused account now, without waiting for a probe (held
+/// messages go out when they next look, within `hold_recheck_secs`). If the
+/// account is still broken, its next message pauses it again.
+#[utoipa::path(tag = "channel health", security(("admin_token" = [])),
+    request_body = ResumeRequest,
+    responses(
+        (status = 200, body = Resumed),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "Not paused", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[post("/admin/pauses/resume")]
+async fn pauses_resume(
+    _: Authorized,
+    body: web::Json<ResumeRequest>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    let resumed = state.store.resume(&body.id).await.map_err(unavailable)?;
+    if !resumed {
+        return Err(AdminError::NotFound(format!("{} is not paused", body.id)));
+    }
+    tracing::info!(id = %body.id, "admin: account resumed");
+    Ok(HttpResponse::Ok().json(Resumed {
+        id: body.id.clone(),
+        resumed,
+    }))
 }

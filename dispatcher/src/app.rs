@@ -112,6 +112,7 @@ pub fn build_worker(
         shutdown,
         sealer: settings.security.sealer(),
         declared_rungs: std::sync::atomic::AtomicU32::new(0),
+        hold_recheck: Duration::from_secs(settings.dispatcher.hold_recheck_secs.max(1)),
     })
 }
 
@@ -172,6 +173,7 @@ pub fn build_tenancy(
                 delays: t.delays.clone(),
                 send_hours: t.send_hours.clone(),
                 inbound_accounts: accounts,
+                hold_max: Duration::from_secs(t.hold_max_secs.unwrap_or(24 * 3600)),
             },
         );
     }
@@ -386,6 +388,15 @@ pub async fn start_with(
         tracing::error!(error = %e, "redis unreachable at start: events are held until it answers");
     }
     tokio::spawn(watch_redis(worker.clone(), shutdown_rx.clone()));
+    tokio::spawn(crate::pause::run(worker.clone(), shutdown_rx.clone()));
+    if settings.dispatcher.balance_poll_secs > 0 {
+        let every = Duration::from_secs(settings.dispatcher.balance_poll_secs);
+        tokio::spawn(crate::balance::run(
+            worker.clone(),
+            every,
+            shutdown_rx.clone(),
+        ));
+    }
     let reload = tokio::spawn(reloader(&settings, &worker).run(true));
     let d = &settings.dispatcher;
     let consumer = tokio::spawn(consumer::run(

@@ -112,6 +112,12 @@ pub enum Step {
         reason: String,
         error: String,
     },
+    /// The channel's account is paused: waits in the broker's delay ladder
+    /// until it is resumed (or `hold_max_secs` runs out), no attempt spent.
+    Held {
+        channel: Channel,
+        reason: String,
+    },
     /// Not due yet: waits in the broker's delay ladder until then.
     Scheduled {
         /// When it is due (the record's own `at` is when it was scheduled).
@@ -158,6 +164,7 @@ pub fn status(history: &[Record]) -> &'static str {
             Step::DeadLettered { .. } => "dead_lettered",
             Step::Skipped { .. } => "skipped",
             Step::Scheduled { .. } => "scheduled",
+            Step::Held { .. } => "held",
             _ => status,
         };
     }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod balance;
 pub mod consumer;
 pub mod delivery_state;
 pub mod dlq;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod opt_out;
 pub mod outbox;
+pub mod pause;
 pub mod probes;
 pub mod providers;
 pub mod redis_conn;

@@ -2,8 +2,8 @@
 //! class, failure class. Never a tenant key, phone or e-mail.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -33,6 +33,26 @@ pub struct Metrics {
     pub broker_up: IntGauge,
     /// Live configuration reloads (shared::reload).
     pub reload: shared::reload::ReloadMetrics,
+    /// Provider balances (`crate::balance`), by tenant, location (empty for
+    /// the tenant's own accounts) and provider.
+    pub balance: GaugeVec,
+    pub balance_daily_left: GaugeVec,
+    pub balance_alert_below: GaugeVec,
+    pub balance_poll_ok: IntGaugeVec,
+    /// Channel health (`crate::pause`): accounts paused and resumed, by
+    /// provider and `paused` / `resumed`.
+    pub pauses: IntCounterVec,
+    /// Messages that met a paused account, by provider and what became of
+    /// them: `fallback`, `held` (once per message), `expired`.
+    pub paused_messages: IntCounterVec,
+    /// Accounts paused now (read from Redis by the prober every second).
+    pub paused_accounts: IntGauge,
+}
+
+const BALANCE_LABELS: &[&str] = &["tenant", "location", "provider"];
+
+fn gauge_vec(name: &str, help: &str) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), BALANCE_LABELS).expect("static metric definition")
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -139,6 +159,41 @@ impl Metrics {
                 "1 when consuming from the broker",
             )
             .expect("static metric definition"),
+            balance: gauge_vec(
+                "vestnik_dispatcher_provider_balance",
+                "A provider account's balance, as its last successful poll read it",
+            ),
+            balance_daily_left: gauge_vec(
+                "vestnik_dispatcher_provider_daily_left",
+                "Messages a provider account may still send today (SMS.ru's daily limit)",
+            ),
+            balance_alert_below: gauge_vec(
+                "vestnik_dispatcher_provider_balance_alert_below",
+                "The balance_alert_below of a provider account's config",
+            ),
+            pauses: counter_vec(
+                "vestnik_dispatcher_account_pauses_total",
+                "Provider accounts this dispatcher paused (an account-level failure) or resumed (a healthy probe)",
+                &["provider", "what"],
+            ),
+            paused_messages: counter_vec(
+                "vestnik_dispatcher_paused_messages_total",
+                "Messages that met a paused account: fallback (to the next channel), held (once each), expired (to the DLQ)",
+                &["provider", "what"],
+            ),
+            paused_accounts: IntGauge::new(
+                "vestnik_dispatcher_paused_accounts",
+                "Provider accounts paused now, fleet-wide (Redis)",
+            )
+            .expect("static metric definition"),
+            balance_poll_ok: IntGaugeVec::new(
+                Opts::new(
+                    "vestnik_dispatcher_provider_balance_poll_ok",
+                    "1 when the last balance poll of a provider account answered",
+                ),
+                BALANCE_LABELS,
+            )
+            .expect("static metric definition"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.deliveries.clone()),
@@ -160,6 +215,13 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.redis_up.clone()),
             Box::new(m.broker_up.clone()),
+            Box::new(m.balance.clone()),
+            Box::new(m.balance_daily_left.clone()),
+            Box::new(m.balance_alert_below.clone()),
+            Box::new(m.balance_poll_ok.clone()),
+            Box::new(m.pauses.clone()),
+            Box::new(m.paused_messages.clone()),
+            Box::new(m.paused_accounts.clone()),
         ];
         for c in collectors.into_iter().chain(m.reload.collectors()) {
             m.registry.register(c).expect("metric registered once");
@@ -174,6 +236,7 @@ impl Metrics {
             "second_attempt_failed",
             "lookup_failed",
             "internal",
+            "expired_while_paused",
         ] {
             m.dead_lettered.with_label_values(&[class]);
         }

@@ -23,6 +23,7 @@ use utoipa_actix_web::AppExt;
     tags(
         (name = "dead letters", description = "Inspect, replay and purge the dead-letter queue"),
         (name = "journal", description = "What happened to each event"),
+        (name = "channel health", description = "Provider accounts paused after an account-level failure"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
 )]

@@ -79,6 +79,9 @@ pub struct TenantRuntime {
     /// `phone_number_id` or Wazzup's `channel_id`): whose stop words
     /// opt out of this tenant.
     pub inbound_accounts: Vec<(String, String)>,
+    /// How long a message may be held for a paused account before it goes to
+    /// the DLQ as `expired_while_paused` (`hold_max_secs`, default 24 h).
+    pub hold_max: Duration,
 }
 
 impl TenantRuntime {
@@ -133,11 +136,16 @@ pub struct Worker {
     pub sealer: Option<shared::seal::Sealer>,
     /// Rungs of the delay ladder this process has declared (a bit each).
     pub declared_rungs: std::sync::atomic::AtomicU32,
+    /// How long a message held for a paused account waits before it looks
+    /// again (`dispatcher.hold_recheck_secs`).
+    pub hold_recheck: Duration,
 }
 
 /// A header counting an event's hops down the delay ladder (the journal
 /// says "scheduled" once, on the first).
 pub const DELAY_HOPS: &str = "x-delay-hops";
+/// Times an event was held for a paused account (it is journaled once).
+pub const HOLD_HOPS: &str = "x-hold-hops";
 
 /// The failure that ends an attempt or the event, as recorded in the DLQ.
 struct Failure {
@@ -152,6 +160,9 @@ enum ChannelEnd {
     Settled(Settle),
     /// This recipient cannot be reached here: try the next channel.
     Fallback(Failure),
+    /// The channel's account is paused ([`crate::pause`]): the next channel,
+    /// or held; no attempt spent.
+    Paused(String),
 }
 
 struct Candidate {
@@ -454,6 +465,26 @@ impl Worker {
                 .await
             {
                 ChannelEnd::Settled(s) => return s,
+                ChannelEnd::Paused(reason) if i + 1 < candidates.len() => {
+                    self.metrics
+                        .paused_messages
+                        .with_label_values(&[c.provider.name(), "fallback"])
+                        .inc();
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[c.channel.as_str()])
+                        .inc();
+                    tracing::info!(channel = %c.channel, provider = c.provider.name(),
+                        "channel paused: falling back");
+                    job.trail.push(Step::Fallback {
+                        from: c.channel,
+                        reason: format!("channel paused: {reason}"),
+                    });
+                    failed.push(c.channel);
+                }
+                ChannelEnd::Paused(reason) => {
+                    return self.hold(&event, job, tenant, c, &reason).await;
+                }
                 ChannelEnd::Fallback(f) => {
                     self.metrics
                         .fallbacks
@@ -492,6 +523,12 @@ impl Worker {
             failed,
         } = at;
         let (channel, provider_name) = (c.channel, c.provider.name());
+        let pause = crate::pause::pause_id(&event.tenant, provider_name, &c.provider.account());
+        match self.with_store(|| self.store.paused(&pause)).await {
+            None => return ChannelEnd::Settled(Settle::Requeue),
+            Some(Some(p)) => return ChannelEnd::Paused(p.reason),
+            Some(None) => {}
+        }
         let token = claim_token(attempt);
         // Another channel that could carry this event (the tenant's policy
         // for its kind) makes it sent, also one this job was told had
@@ -719,6 +756,26 @@ impl Worker {
                     )
                     .await;
                 ChannelEnd::Settled(settle)
+            }
+            Outcome::AccountDown { reason } => {
+                // Nothing reached the customer: the claim is given back and
+                // the account paused for the fleet; this message goes on
+                // like the ones after it (next channel, or held).
+                self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                    .await;
+                let Some(new) = self.with_store(|| self.store.pause(&pause, &reason)).await else {
+                    return ChannelEnd::Settled(Settle::Requeue);
+                };
+                if new {
+                    self.metrics
+                        .pauses
+                        .with_label_values(&[provider_name, "paused"])
+                        .inc();
+                    tracing::warn!(channel = %channel, provider = provider_name,
+                        account = %c.provider.account(), reason = %shared::mask::text(&reason),
+                        "account paused: nothing more goes through it until a probe finds it healthy");
+                }
+                ChannelEnd::Paused(reason)
             }
             Outcome::OptedOut { reason } => {
                 self.release(&event.dedup_key, channel, &token, Sending::Clear)
@@ -1514,6 +1571,96 @@ impl Worker {
     /// broker's lease-wait queue (holding no permit, so one dead dispatcher
     /// cannot stall the survivors) and comes back to be claimed again, with
     /// the channel's attempt and the channels that failed so far.
+    /// Holds an event whose last channel's account is paused: back in the
+    /// delay ladder for `dispatcher.hold_recheck_secs`, no attempt spent, to
+    /// look again; or, once older than the tenant's `hold_max_secs`, to the
+    /// DLQ as `expired_while_paused` rather than reach the customer late.
+    async fn hold(
+        &self,
+        event: &Event,
+        job: &Job<'_>,
+        tenant: &TenantRuntime,
+        c: &Candidate,
+        reason: &str,
+    ) -> Settle {
+        let provider = c.provider.name();
+        let age = (chrono::Utc::now() - event.received_at)
+            .to_std()
+            .unwrap_or_default();
+        if age > tenant.hold_max {
+            self.metrics
+                .paused_messages
+                .with_label_values(&[provider, "expired"])
+                .inc();
+            let f = Failure {
+                class: "expired_while_paused",
+                reason: format!(
+                    "held {} s while {provider} was paused (hold_max_secs {}): {reason}",
+                    age.as_secs(),
+                    tenant.hold_max.as_secs()
+                ),
+                channel: Some(c.channel),
+                provider: Some(provider),
+            };
+            return self.dead_letter(job, f).await;
+        }
+        let hops = header_int(job.props.headers().as_ref(), HOLD_HOPS).unwrap_or(0);
+        match self
+            .park(job, self.hold_recheck, vec![(HOLD_HOPS, int(hops + 1))])
+            .await
+        {
+            Ok(()) => {
+                if hops == 0 {
+                    self.metrics
+                        .paused_messages
+                        .with_label_values(&[provider, "held"])
+                        .inc();
+                    tracing::info!(channel = %c.channel, provider, "held: the channel is paused");
+                    job.trail.push(Step::Held {
+                        channel: c.channel,
+                        reason: format!("channel paused: {reason}"),
+                    });
+                } else {
+                    let _ = job.trail.take();
+                }
+                Settle::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "hold not confirmed; handing the event back");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Publishes the event into the delay ladder's rung for `wait`.
+    async fn park(&self, job: &Job<'_>, wait: Duration, headers: Headers) -> Result<(), String> {
+        let rung = Topology::delay_rung(wait);
+        let bit = 1u32 << rung;
+        let declared = std::sync::atomic::Ordering::Relaxed;
+        if self.declared_rungs.load(declared) & bit == 0 {
+            self.topology
+                .declare_delay_rung(job.publisher, rung)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.declared_rungs.fetch_or(bit, declared);
+        }
+        let route = Topology::delay_route(rung);
+        outbox::publish(
+            job.publisher,
+            &self.topology,
+            &route,
+            job.raw,
+            job.props,
+            headers,
+        )
+        .await
+        .map_err(|e| {
+            // An operator may have deleted the queue: declare it again next time.
+            self.declared_rungs.fetch_and(!bit, declared);
+            e.to_string()
+        })
+    }
+
     async fn lease_wait(
         &self,
         job: &Job<'_>,

@@ -73,8 +73,8 @@ async fn admin_api_needs_the_token_and_replays_dead_letters_once() {
     let fake = MockServer::start().await;
     // The provider refuses the token for now: every event is dead-lettered (config).
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
-            "error": {"message": "token expired", "type": "OAuthException", "code": 190}
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": {"message": "Invalid parameter", "type": "OAuthException", "code": 100}
         })))
         .mount(&fake)
         .await;
@@ -132,7 +132,9 @@ async fn admin_api_needs_the_token_and_replays_dead_letters_once() {
     for entry in listed["dead_letters"].as_array().expect("list") {
         assert_eq!(entry["reason"], "config");
         assert!(
-            entry["error"].as_str().is_some_and(|e| e.contains("190")),
+            entry["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("meta 100")),
             "{entry}"
         );
         assert!(
@@ -382,11 +384,13 @@ async fn each_port_documents_exactly_what_it_serves() {
         "GET /admin/events",
         "GET /admin/events/{id}",
         "GET /admin/opt-outs/{tenant}",
+        "GET /admin/pauses",
         "GET /openapi.json",
         "POST /admin/dlq/purge",
         "POST /admin/dlq/replay",
         "POST /admin/opt-outs/{tenant}",
         "POST /admin/opt-outs/{tenant}/check",
+        "POST /admin/pauses/resume",
     ];
     let expected_probes = [
         "GET /healthz",

@@ -17,8 +17,8 @@ async fn dead_letters_are_listed_replayed_once_and_not_again() {
     let fake = MockServer::start().await;
     // The provider is down for good (config error): every event is dead-lettered.
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
-            "error": {"message": "token expired", "type": "OAuthException", "code": 190}
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": {"message": "Invalid parameter", "type": "OAuthException", "code": 100}
         })))
         .mount(&fake)
         .await;
@@ -64,7 +64,7 @@ async fn dead_letters_are_listed_replayed_once_and_not_again() {
     assert!(
         config
             .iter()
-            .all(|e| e.tenant == "acme" && e.attempts == 1 && e.error.contains("190"))
+            .all(|e| e.tenant == "acme" && e.attempts == 1 && e.error.contains("meta 100"))
     );
     assert!(
         config.iter().all(|e| e.recipient == "+7******4567"),

@@ -198,6 +198,7 @@ access_token = "EAAtest-token-not-real"
             .into(),
             delay_secs: 570,
             extra: String::new(),
+            tenant_extra: String::new(),
             dispatcher_extra: String::new(),
         };
         let mut settings = common::settings(&prefix, &options);

@@ -220,12 +220,14 @@ async fn wazzup_answers_are_classified() {
         (err("BAD_CONTACT"), "recipient"),
         (err("badContact"), "recipient"),
         (err("MESSAGE_CHANNEL_UNAVAILABLE"), "transient"),
-        (err("CHANNEL_NO_MONEY"), "config"),
+        (err("CHANNEL_NO_MONEY"), "account"),
+        (err("CHANNEL_BLOCKED"), "account"),
+        (err("BALANCE_IS_EMPTY"), "account"),
         (err("channelNotFound"), "config"),
         (err("NEVER_HEARD_OF_IT"), "config"),
         (ResponseTemplate::new(500), "transient"),
-        (ResponseTemplate::new(401), "config"),
-        (ResponseTemplate::new(403), "config"),
+        (ResponseTemplate::new(401), "account"),
+        (ResponseTemplate::new(403), "account"),
     ];
     for (response, class) in classes {
         let (o, n) = answer("wazzup", wazzup, "/v3/message", response, &m).await;
@@ -523,8 +525,8 @@ async fn exolve_answers_are_classified() {
                 .set_body_json(json!({"error": "bad destination 79161234567"})),
             "config",
         ),
-        (ResponseTemplate::new(401), "config"),
-        (ResponseTemplate::new(403), "config"),
+        (ResponseTemplate::new(401), "account"),
+        (ResponseTemplate::new(403), "account"),
         (
             ResponseTemplate::new(200).set_body_string("{}"),
             "uncertain",
@@ -667,7 +669,7 @@ async fn exolve_whatsapp_paths_are_configuration_and_answers_classified_by_statu
                 .set_body_json(json!({"error": "bad destination 79161234567"})),
             "config",
         ),
-        (ResponseTemplate::new(401), "config"),
+        (ResponseTemplate::new(401), "account"),
     ];
     for (response, class) in classes {
         let (o, n) = answer("exolve_whatsapp", section, "/wa/v2/messages", response, &m).await;
@@ -803,7 +805,7 @@ async fn resend_answers_are_classified() {
         (err(422, "invalid_to_address"), "recipient"),
         (err(422, "invalid_from_address"), "config"),
         (err(400, "validation_error"), "config"),
-        (err(401, "missing_api_key"), "config"),
+        (err(401, "missing_api_key"), "account"),
         (err(403, "validation_error"), "config"),
         (err(500, "internal_server_error"), "transient"),
         (ResponseTemplate::new(502), "transient"),

@@ -157,9 +157,9 @@ async fn meta_131026_is_permanent_no_second_attempt() {
 async fn config_errors_are_not_hot_retried() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(meta_error(190))
+        .respond_with(meta_error(100))
         .mount(&fake)
-        .await; // token expired
+        .await; // invalid parameter: a config failure
     let h = Harness::start("config", &Options::meta(&fake)).await;
     h.publish(&event(
         EventKind::OrderCompleted,

@@ -488,6 +488,12 @@ pub struct DispatcherSettings {
     /// How long each event's delivery journal (received, attempts,
     /// callbacks, fallback, dead letter) is kept in Redis; 0 keeps none.
     pub journal_ttl_secs: u64,
+    /// How often each dispatcher reads the balances of the accounts that
+    /// have one (SMS.ru, Exolve) into its metrics; 0 never.
+    pub balance_poll_secs: u64,
+    /// How long a message held for a paused provider account waits in the
+    /// broker before it looks again (`dispatcher::pause`).
+    pub hold_recheck_secs: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -502,6 +508,8 @@ impl Default for DispatcherSettings {
             retry: QuickRetrySettings::default(),
             wazzup_base_url: "https://api.wazzup24.com".into(),
             journal_ttl_secs: 7 * 24 * 3600,
+            balance_poll_secs: 300,
+            hold_recheck_secs: 30,
         }
     }
 }

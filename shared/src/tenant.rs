@@ -71,6 +71,10 @@ pub struct TenantConfig {
     /// and per event kind (`[tenants.send_hours]`); outside them is quiet.
     #[serde(default)]
     pub send_hours: BTreeMap<String, SendHours>,
+    /// How long a message may wait for a paused provider account before it
+    /// goes to the DLQ as `expired_while_paused` (default 24 h).
+    #[serde(default)]
+    pub hold_max_secs: Option<u64>,
 }
 
 /// `[tenants.delays.<kind>]`: exactly one of the two.
@@ -516,7 +520,7 @@ impl TenantConfig {
         }
         h.update(
             format!(
-                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
                 self.sources,
                 self.channels,
                 self.vars,
@@ -527,7 +531,8 @@ impl TenantConfig {
                 self.locations,
                 self.frequency_caps,
                 self.delays,
-                self.send_hours
+                self.send_hours,
+                self.hold_max_secs
             )
             .as_bytes(),
         );
@@ -784,6 +789,7 @@ mod tests {
             frequency_caps: BTreeMap::new(),
             delays: BTreeMap::new(),
             send_hours: BTreeMap::new(),
+            hold_max_secs: None,
         }
     }
 

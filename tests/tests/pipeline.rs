@@ -485,8 +485,8 @@ fn admin(stack: &Stack, args: &[&str]) -> String {
 async fn an_admin_replays_the_dead_letter_queue_from_the_cli() {
     let fake = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({
-            "error": {"message": "token expired", "type": "OAuthException", "code": 190}
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": {"message": "Invalid parameter", "type": "OAuthException", "code": 100}
         })))
         .mount(&fake)
         .await;

@@ -80,6 +80,10 @@ impl Provider for Dialog360 {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
     }
+
+    fn account(&self) -> String {
+        crate::shared_limit::digest(&self.api_key)
+    }
 }
 
 /// A Meta error object (`{"error":{"code":..}}`), passed through by 360dialog.
@@ -161,7 +165,7 @@ mod tests {
         assert_eq!(classify(400, &meta_err(131026), None).class(), "recipient");
         assert_eq!(classify(400, &meta_err(131047), None).class(), "recipient");
         assert_eq!(classify(400, &meta_err(130429), None).class(), "transient");
-        assert_eq!(classify(400, &meta_err(368), None).class(), "config");
+        assert_eq!(classify(400, &meta_err(368), None).class(), "account");
         // A Meta code wins over the HTTP status, as with Meta itself.
         assert_eq!(classify(500, &meta_err(131026), None).class(), "recipient");
         match classify(400, &meta_err(131056), None) {

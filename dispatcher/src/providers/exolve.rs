@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::tenant::Channel;
 
-use super::{Address, Answer, Body, Message, Outcome, Provider, excerpt, exchange, section};
+use super::{
+    Address, Answer, Balance, Body, Message, Outcome, Provider, excerpt, exchange, section,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,9 @@ struct Config {
     sender: String,
     #[serde(default = "super::default_timeout_ms")]
     timeout_ms: u64,
+    /// The balance (in roubles) under which the balance alert fires.
+    #[serde(default)]
+    balance_alert_below: Option<f64>,
 }
 
 pub(crate) fn default_base_url() -> String {
@@ -65,6 +70,8 @@ pub(crate) async fn post(
 
 pub struct Exolve {
     url: String,
+    balance_url: String,
+    balance_alert_below: Option<f64>,
     api_key: String,
     sender: String,
     timeout: Duration,
@@ -80,6 +87,8 @@ impl Exolve {
         let sender = sender(&c.sender).ok_or("sender is required (our number or alpha-name)")?;
         Ok(Exolve {
             url: format!("{}/messaging/v1/SendSMS", c.base_url.trim_end_matches('/')),
+            balance_url: format!("{}/finance/v1/GetBalance", c.base_url.trim_end_matches('/')),
+            balance_alert_below: c.balance_alert_below,
             api_key: c.api_key,
             sender,
             timeout: Duration::from_millis(c.timeout_ms),
@@ -130,6 +139,67 @@ impl Provider for Exolve {
 
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
+    }
+
+    fn balance(&self) -> Option<BoxFuture<'_, Result<Balance, String>>> {
+        Some(self.read_balance().boxed())
+    }
+
+    fn balance_account(&self) -> Option<String> {
+        Some(crate::shared_limit::digest(&self.api_key))
+    }
+
+    fn account(&self) -> String {
+        crate::shared_limit::digest(&self.api_key)
+    }
+
+    /// Healthy: `GetBalance` answers with money left.
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(
+            async move {
+                let b = self.read_balance().await?;
+                if b.amount <= 0.0 {
+                    return Err(format!("balance {}", b.amount));
+                }
+                Ok(())
+            }
+            .boxed(),
+        )
+    }
+}
+
+impl Exolve {
+    /// `POST {base_url}/finance/v1/GetBalance` with `{}` and the same
+    /// Bearer key → `{balance: N, …}` (providers.md).
+    async fn read_balance(&self) -> Result<Balance, String> {
+        let request = self
+            .http
+            .post(&self.balance_url)
+            .bearer_auth(&self.api_key)
+            .timeout(self.timeout)
+            .json(&json!({}));
+        let answer = exchange(request, true)
+            .await
+            .map_err(|o| format!("GetBalance: {}", o.reason()))?;
+        if !(200..300).contains(&answer.status) {
+            return Err(format!(
+                "GetBalance: HTTP {}: {}",
+                answer.status,
+                excerpt(&answer.text)
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_str(&answer.text)
+            .map_err(|_| format!("GetBalance: not JSON: {}", excerpt(&answer.text)))?;
+        let amount = v["balance"]
+            .as_f64()
+            .or_else(|| v["balance"].as_str().and_then(|s| s.trim().parse().ok()))
+            .filter(|f: &f64| f.is_finite())
+            .ok_or("GetBalance: no balance")?;
+        Ok(Balance {
+            amount,
+            daily_left: None,
+            alert_below: self.balance_alert_below,
+        })
     }
 }
 
@@ -182,6 +252,8 @@ pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -
             reason,
             retry_after,
         },
+        // The key refused: the account, not this message.
+        401 | 403 => Outcome::AccountDown { reason },
         // 400 may also mean a bad destination, but Exolve's codes are not
         // documented: providers.md B4 says permanent/config, so an operator
         // looks rather than the next channel silently taking over.
@@ -232,8 +304,8 @@ mod tests {
             classify(400, r#"{"error":{"message":"invalid destination"}}"#, None).class(),
             "config"
         );
-        assert_eq!(classify(401, "", None).class(), "config");
-        assert_eq!(classify(403, "forbidden", None).class(), "config");
+        assert_eq!(classify(401, "", None).class(), "account");
+        assert_eq!(classify(403, "forbidden", None).class(), "account");
         assert_eq!(classify(404, "", None).class(), "config");
     }
 

@@ -165,6 +165,10 @@ impl Provider for ExolveWhatsapp {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
     }
+
+    fn account(&self) -> String {
+        crate::shared_limit::digest(&self.api_key)
+    }
 }
 
 #[cfg(test)]

@@ -335,6 +335,22 @@ impl<P: Provider> Provider for Limited<P> {
     fn echoes_delivery_key(&self) -> bool {
         self.inner.echoes_delivery_key()
     }
+
+    fn balance(&self) -> Option<BoxFuture<'_, Result<super::Balance, String>>> {
+        self.inner.balance()
+    }
+
+    fn balance_account(&self) -> Option<String> {
+        self.inner.balance_account()
+    }
+
+    fn account(&self) -> String {
+        self.inner.account()
+    }
+
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        self.inner.probe()
+    }
 }
 
 fn recipient_key(to: &Address) -> String {

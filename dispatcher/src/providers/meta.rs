@@ -29,6 +29,9 @@ fn default_base_url() -> String {
 
 pub struct Meta {
     url: String,
+    /// `{base_url}/{phone_number_id}`: the number, read by the probe.
+    number_url: String,
+    phone_number_id: String,
     token: String,
     timeout: Duration,
     http: reqwest::Client,
@@ -40,12 +43,11 @@ impl Meta {
         if c.phone_number_id.is_empty() || c.access_token.is_empty() {
             return Err("phone_number_id and access_token are required".into());
         }
+        let number_url = format!("{}/{}", c.base_url.trim_end_matches('/'), c.phone_number_id);
         Ok(Meta {
-            url: format!(
-                "{}/{}/messages",
-                c.base_url.trim_end_matches('/'),
-                c.phone_number_id
-            ),
+            url: format!("{number_url}/messages"),
+            number_url,
+            phone_number_id: c.phone_number_id,
             token: c.access_token,
             timeout: Duration::from_millis(c.timeout_ms),
             http,
@@ -196,6 +198,33 @@ impl Provider for Meta {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
     }
+
+    fn account(&self) -> String {
+        self.phone_number_id.clone()
+    }
+
+    /// Healthy: the phone number reads with the token (`GET
+    /// /{phone_number_id}?fields=id`).
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(
+            async move {
+                let request = self
+                    .http
+                    .get(format!("{}?fields=id", self.number_url))
+                    .bearer_auth(&self.token)
+                    .timeout(self.timeout);
+                let a = super::exchange(request, true)
+                    .await
+                    .map_err(|o| o.reason().to_string())?;
+                if (200..300).contains(&a.status) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}: {}", a.status, excerpt(&a.text)))
+                }
+            }
+            .boxed(),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -278,6 +307,9 @@ pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -
                     .max(Duration::from_secs(6)),
             ),
         },
+        // The account: token expired or invalid, blocked for policy,
+        // locked, its payment (providers.md): pause it.
+        190 | 368 | 131031 | 131042 => Outcome::AccountDown { reason },
         // This recipient cannot get this message on WhatsApp.
         131026 | 131047 | 131051 | 131021 | 130472 | 131049 | 131050 => {
             Outcome::Recipient { reason }
@@ -364,9 +396,11 @@ mod tests {
         assert_eq!(classify(400, &err(131047), None).class(), "recipient");
         assert_eq!(classify(400, &err(130429), None).class(), "transient");
         assert_eq!(classify(400, &err(131000), None).class(), "transient");
-        assert_eq!(classify(401, &err(190), None).class(), "config");
+        assert_eq!(classify(401, &err(190), None).class(), "account");
+        assert_eq!(classify(400, &err(131031), None).class(), "account");
+        assert_eq!(classify(400, &err(131042), None).class(), "account");
         assert_eq!(classify(400, &err(132001), None).class(), "config");
-        assert_eq!(classify(400, &err(368), None).class(), "config");
+        assert_eq!(classify(400, &err(368), None).class(), "account");
         match classify(400, &err(131056), None) {
             Outcome::Transient { retry_after, .. } => {
                 assert!(retry_after >= Some(Duration::from_secs(6)))

@@ -117,6 +117,13 @@ pub enum Outcome {
     /// Nothing went out, so it costs no attempt: the delivery waits in the
     /// broker and comes back.
     Throttled { reason: String, wait: Duration },
+    /// The sender account itself is broken (Meta's token expired or account
+    /// locked, a Wazzup channel blocked or unpaid, SMS.ru out of money or
+    /// over its daily limit, a key refused): every message through it would
+    /// fail the same way. The account is paused for the tenant
+    /// ([`crate::pause`]); this message, like the ones after it, is held or
+    /// falls back, no attempt spent.
+    AccountDown { reason: String },
 }
 
 impl Outcome {
@@ -130,6 +137,7 @@ impl Outcome {
             Outcome::Uncertain { .. } => "uncertain",
             Outcome::Throttled { .. } => "throttled",
             Outcome::OptedOut { .. } => "opted_out",
+            Outcome::AccountDown { .. } => "account",
         }
     }
 
@@ -141,6 +149,7 @@ impl Outcome {
             | Outcome::Config { reason }
             | Outcome::Uncertain { reason }
             | Outcome::OptedOut { reason }
+            | Outcome::AccountDown { reason }
             | Outcome::Throttled { reason, .. } => reason,
         }
     }
@@ -173,6 +182,47 @@ pub trait Provider: Send + Sync {
     fn echoes_delivery_key(&self) -> bool {
         false
     }
+
+    /// What the account has left, by a cheap authenticated call (SMS.ru
+    /// `my/balance` and `my/limit`, Exolve `GetBalance`); `None` for a
+    /// provider that has no such call. Polled by [`crate::balance`].
+    fn balance(&self) -> Option<BoxFuture<'_, Result<Balance, String>>> {
+        None
+    }
+
+    /// Which account [`balance`](Provider::balance) reads (a digest of its
+    /// credentials, never them): a branch whose config only renames the
+    /// sender shares the tenant's account, which is then read once.
+    fn balance_account(&self) -> Option<String> {
+        None
+    }
+
+    /// The sender account messages go through, as a pause names it: an id
+    /// that is not a secret (Meta's phone number id, Wazzup's channel id) or
+    /// a digest of the credentials.
+    fn account(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// A cheap authenticated call that says whether a paused account works
+    /// again ([`crate::pause`]); `None`: the provider has none, the pause is
+    /// timed and the next message is the probe.
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        None
+    }
+}
+
+/// An account's balance as its provider reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balance {
+    /// Money on the account, in the account's currency.
+    pub amount: f64,
+    /// Messages the account may still send today (SMS.ru's daily limit),
+    /// for a provider that has such a limit.
+    pub daily_left: Option<f64>,
+    /// `balance_alert_below` of the provider's config: the alert fires
+    /// under it.
+    pub alert_below: Option<f64>,
 }
 
 /// So a built `Box<dyn Provider>` can be wrapped (e.g. in [`Limited`]).
@@ -195,6 +245,22 @@ impl<P: Provider + ?Sized> Provider for Box<P> {
 
     fn echoes_delivery_key(&self) -> bool {
         (**self).echoes_delivery_key()
+    }
+
+    fn balance(&self) -> Option<BoxFuture<'_, Result<Balance, String>>> {
+        (**self).balance()
+    }
+
+    fn balance_account(&self) -> Option<String> {
+        (**self).balance_account()
+    }
+
+    fn account(&self) -> String {
+        (**self).account()
+    }
+
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        (**self).probe()
     }
 }
 

@@ -127,6 +127,33 @@ impl Provider for Resend {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
     }
+
+    fn account(&self) -> String {
+        crate::shared_limit::digest(&self.api_key)
+    }
+
+    /// Healthy: the key lists the domains (`GET /domains`).
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(
+            async move {
+                let base = self.url.strip_suffix("/emails").unwrap_or(&self.url);
+                let request = self
+                    .http
+                    .get(format!("{base}/domains"))
+                    .bearer_auth(&self.api_key)
+                    .timeout(self.timeout);
+                let a = super::exchange(request, true)
+                    .await
+                    .map_err(|o| o.reason().to_string())?;
+                if (200..300).contains(&a.status) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}: {}", a.status, excerpt(&a.text)))
+                }
+            }
+            .boxed(),
+        )
+    }
 }
 
 /// Resend takes 1–256 characters; a longer key (or one that is not a plain
@@ -213,6 +240,10 @@ pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -
         (409, _) => Outcome::Config { reason },
         (500..=599, _) => transient,
         (422, "invalid_to_address") => Outcome::Recipient { reason },
+        // The key refused or restricted: the account, not this message.
+        (401, _) | (403, "restricted_api_key" | "invalid_api_key") => {
+            Outcome::AccountDown { reason }
+        }
         // 401/403 keys and domains (403 validation_error: testing-only
         // recipients or an unverified domain), 400/422 request validation.
         _ => Outcome::Config { reason },
@@ -294,10 +325,17 @@ mod tests {
             classify(422, &err(422, "invalid_to_address", "bad to"), None).class(),
             "recipient"
         );
+        // The key: the account, paused.
         for (status, name) in [
             (401, "missing_api_key"),
             (401, "restricted_api_key"),
             (403, "invalid_api_key"),
+            (403, "restricted_api_key"),
+        ] {
+            let o = classify(status, &err(status, name, "m"), None);
+            assert_eq!(o.class(), "account", "{status} {name}: {o:?}");
+        }
+        for (status, name) in [
             (403, "validation_error"),
             (400, "validation_error"),
             (400, "invalid_idempotency_key"),

@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use shared::tenant::Channel;
 
-use super::{Address, Body, Message, Outcome, Provider, excerpt, exchange, section};
+use super::{Address, Balance, Body, Message, Outcome, Provider, excerpt, exchange, section};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +25,9 @@ struct Config {
     test: bool,
     #[serde(default = "super::default_timeout_ms")]
     timeout_ms: u64,
+    /// The balance (in roubles) under which the balance alert fires.
+    #[serde(default)]
+    balance_alert_below: Option<f64>,
 }
 
 fn default_base_url() -> String {
@@ -33,6 +36,8 @@ fn default_base_url() -> String {
 
 pub struct SmsRu {
     url: String,
+    base_url: String,
+    balance_alert_below: Option<f64>,
     api_id: String,
     sender: Option<String>,
     test: bool,
@@ -48,6 +53,8 @@ impl SmsRu {
         }
         Ok(SmsRu {
             url: format!("{}/sms/send", c.base_url.trim_end_matches('/')),
+            base_url: c.base_url.trim_end_matches('/').to_string(),
+            balance_alert_below: c.balance_alert_below,
             api_id: c.api_id,
             sender: c.sender,
             test: c.test,
@@ -104,6 +111,87 @@ impl Provider for SmsRu {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
     }
+
+    fn balance(&self) -> Option<BoxFuture<'_, Result<Balance, String>>> {
+        Some(self.read_balance().boxed())
+    }
+
+    fn balance_account(&self) -> Option<String> {
+        Some(crate::shared_limit::digest(&self.api_id))
+    }
+
+    fn account(&self) -> String {
+        crate::shared_limit::digest(&self.api_id)
+    }
+
+    /// Healthy: `my/balance` answers with money left and `my/limit` with
+    /// messages left today.
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(
+            async move {
+                let b = self.read_balance().await?;
+                if b.amount <= 0.0 {
+                    return Err(format!("balance {}", b.amount));
+                }
+                if b.daily_left.is_some_and(|left| left <= 0.0) {
+                    return Err("daily limit reached".into());
+                }
+                Ok(())
+            }
+            .boxed(),
+        )
+    }
+}
+
+impl SmsRu {
+    /// `my/balance` and `my/limit` (providers.md: `{status, status_code: 100,
+    /// balance}` and `{…, total_limit, used_today}`), by POST so the api_id
+    /// stays out of URLs.
+    async fn read_balance(&self) -> Result<Balance, String> {
+        let balance = self.account_call("my/balance").await?;
+        let amount = number(&balance["balance"]).ok_or("my/balance: no balance")?;
+        let limit = self.account_call("my/limit").await?;
+        let daily_left = number(&limit["total_limit"])
+            .map(|total| total - number(&limit["used_today"]).unwrap_or(0.0));
+        Ok(Balance {
+            amount,
+            daily_left,
+            alert_below: self.balance_alert_below,
+        })
+    }
+
+    async fn account_call(&self, method: &str) -> Result<serde_json::Value, String> {
+        let request = self
+            .http
+            .post(format!("{}/{method}", self.base_url))
+            .timeout(self.timeout)
+            .form(&[("api_id", self.api_id.as_str()), ("json", "1")]);
+        let answer = exchange(request, true)
+            .await
+            .map_err(|o| format!("{method}: {}", o.reason()))?;
+        let v: serde_json::Value = serde_json::from_str(&answer.text).map_err(|_| {
+            format!(
+                "{method}: HTTP {}: {}",
+                answer.status,
+                excerpt(&answer.text)
+            )
+        })?;
+        if v["status"] != "OK" {
+            return Err(format!(
+                "{method}: status_code {}: {}",
+                v["status_code"],
+                excerpt(v["status_text"].as_str().unwrap_or_default())
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// A number SMS.ru writes as a number or as text (`"12.50"`).
+fn number(v: &serde_json::Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|f: &f64| f.is_finite())
 }
 
 #[derive(Deserialize)]
@@ -175,8 +263,11 @@ fn by_code(code: i64, text: &str) -> Outcome {
         .trim_end()
         .to_string();
     match code {
-        220 | 500 | 206 | 230..=233 | 501..=508 => Outcome::transient(reason),
+        220 | 500 | 230..=233 | 501..=508 => Outcome::transient(reason),
         209 => Outcome::OptedOut { reason },
+        // The account: bad api_id, token or password, not confirmed, no
+        // money, the daily limit reached (providers.md): pause it.
+        200 | 201 | 206 | 300 | 301 | 302 => Outcome::AccountDown { reason },
         202 | 203 | 205 | 207 | 212 | 214 | 215 | 216 => Outcome::Recipient { reason },
         _ => Outcome::Config { reason },
     }
@@ -230,8 +321,9 @@ mod tests {
     fn top_level_errors_and_codes() {
         let top =
             |code: i64| format!(r#"{{"status":"ERROR","status_code":{code},"status_text":"x"}}"#);
-        assert_eq!(classify(200, &top(200), "7").class(), "config"); // bad api_id
-        assert_eq!(classify(200, &top(201), "7").class(), "config"); // no money
+        assert_eq!(classify(200, &top(200), "7").class(), "account"); // bad api_id
+        assert_eq!(classify(200, &top(201), "7").class(), "account"); // no money
+        assert_eq!(classify(200, &top(206), "7").class(), "account"); // daily limit
         assert_eq!(classify(200, &top(220), "7").class(), "transient");
         assert_eq!(classify(200, &top(207), "7").class(), "recipient");
         assert_eq!(classify(502, "", "7").class(), "transient");

@@ -162,6 +162,42 @@ impl Provider for Wazzup {
     fn send<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Outcome> {
         self.send_one(message).boxed()
     }
+
+    fn account(&self) -> String {
+        self.channel_id.clone()
+    }
+
+    /// Healthy: `GET /v3/channels` lists our channel as `active`.
+    fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        Some(
+            async move {
+                let base = self.url.strip_suffix("/v3/message").unwrap_or(&self.url);
+                let request = self
+                    .http
+                    .get(format!("{base}/v3/channels"))
+                    .bearer_auth(&self.api_key)
+                    .timeout(self.timeout);
+                let a = super::exchange(request, true)
+                    .await
+                    .map_err(|o| o.reason().to_string())?;
+                if !(200..300).contains(&a.status) {
+                    return Err(format!("HTTP {}: {}", a.status, excerpt(&a.text)));
+                }
+                let channels: Vec<serde_json::Value> = serde_json::from_str(&a.text)
+                    .map_err(|_| format!("not a channel list: {}", excerpt(&a.text)))?;
+                let state = channels
+                    .iter()
+                    .find(|c| c["channelId"] == self.channel_id.as_str())
+                    .map(|c| c["state"].as_str().unwrap_or("").to_string());
+                match state.as_deref() {
+                    Some("active") => Ok(()),
+                    Some(other) => Err(format!("channel state {}", excerpt(other))),
+                    None => Err("channel not in the account's list".into()),
+                }
+            }
+            .boxed(),
+        )
+    }
 }
 
 #[derive(Deserialize)]
@@ -278,8 +314,15 @@ pub(crate) fn classify(
             retry_after,
         };
     }
-    if status == 401 || status == 403 {
-        return Outcome::Config { reason };
+    // The channel or the key, not this message (providers.md): pause it.
+    if status == 401
+        || status == 403
+        || matches!(
+            folded.as_str(),
+            "channelblocked" | "balanceisempty" | "invalidapikey" | "channelnomoney"
+        )
+    {
+        return Outcome::AccountDown { reason };
     }
     match by_code(&folded) {
         Class::Transient => Outcome::Transient {
@@ -394,10 +437,11 @@ mod tests {
             ("REFERENCE_MESSAGE_NOT_FOUND", "recipient"),
             ("CHANNEL_NOT_FOUND", "config"),
             ("channelNotFound", "config"),
-            ("CHANNEL_BLOCKED", "config"),
+            ("CHANNEL_BLOCKED", "account"),
             ("CHANNEL_WAPI_REJECTED", "config"),
-            ("CHANNEL_NO_MONEY", "config"),
-            ("BALANCE_IS_EMPTY", "config"),
+            ("CHANNEL_NO_MONEY", "account"),
+            ("BALANCE_IS_EMPTY", "account"),
+            ("INVALID_API_KEY", "account"),
             ("CHANNEL_LIMIT_EXCEEDED", "config"),
             ("MESSAGES_NOT_TEXT_FIRST", "config"),
             ("SOMETHING_NEW", "config"),
@@ -423,10 +467,10 @@ mod tests {
             classify(502, &err("BAD_CONTACT"), None, "k").class(),
             "transient"
         );
-        assert_eq!(classify(401, "", None, "k").class(), "config");
+        assert_eq!(classify(401, "", None, "k").class(), "account");
         assert_eq!(
             classify(403, &err("UNKNOWN_ERROR"), None, "k").class(),
-            "config"
+            "account"
         );
         assert_eq!(classify(400, "", None, "k").class(), "config");
         assert_eq!(classify(404, "<html>", None, "k").class(), "config");

@@ -82,6 +82,8 @@ pub struct Options {
     pub extra: String,
     /// Extra keys of the `[dispatcher]` table.
     pub dispatcher_extra: String,
+    /// Extra keys of the tenant's own table (before its sub-tables).
+    pub tenant_extra: String,
 }
 
 impl Options {
@@ -107,6 +109,7 @@ timeout_ms = 2000
             delay_secs: 2,
             extra: String::new(),
             dispatcher_extra: String::new(),
+            tenant_extra: String::new(),
         }
     }
 }
@@ -142,6 +145,7 @@ max_delay_ms = 50
 [[tenants]]
 id = "acme"
 keys = ["acme-webhook-key-0001"]
+{tenant_extra}
 [tenants.channels]
 default = {channels}
 {providers}
@@ -152,6 +156,7 @@ default = {channels}
         providers = o.providers,
         extra = o.extra,
         dispatcher_extra = o.dispatcher_extra,
+        tenant_extra = o.tenant_extra,
     );
     Settings::from_toml(&toml).expect("test settings are valid")
 }

@@ -1,0 +1,329 @@
+//! Channel health: a provider account that answers with an account-level
+//! failure (Meta's token expired or account locked, a Wazzup channel
+//! blocked or unpaid, SMS.ru out of money or over its daily limit, a key
+//! refused) is paused for its tenant, in Redis, for the whole fleet. While
+//! it is paused no message is sent through it: one that has another channel
+//! in the tenant's list goes there at once (`fallback: channel paused`), the
+//! others are held in the broker's delay ladder, no attempt spent, and come
+//! back to look again every `dispatcher.hold_recheck_secs`. A held message
+//! older than the tenant's `hold_max_secs` (default 24 h) goes to the DLQ as
+//! `expired_while_paused` rather than reach a customer late.
+//!
+//! A paused account is probed on a backoff (1 s doubling to 10 min) by
+//! whichever dispatcher claims the probe first ([`Store::claim_probe`]): a
+//! cheap authenticated call ([`crate::providers::Provider::probe`]); a
+//! provider without one gets a timed pause, the next message being the
+//! probe. A healthy probe resumes the account; an admin can pause and resume
+//! by hand.
+//!
+//! One Redis hash, `<prefix>:pauses`, fields `<tenant>|<provider>|<account>`
+//! (the account is an id or a digest of the credentials, never a key).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::delivery_state::{Store, StoreError};
+
+/// The longest wait between two probes of a paused account.
+pub const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(600);
+/// The first wait.
+pub const FIRST_PROBE_BACKOFF: Duration = Duration::from_secs(1);
+/// Failed "probes" of a provider that has none before its timed pause ends.
+const TIMED_PAUSE_PROBES: u32 = 6;
+/// How long a dispatcher that claimed a probe has to finish it before
+/// another may try.
+pub const PROBE_CLAIM: Duration = Duration::from_secs(30);
+
+/// A paused account, as admins see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Paused {
+    /// `<tenant>|<provider>|<account>`: what resume takes.
+    pub id: String,
+    pub tenant: String,
+    pub provider: String,
+    /// The account: Meta's phone number id, Wazzup's channel id, or a digest
+    /// of the credentials.
+    pub account: String,
+    /// What the provider answered (masked), or `admin`.
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    /// When the next probe is due.
+    pub next_probe: DateTime<Utc>,
+    /// Probes that found it still broken.
+    pub probes: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    reason: String,
+    since: DateTime<Utc>,
+    next_probe: DateTime<Utc>,
+    probes: u32,
+}
+
+pub fn pauses_key(prefix: &str) -> String {
+    format!("{prefix}:pauses")
+}
+
+pub fn pause_id(tenant: &str, provider: &str, account: &str) -> String {
+    format!("{tenant}|{provider}|{account}")
+}
+
+fn parse(id: String, value: &str) -> Option<Paused> {
+    let s: Stored = serde_json::from_str(value).ok()?;
+    let mut parts = id.splitn(3, '|');
+    let (tenant, provider, account) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(Paused {
+        tenant: tenant.to_string(),
+        provider: provider.to_string(),
+        account: account.to_string(),
+        id,
+        reason: s.reason,
+        since: s.since,
+        next_probe: s.next_probe,
+        probes: s.probes,
+    })
+}
+
+/// The wait before the probe after `probes` failed ones.
+pub fn backoff(probes: u32) -> Duration {
+    FIRST_PROBE_BACKOFF
+        .saturating_mul(1u32.checked_shl(probes.min(16)).unwrap_or(u32::MAX))
+        .min(MAX_PROBE_BACKOFF)
+}
+
+/// Sets the probe fields of a pause that still exists (a resume in between
+/// wins), and only when its `next_probe` is still the one read (`ARGV[1]`),
+/// so of several dispatchers one claims a probe.
+const CLAIM: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local p = cjson.decode(v)
+if p.next_probe ~= ARGV[2] then return 0 end
+p.next_probe = ARGV[3]
+p.probes = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(p))
+return 1
+"#;
+
+impl Store {
+    /// The pause of this account, if it is paused.
+    pub async fn paused(&self, id: &str) -> Result<Option<Paused>, StoreError> {
+        let key = pauses_key(self.prefix());
+        let field = id.to_string();
+        let v: Option<String> = self
+            .run(|mut c| {
+                let (key, field) = (key.clone(), field.clone());
+                async move { c.hget(key, field).await }
+            })
+            .await?;
+        Ok(v.and_then(|v| parse(id.to_string(), &v)))
+    }
+
+    /// Pauses the account; true when it was not paused (the first pause's
+    /// reason and time are kept).
+    pub async fn pause(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+        let key = pauses_key(self.prefix());
+        let now = Utc::now();
+        let value = serde_json::to_string(&Stored {
+            reason: shared::mask::text(reason),
+            since: now,
+            next_probe: now + backoff(0),
+            probes: 0,
+        })
+        .unwrap_or_default();
+        let field = id.to_string();
+        self.run_durable(key.clone(), move |mut c| {
+            let (key, field, value) = (key.clone(), field.clone(), value.clone());
+            async move { c.hset_nx(key, field, value).await }
+        })
+        .await
+    }
+
+    /// Resumes the account; true when it was paused.
+    pub async fn resume(&self, id: &str) -> Result<bool, StoreError> {
+        let key = pauses_key(self.prefix());
+        let field = id.to_string();
+        self.run_durable(key.clone(), move |mut c| {
+            let (key, field) = (key.clone(), field.clone());
+            async move { c.hdel::<_, _, i64>(key, field).await.map(|n| n > 0) }
+        })
+        .await
+    }
+
+    /// Every paused account, oldest first.
+    pub async fn pauses(&self) -> Result<Vec<Paused>, StoreError> {
+        let key = pauses_key(self.prefix());
+        let all: Vec<(String, String)> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.hgetall(key).await }
+            })
+            .await?;
+        let mut list: Vec<Paused> = all
+            .into_iter()
+            .filter_map(|(id, v)| parse(id, &v))
+            .collect();
+        list.sort_by(|a, b| a.since.cmp(&b.since).then_with(|| a.id.cmp(&b.id)));
+        Ok(list)
+    }
+
+    /// Moves a pause's next probe from `seen` (the `next_probe` read) to
+    /// `next`, with `probes` failed probes; false when another dispatcher
+    /// moved it first or the account was resumed.
+    pub async fn claim_probe(
+        &self,
+        p: &Paused,
+        next: DateTime<Utc>,
+        probes: u32,
+    ) -> Result<bool, StoreError> {
+        let key = pauses_key(self.prefix());
+        let args = [
+            p.id.clone(),
+            stored_time(p.next_probe),
+            stored_time(next),
+            probes.to_string(),
+        ];
+        self.run(|mut c| {
+            let (key, args) = (key.clone(), args.clone());
+            async move {
+                redis::Script::new(CLAIM)
+                    .key(key)
+                    .arg(&args[0])
+                    .arg(&args[1])
+                    .arg(&args[2])
+                    .arg(&args[3])
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(|n| n == 1)
+            }
+        })
+        .await
+    }
+}
+
+/// A time as [`Stored`] writes it (serde's RFC 3339), so the claim script
+/// compares it as text.
+fn stored_time(t: DateTime<Utc>) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The prober: every second, reads the pauses (for the gauge) and probes
+/// those that are due, each claimed by one dispatcher. A provider without a
+/// probe is resumed when its timed pause is over.
+pub async fn run(
+    worker: std::sync::Arc<crate::worker::Worker>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::consumer::stopped(&mut shutdown) => return,
+        }
+        let Ok(pauses) = worker.store.pauses().await else {
+            continue;
+        };
+        worker.metrics.paused_accounts.set(pauses.len() as i64);
+        let now = Utc::now();
+        for p in pauses.into_iter().filter(|p| p.next_probe <= now) {
+            probe_one(&worker, p).await;
+        }
+    }
+}
+
+async fn probe_one(worker: &crate::worker::Worker, p: Paused) {
+    let claimed_until = Utc::now() + PROBE_CLAIM;
+    match worker.store.claim_probe(&p, claimed_until, p.probes).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let claimed = Paused {
+        next_probe: claimed_until,
+        ..p.clone()
+    };
+    let result = match provider_of(worker, &p) {
+        // Its config changed or is gone: nothing left to pause.
+        None => Ok(()),
+        Some(provider) => match provider.probe() {
+            Some(probe) => probe.await,
+            // No probe: a timed pause of about two minutes (1 + 2 + ... +
+            // 64 s), then the next message tries.
+            None if p.probes < TIMED_PAUSE_PROBES => {
+                Err("no probe for this provider: a timed pause".into())
+            }
+            None => Ok(()),
+        },
+    };
+    match result {
+        Ok(()) => {
+            if worker.store.resume(&p.id).await.unwrap_or(false) {
+                worker
+                    .metrics
+                    .pauses
+                    .with_label_values(&[p.provider.as_str(), "resumed"])
+                    .inc();
+                tracing::info!(tenant = %p.tenant, provider = %p.provider, account = %p.account,
+                    paused_secs = (Utc::now() - p.since).num_seconds(), "account resumed: the probe found it healthy");
+            }
+        }
+        Err(e) => {
+            let probes = p.probes.saturating_add(1);
+            let next = Utc::now() + chrono::Duration::from_std(backoff(probes)).unwrap_or_default();
+            let _ = worker.store.claim_probe(&claimed, next, probes).await;
+            tracing::info!(tenant = %p.tenant, provider = %p.provider, account = %p.account,
+                probes, error = %shared::mask::text(&e), "account still paused");
+        }
+    }
+}
+
+/// The provider a pause names, in the tenant's routing or a branch's.
+fn provider_of(
+    worker: &crate::worker::Worker,
+    p: &Paused,
+) -> Option<std::sync::Arc<dyn crate::providers::Provider>> {
+    let tenancy = worker.tenancy.load();
+    let tenant = tenancy.tenants.get(&p.tenant)?;
+    std::iter::once(&tenant.routing)
+        .chain(tenant.branches.values())
+        .flat_map(|r| r.providers.values().flatten())
+        .find(|provider| provider.name() == p.provider && provider.account() == p.account)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_ten_minutes() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(32));
+        assert_eq!(backoff(10), MAX_PROBE_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_PROBE_BACKOFF);
+    }
+
+    #[test]
+    fn an_id_names_tenant_provider_and_account() {
+        let id = pause_id("acme", "meta", "1234567890");
+        let value = serde_json::to_string(&Stored {
+            reason: "meta 190".into(),
+            since: Utc::now(),
+            next_probe: Utc::now(),
+            probes: 2,
+        })
+        .expect("json");
+        let p = parse(id.clone(), &value).expect("parsed");
+        assert_eq!((p.tenant.as_str(), p.provider.as_str()), ("acme", "meta"));
+        assert_eq!((p.account.as_str(), p.probes), ("1234567890", 2));
+        assert_eq!(p.id, id);
+    }
+}
