@@ -33,6 +33,14 @@ echo "== cargo build (the end-to-end tests start the real binaries)"
 cargo build --workspace --bins --locked
 echo "== highly available Redis on loopback (a Cluster and a Sentinel group, deploy/redis-ha.sh)"
 deploy/redis-ha.sh start
+echo "== the console's browser test: Debian's Chromium and playwright-core (tests/console)"
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+fi
+if [ ! -d tests/console/node_modules/playwright-core ]; then
+  (cd tests/console && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "== cargo test"
 cargo test --workspace --locked "$@"
 echo "== the dispatcher's integration suites again, on the Redis Cluster"

@@ -26,32 +26,39 @@ use shared::topology::Topology;
 
 pub struct AdminState {
     token_hash: [u8; 32],
-    endpoints: shared::amqp::Endpoints,
-    topology: Topology,
-    store: Store,
-    journal: Journal,
-    dlq_turn: tokio::sync::Mutex<()>,
+    pub(crate) endpoints: shared::amqp::Endpoints,
+    pub(crate) topology: Topology,
+    pub(crate) store: Store,
+    pub(crate) journal: Journal,
+    /// The tenants in force (for what a pause may name, and the console).
+    pub(crate) worker: std::sync::Arc<crate::worker::Worker>,
+    pub(crate) dlq_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AdminState {
     pub fn new(
         token: &str,
         endpoints: shared::amqp::Endpoints,
-        topology: Topology,
-        store: Store,
-        journal: Journal,
+        worker: std::sync::Arc<crate::worker::Worker>,
     ) -> AdminState {
         AdminState {
             token_hash: Sha256::digest(token.as_bytes()).into(),
             endpoints,
-            topology,
-            store,
-            journal,
-            dlq_turn: tokio::sync::Mutex::new(()),
+            topology: worker.topology.clone(),
+            store: worker.store.clone(),
+            journal: worker.journal.clone(),
+            worker,
+            dlq_turn: std::sync::Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    async fn dlq(&self) -> Result<Dlq, AdminError> {
+    /// Whether `token` is the admin token (compared in constant time).
+    pub(crate) fn is_token(&self, token: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(presented.ct_eq(&self.token_hash))
+    }
+
+    pub(crate) async fn dlq(&self) -> Result<Dlq, AdminError> {
         Dlq::connect(&self.endpoints, self.topology.clone())
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))
@@ -70,6 +77,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(opt_outs_check)
         .service(opt_outs_remove)
         .service(pauses_list)
+        .service(pauses_pause)
         .service(pauses_resume);
 }
 
@@ -139,10 +147,7 @@ impl FromRequest for Authorized {
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .map(str::trim),
             )
-            .is_some_and(|(state, token)| {
-                let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-                bool::from(presented.ct_eq(&state.token_hash))
-            });
+            .is_some_and(|(state, token)| state.is_token(token));
         std::future::ready(if ok {
             Ok(Authorized)
         } else {
@@ -191,6 +196,7 @@ impl FilterQuery {
             source: self.source.clone(),
             reason: self.reason.clone(),
             older_than: self.older_than_secs.map(Duration::from_secs),
+            ids: Vec::new(),
             include_uncertain: false,
         }
     }
@@ -651,6 +657,77 @@ pub struct Pauses {
 pub struct ResumeRequest {
     /// The pause's id from the list: `<tenant>|<provider>|<account>`.
     pub id: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// `<tenant>|<provider>|<account>`: a provider account the tenant has
+    /// configured (the console's tenants page, or a pause's id, names it).
+    pub id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PausedByHand {
+    pub id: String,
+    pub paused: bool,
+}
+
+/// Whether `id` names a provider account the tenant has configured.
+pub(crate) fn configured_account(state: &AdminState, id: &str) -> bool {
+    let mut parts = id.splitn(3, '|');
+    let (Some(tenant), Some(provider), Some(account)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let p = crate::pause::Paused {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        provider: provider.to_string(),
+        account: account.to_string(),
+        reason: String::new(),
+        since: chrono::Utc::now(),
+        next_probe: chrono::Utc::now(),
+        probes: 0,
+        manual: true,
+    };
+    crate::pause::provider_of(&state.worker, &p).is_some()
+}
+
+/// Pauses a provider account by hand (fleet-wide): its messages fall back
+/// or are held as after an account-level failure, and no probe resumes it;
+/// only a resume does.
+#[utoipa::path(tag = "channel health", security(("admin_token" = [])),
+    request_body = PauseRequest,
+    responses(
+        (status = 200, body = PausedByHand),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such provider account for the tenant", body = ErrorBody),
+        (status = 503, description = "Redis unreachable", body = ErrorBody),
+    ))]
+#[post("/admin/pauses/pause")]
+async fn pauses_pause(
+    _: Authorized,
+    body: web::Json<PauseRequest>,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, AdminError> {
+    if !configured_account(&state, &body.id) {
+        return Err(AdminError::NotFound(format!(
+            "{} names no provider account of a tenant (tenant|provider|account)",
+            body.id
+        )));
+    }
+    state
+        .store
+        .pause_by_hand(&body.id)
+        .await
+        .map_err(unavailable)?;
+    tracing::warn!(id = %body.id, "admin: account paused by hand");
+    Ok(HttpResponse::Ok().json(PausedByHand {
+        id: body.id.clone(),
+        paused: true,
+    }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -477,9 +477,7 @@ fn start_admin(
     let state = web::Data::new(AdminState::new(
         &admin.token,
         shared::amqp::Endpoints::from_settings(&settings.rabbitmq),
-        worker.topology.clone(),
-        worker.store.clone(),
-        worker.journal.clone(),
+        worker.clone(),
     ));
     let document = web::Data::new(crate::openapi::Document::admin());
     let server =
@@ -502,6 +500,7 @@ fn start_admin(
                 })
                 .configure(crate::admin::configure)
                 .into_app()
+                .service(crate::console::scope())
                 .service(crate::openapi::service())
                 .default_service(web::to(crate::openapi::fallback))
         })

@@ -26,6 +26,10 @@ use crate::outbox::{self, header_int, header_str};
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub id: Option<String>,
+    /// Any of these ids (the console's selection); empty = any. Unlike
+    /// `id`, a selection is a bulk operation: `uncertain` letters stay
+    /// unless `include_uncertain`.
+    pub ids: Vec<String>,
     pub tenant: Option<String>,
     pub source: Option<String>,
     pub reason: Option<String>,
@@ -55,7 +59,9 @@ pub struct Entry {
     pub age_secs: Option<i64>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Report {
     pub replayed: u64,
     pub skipped: u64,
@@ -329,6 +335,7 @@ fn entry(msg: &BasicGetMessage, event: Option<&Event>) -> Entry {
 
 fn matches(f: &Filter, e: &Entry) -> bool {
     f.id.as_ref().is_none_or(|v| *v == e.id)
+        && (f.ids.is_empty() || f.ids.contains(&e.id))
         && f.tenant.as_ref().is_none_or(|v| *v == e.tenant)
         && f.source.as_ref().is_none_or(|v| *v == e.source)
         && f.reason.as_ref().is_none_or(|v| *v == e.reason)

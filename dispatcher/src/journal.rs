@@ -284,6 +284,19 @@ impl Journal {
             .collect();
         let refs: Vec<String> = references.iter().map(|r| self.ref_key(r)).collect();
         let id = event_id.to_string();
+        let tenant = records
+            .iter()
+            .find_map(|r| match &r.step {
+                Step::Received { tenant, .. } => Some(tenant.as_str()),
+                _ => None,
+            })
+            .or_else(|| references.first().map(|r| r.tenant.as_str()))
+            .unwrap_or("-");
+        let stats = crate::stats::pipe(
+            self.store.prefix(),
+            &crate::stats::tally(tenant, records),
+            Utc::now(),
+        );
         // One pipeline per key (a Redis Cluster keeps them on different
         // nodes), sent together: one round trip on a single server.
         self.store
@@ -299,6 +312,7 @@ impl Journal {
                     pipe.expire(r, ttl).ignore();
                     pipes.push(pipe);
                 }
+                pipes.extend(stats.clone());
                 let writes = pipes.iter().map(|p| {
                     let mut c = c.clone();
                     async move { p.query_async::<()>(&mut c).await }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod console;
 pub mod consumer;
 pub mod delivery_state;
 pub mod dlq;
@@ -22,5 +23,6 @@ pub mod providers;
 pub mod redis_conn;
 pub mod schedule;
 pub mod shared_limit;
+pub mod stats;
 pub mod templates;
 pub mod worker;

@@ -164,6 +164,7 @@ impl FilterArgs {
             source: self.source.clone(),
             reason: self.reason.clone(),
             older_than: self.older_than.map(std::time::Duration::from_secs),
+            ids: Vec::new(),
             include_uncertain: false,
         }
     }

@@ -54,6 +54,8 @@ pub struct Paused {
     pub next_probe: DateTime<Utc>,
     /// Probes that found it still broken.
     pub probes: u32,
+    /// Paused by an admin: not probed, stays until an admin resumes it.
+    pub manual: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -62,6 +64,8 @@ struct Stored {
     since: DateTime<Utc>,
     next_probe: DateTime<Utc>,
     probes: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    manual: bool,
 }
 
 pub fn pauses_key(prefix: &str) -> String {
@@ -85,6 +89,7 @@ fn parse(id: String, value: &str) -> Option<Paused> {
         since: s.since,
         next_probe: s.next_probe,
         probes: s.probes,
+        manual: s.manual,
     })
 }
 
@@ -133,12 +138,34 @@ impl Store {
             since: now,
             next_probe: now + backoff(0),
             probes: 0,
+            manual: false,
         })
         .unwrap_or_default();
         let field = id.to_string();
         self.run_durable(key.clone(), move |mut c| {
             let (key, field, value) = (key.clone(), field.clone(), value.clone());
             async move { c.hset_nx(key, field, value).await }
+        })
+        .await
+    }
+
+    /// An admin pauses the account (or makes a pause a provider caused
+    /// theirs): no probe resumes it, only an admin.
+    pub async fn pause_by_hand(&self, id: &str) -> Result<(), StoreError> {
+        let key = pauses_key(self.prefix());
+        let now = Utc::now();
+        let value = serde_json::to_string(&Stored {
+            reason: "admin".into(),
+            since: now,
+            next_probe: now,
+            probes: 0,
+            manual: true,
+        })
+        .unwrap_or_default();
+        let field = id.to_string();
+        self.run_durable(key.clone(), move |mut c| {
+            let (key, field, value) = (key.clone(), field.clone(), value.clone());
+            async move { c.hset::<_, _, _, ()>(key, field, value).await }
         })
         .await
     }
@@ -233,7 +260,10 @@ pub async fn run(
         };
         worker.metrics.paused_accounts.set(pauses.len() as i64);
         let now = Utc::now();
-        for p in pauses.into_iter().filter(|p| p.next_probe <= now) {
+        for p in pauses
+            .into_iter()
+            .filter(|p| !p.manual && p.next_probe <= now)
+        {
             probe_one(&worker, p).await;
         }
     }
@@ -285,7 +315,7 @@ async fn probe_one(worker: &crate::worker::Worker, p: Paused) {
 }
 
 /// The provider a pause names, in the tenant's routing or a branch's.
-fn provider_of(
+pub fn provider_of(
     worker: &crate::worker::Worker,
     p: &Paused,
 ) -> Option<std::sync::Arc<dyn crate::providers::Provider>> {
@@ -319,6 +349,7 @@ mod tests {
             since: Utc::now(),
             next_probe: Utc::now(),
             probes: 2,
+            manual: false,
         })
         .expect("json");
         let p = parse(id.clone(), &value).expect("parsed");

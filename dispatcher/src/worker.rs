@@ -1719,28 +1719,10 @@ impl Worker {
             }
             crate::schedule::When::At(at) => {
                 let remaining = (at - now).to_std().unwrap_or_default();
-                let rung = Topology::delay_rung(remaining);
-                let bit = 1u32 << rung;
-                let declared = std::sync::atomic::Ordering::Relaxed;
-                if self.declared_rungs.load(declared) & bit == 0 {
-                    if let Err(e) = self.topology.declare_delay_rung(job.publisher, rung).await {
-                        tracing::warn!(error = %e, rung, "delay queue not declared; handing the event back");
-                        return Some(Settle::Requeue);
-                    }
-                    self.declared_rungs.fetch_or(bit, declared);
-                }
                 let hops = header_int(job.props.headers().as_ref(), DELAY_HOPS).unwrap_or(0);
-                let headers: Headers = vec![(DELAY_HOPS, int(hops + 1))];
-                let route = Topology::delay_route(rung);
-                match outbox::publish(
-                    job.publisher,
-                    &self.topology,
-                    &route,
-                    job.raw,
-                    job.props,
-                    headers,
-                )
-                .await
+                match self
+                    .park(job, remaining, vec![(DELAY_HOPS, int(hops + 1))])
+                    .await
                 {
                     Ok(()) => {
                         if hops == 0 {
@@ -1763,8 +1745,6 @@ impl Worker {
                         Some(Settle::Ack)
                     }
                     Err(e) => {
-                        // An operator may have deleted the queue: declare it again next time.
-                        self.declared_rungs.fetch_and(!bit, declared);
                         tracing::warn!(error = %e, "delay not confirmed; handing the event back");
                         Some(Settle::Requeue)
                     }

@@ -390,6 +390,7 @@ async fn each_port_documents_exactly_what_it_serves() {
         "POST /admin/dlq/replay",
         "POST /admin/opt-outs/{tenant}",
         "POST /admin/opt-outs/{tenant}/check",
+        "POST /admin/pauses/pause",
         "POST /admin/pauses/resume",
     ];
     let expected_probes = [
@@ -449,6 +450,10 @@ async fn each_port_documents_exactly_what_it_serves() {
             format!("{}/healthz", admin.base),
             "nor the probes on the admin port",
         ),
+        (
+            format!("{probes}/console"),
+            "the console is only on the admin port",
+        ),
     ] {
         let r = http.get(url).send().await.expect("request");
         assert_eq!(r.status().as_u16(), 404, "{what}");
@@ -464,6 +469,10 @@ async fn each_port_documents_exactly_what_it_serves() {
         ),
         (reqwest::Method::PUT, "/admin/dlq/0a", "GET"),
         (reqwest::Method::POST, "/admin/dlq", "GET"),
+        // The console's pages (HTML, outside the API document) say it too.
+        (reqwest::Method::POST, "/console/dead-letters", "GET"),
+        (reqwest::Method::GET, "/console/sign-out", "POST"),
+        (reqwest::Method::DELETE, "/console/sign-in", "GET, POST"),
     ] {
         let r = http
             .request(method.clone(), format!("{}{path}", admin.base))

@@ -328,3 +328,72 @@ async fn an_admin_sees_a_paused_account_and_resumes_it() {
     assert_eq!(r.status().as_u16(), 404, "no longer paused");
     h.finish().await;
 }
+
+/// An admin pauses a healthy account by hand: its messages are held, no
+/// probe resumes it (the provider is healthy all along), and nothing reaches
+/// the provider until the admin resumes it; then each is sent once. An id
+/// naming no configured account is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_paused_by_hand_holds_until_resumed_by_hand() {
+    const TOKEN: &str = "admin-token-for-tests-0001";
+    let fake = MockServer::start().await;
+    healthy_meta(&fake).await;
+    let mut o = options(&fake, r#"["whatsapp"]"#);
+    o.extra.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    ));
+    let h = Harness::start("pause-by-hand", &o).await;
+    let admin = format!("http://{}", h.running().admin_addr.expect("admin API"));
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, id: &'static str| {
+        http.post(format!("{admin}{path}"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "id": id }))
+            .send()
+    };
+    let r = post("/admin/pauses/pause", "acme|meta|999")
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 404, "not an account of acme");
+    let r = post("/admin/pauses/pause", "acme|meta|1234567890")
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    for e in events(3, "by-hand") {
+        h.publish(&e).await;
+    }
+    // Held, not probed: several probe periods pass with nothing sent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(received(&fake, "POST", MESSAGES).await.is_empty(), "held");
+    assert!(
+        received(&fake, "GET", NUMBER).await.is_empty(),
+        "not probed"
+    );
+    let listed: serde_json::Value = http
+        .get(format!("{admin}/admin/pauses"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["paused"][0]["manual"], true, "{listed}");
+    assert_eq!(listed["paused"][0]["reason"], "admin", "{listed}");
+    let r = post("/admin/pauses/resume", "acme|meta|1234567890")
+        .await
+        .expect("request");
+    assert_eq!(r.status().as_u16(), 200);
+    until(
+        "the held messages are sent",
+        Duration::from_secs(20),
+        || async { received(&fake, "POST", MESSAGES).await.len() >= 3 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = received(&fake, "POST", MESSAGES).await;
+    let mut unique = keys(&sent);
+    unique.dedup();
+    assert_eq!((sent.len(), unique.len()), (3, 3), "each sent once");
+    h.finish().await;
+}

@@ -35,6 +35,8 @@ fn default_base_url() -> String {
 
 pub struct Dialog360 {
     url: String,
+    /// A digest of the credentials: the account a pause names.
+    account: String,
     api_key: String,
     timeout: Duration,
     http: reqwest::Client,
@@ -48,6 +50,7 @@ impl Dialog360 {
         }
         Ok(Dialog360 {
             url: format!("{}/messages", c.base_url.trim_end_matches('/')),
+            account: crate::shared_limit::digest(&c.api_key),
             api_key: c.api_key,
             timeout: Duration::from_millis(c.timeout_ms),
             http,
@@ -82,7 +85,7 @@ impl Provider for Dialog360 {
     }
 
     fn account(&self) -> String {
-        crate::shared_limit::digest(&self.api_key)
+        self.account.clone()
     }
 }
 

@@ -72,6 +72,8 @@ pub struct Exolve {
     url: String,
     balance_url: String,
     balance_alert_below: Option<f64>,
+    /// A digest of the credentials: the account a pause names.
+    account: String,
     api_key: String,
     sender: String,
     timeout: Duration,
@@ -89,6 +91,7 @@ impl Exolve {
             url: format!("{}/messaging/v1/SendSMS", c.base_url.trim_end_matches('/')),
             balance_url: format!("{}/finance/v1/GetBalance", c.base_url.trim_end_matches('/')),
             balance_alert_below: c.balance_alert_below,
+            account: crate::shared_limit::digest(&c.api_key),
             api_key: c.api_key,
             sender,
             timeout: Duration::from_millis(c.timeout_ms),
@@ -146,25 +149,16 @@ impl Provider for Exolve {
     }
 
     fn balance_account(&self) -> Option<String> {
-        Some(crate::shared_limit::digest(&self.api_key))
+        Some(self.account.clone())
     }
 
     fn account(&self) -> String {
-        crate::shared_limit::digest(&self.api_key)
+        self.account.clone()
     }
 
     /// Healthy: `GetBalance` answers with money left.
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
-        Some(
-            async move {
-                let b = self.read_balance().await?;
-                if b.amount <= 0.0 {
-                    return Err(format!("balance {}", b.amount));
-                }
-                Ok(())
-            }
-            .boxed(),
-        )
+        Some(async move { self.read_balance().await?.healthy() }.boxed())
     }
 }
 
@@ -190,11 +184,7 @@ impl Exolve {
         }
         let v: serde_json::Value = serde_json::from_str(&answer.text)
             .map_err(|_| format!("GetBalance: not JSON: {}", excerpt(&answer.text)))?;
-        let amount = v["balance"]
-            .as_f64()
-            .or_else(|| v["balance"].as_str().and_then(|s| s.trim().parse().ok()))
-            .filter(|f: &f64| f.is_finite())
-            .ok_or("GetBalance: no balance")?;
+        let amount = super::json_number(&v["balance"]).ok_or("GetBalance: no balance")?;
         Ok(Balance {
             amount,
             daily_left: None,

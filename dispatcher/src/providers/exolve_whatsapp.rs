@@ -51,6 +51,8 @@ fn default_template_path() -> String {
 pub struct ExolveWhatsapp {
     send_url: String,
     template_url: String,
+    /// A digest of the credentials: the account a pause names.
+    account: String,
     api_key: String,
     sender_id: String,
     timeout: Duration,
@@ -80,6 +82,7 @@ impl ExolveWhatsapp {
         Ok(ExolveWhatsapp {
             send_url: join(&c.base_url, &c.send_path)?,
             template_url: join(&c.base_url, &c.template_path)?,
+            account: crate::shared_limit::digest(&c.api_key),
             api_key: c.api_key,
             sender_id,
             timeout: Duration::from_millis(c.timeout_ms),
@@ -167,7 +170,7 @@ impl Provider for ExolveWhatsapp {
     }
 
     fn account(&self) -> String {
-        crate::shared_limit::digest(&self.api_key)
+        self.account.clone()
     }
 }
 

@@ -206,23 +206,10 @@ impl Provider for Meta {
     /// Healthy: the phone number reads with the token (`GET
     /// /{phone_number_id}?fields=id`).
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        let url = format!("{}?fields=id", self.number_url);
         Some(
-            async move {
-                let request = self
-                    .http
-                    .get(format!("{}?fields=id", self.number_url))
-                    .bearer_auth(&self.token)
-                    .timeout(self.timeout);
-                let a = super::exchange(request, true)
-                    .await
-                    .map_err(|o| o.reason().to_string())?;
-                if (200..300).contains(&a.status) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}: {}", a.status, excerpt(&a.text)))
-                }
-            }
-            .boxed(),
+            async move { super::probe_get(&self.http, &url, &self.token, self.timeout).await }
+                .boxed(),
         )
     }
 }

@@ -212,6 +212,46 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// A number a provider writes as a number or as text (`"12.50"`).
+pub(crate) fn json_number(v: &serde_json::Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        .filter(|f: &f64| f.is_finite())
+}
+
+/// A probe that reads something with the account's Bearer key: healthy
+/// when the provider answers 2xx.
+pub(crate) async fn probe_get(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let request = http.get(url).bearer_auth(token).timeout(timeout);
+    let a = exchange(request, true)
+        .await
+        .map_err(|o| o.reason().to_string())?;
+    if (200..300).contains(&a.status) {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}: {}", a.status, excerpt(&a.text)))
+    }
+}
+
+impl Balance {
+    /// A probe's verdict on a balance: money left, and messages left today
+    /// where the provider counts them.
+    pub fn healthy(&self) -> Result<(), String> {
+        if self.amount <= 0.0 {
+            return Err(format!("balance {}", self.amount));
+        }
+        if self.daily_left.is_some_and(|left| left <= 0.0) {
+            return Err("daily limit reached".into());
+        }
+        Ok(())
+    }
+}
+
 /// An account's balance as its provider reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Balance {

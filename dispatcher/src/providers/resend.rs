@@ -34,6 +34,8 @@ fn default_base_url() -> String {
 
 pub struct Resend {
     url: String,
+    /// A digest of the credentials: the account a pause names.
+    account: String,
     api_key: String,
     from: String,
     default_subject: Option<String>,
@@ -49,6 +51,7 @@ impl Resend {
         }
         Ok(Resend {
             url: format!("{}/emails", c.base_url.trim_end_matches('/')),
+            account: crate::shared_limit::digest(&c.api_key),
             api_key: c.api_key,
             from: c.from,
             default_subject: c.default_subject.filter(|s| !s.trim().is_empty()),
@@ -129,29 +132,16 @@ impl Provider for Resend {
     }
 
     fn account(&self) -> String {
-        crate::shared_limit::digest(&self.api_key)
+        self.account.clone()
     }
 
     /// Healthy: the key lists the domains (`GET /domains`).
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
+        let base = self.url.strip_suffix("/emails").unwrap_or(&self.url);
+        let url = format!("{base}/domains");
         Some(
-            async move {
-                let base = self.url.strip_suffix("/emails").unwrap_or(&self.url);
-                let request = self
-                    .http
-                    .get(format!("{base}/domains"))
-                    .bearer_auth(&self.api_key)
-                    .timeout(self.timeout);
-                let a = super::exchange(request, true)
-                    .await
-                    .map_err(|o| o.reason().to_string())?;
-                if (200..300).contains(&a.status) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}: {}", a.status, excerpt(&a.text)))
-                }
-            }
-            .boxed(),
+            async move { super::probe_get(&self.http, &url, &self.api_key, self.timeout).await }
+                .boxed(),
         )
     }
 }

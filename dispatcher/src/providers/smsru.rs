@@ -38,6 +38,8 @@ pub struct SmsRu {
     url: String,
     base_url: String,
     balance_alert_below: Option<f64>,
+    /// A digest of the credentials: the account a pause names.
+    account: String,
     api_id: String,
     sender: Option<String>,
     test: bool,
@@ -55,6 +57,7 @@ impl SmsRu {
             url: format!("{}/sms/send", c.base_url.trim_end_matches('/')),
             base_url: c.base_url.trim_end_matches('/').to_string(),
             balance_alert_below: c.balance_alert_below,
+            account: crate::shared_limit::digest(&c.api_id),
             api_id: c.api_id,
             sender: c.sender,
             test: c.test,
@@ -117,29 +120,17 @@ impl Provider for SmsRu {
     }
 
     fn balance_account(&self) -> Option<String> {
-        Some(crate::shared_limit::digest(&self.api_id))
+        Some(self.account.clone())
     }
 
     fn account(&self) -> String {
-        crate::shared_limit::digest(&self.api_id)
+        self.account.clone()
     }
 
     /// Healthy: `my/balance` answers with money left and `my/limit` with
     /// messages left today.
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
-        Some(
-            async move {
-                let b = self.read_balance().await?;
-                if b.amount <= 0.0 {
-                    return Err(format!("balance {}", b.amount));
-                }
-                if b.daily_left.is_some_and(|left| left <= 0.0) {
-                    return Err("daily limit reached".into());
-                }
-                Ok(())
-            }
-            .boxed(),
-        )
+        Some(async move { self.read_balance().await?.healthy() }.boxed())
     }
 }
 
@@ -149,10 +140,10 @@ impl SmsRu {
     /// stays out of URLs.
     async fn read_balance(&self) -> Result<Balance, String> {
         let balance = self.account_call("my/balance").await?;
-        let amount = number(&balance["balance"]).ok_or("my/balance: no balance")?;
+        let amount = super::json_number(&balance["balance"]).ok_or("my/balance: no balance")?;
         let limit = self.account_call("my/limit").await?;
-        let daily_left = number(&limit["total_limit"])
-            .map(|total| total - number(&limit["used_today"]).unwrap_or(0.0));
+        let daily_left = super::json_number(&limit["total_limit"])
+            .map(|total| total - super::json_number(&limit["used_today"]).unwrap_or(0.0));
         Ok(Balance {
             amount,
             daily_left,
@@ -185,13 +176,6 @@ impl SmsRu {
         }
         Ok(v)
     }
-}
-
-/// A number SMS.ru writes as a number or as text (`"12.50"`).
-fn number(v: &serde_json::Value) -> Option<f64> {
-    v.as_f64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        .filter(|f: &f64| f.is_finite())
 }
 
 #[derive(Deserialize)]
