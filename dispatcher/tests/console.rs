@@ -1,4 +1,4 @@
-//! The admin console over plain HTTP (tests/tests/console.rs drives it in
+//! The admin console over plain HTTP (tests/tests/console_browser.rs drives it in
 //! Chromium): sessions in Redis that any dispatcher honours and sign-out
 //! ends, the CSRF token on every state-changing form, a purge that asks
 //! first, pause and resume from the tenants page, and no phone in any page.

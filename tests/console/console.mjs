@@ -1,5 +1,5 @@
 // The admin console in a real browser (Debian's Chromium, driven by
-// playwright-core). Run by tests/tests/console.rs, which starts the real
+// playwright-core). Run by tests/tests/console_browser.rs, which starts the real
 // binaries, forces a dead letter and checks the fake provider afterwards.
 //
 // Env: CONSOLE_URL (the admin listener, e.g. http://127.0.0.1:9091),

@@ -102,8 +102,17 @@ api_id = "e2e-api-id"
         std::fs::write(&cfg, config).expect("write config");
         let spawn = |name: &str, log: &str| {
             let log = std::fs::File::create(dir.path().join(log)).expect("log file");
-            Command::new(bin(name))
-                .env("VESTNIK_CONFIG", &cfg)
+            let mut cmd = Command::new(bin(name));
+            // The binaries read `VESTNIK_*` as configuration (and refuse
+            // keys they do not know): only the file counts here, whatever
+            // the test run's own environment says (e.g. CI's
+            // `VESTNIK_TEST_REDIS_CLUSTER`).
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("VESTNIK_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.env("VESTNIK_CONFIG", &cfg)
                 .env_remove("RUST_LOG")
                 .stdout(Stdio::from(log.try_clone().expect("log")))
                 .stderr(Stdio::from(log))

@@ -6,7 +6,7 @@
 //! is refused a replay without the CSRF token, replays it from the page,
 //! and the provider receives exactly one message.
 //!
-//! `CONSOLE_SHOTS=docs/console cargo test -p e2e --test console` refreshes
+//! `CONSOLE_SHOTS=docs/console cargo test -p e2e --test console_browser` refreshes
 //! the screenshots docs/ADMIN.md shows.
 
 mod common;
