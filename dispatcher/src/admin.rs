@@ -690,6 +690,7 @@ pub(crate) fn configured_account(state: &AdminState, id: &str) -> bool {
         next_probe: chrono::Utc::now(),
         probes: 0,
         manual: true,
+        notice: false,
     };
     crate::pause::provider_of(&state.worker, &p).is_some()
 }

@@ -56,6 +56,11 @@ pub struct Paused {
     pub probes: u32,
     /// Paused by an admin: not probed, stays until an admin resumes it.
     pub manual: bool,
+    /// Paused by the provider's notice (a Meta ban, a template paused)
+    /// that a probe cannot see: not probed, resumed by the provider's next
+    /// notice or an admin.
+    #[serde(default)]
+    pub notice: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -66,6 +71,8 @@ struct Stored {
     probes: u32,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     manual: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    notice: bool,
 }
 
 pub fn pauses_key(prefix: &str) -> String {
@@ -75,6 +82,50 @@ pub fn pauses_key(prefix: &str) -> String {
 pub fn pause_id(tenant: &str, provider: &str, account: &str) -> String {
     format!("{tenant}|{provider}|{account}")
 }
+
+/// The account part of one template's pause: `<account>/template/<name>/<language>`.
+pub fn template_account(account: &str, name: &str, language: &str) -> String {
+    format!("{account}/template/{name}/{language}")
+}
+
+/// The field beside a pause that keeps the time (ms) of the last notice
+/// about it, so a notice that arrives after a newer one changes nothing.
+/// Not a pause: [`parse`] reads it as none.
+const NOTICE_MARK: &str = "~notice|";
+
+/// What an account notice did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeEffect {
+    Paused,
+    Resumed,
+    /// Already as the notice says, or paused by an admin (who alone resumes it).
+    Unchanged,
+    /// A newer notice about the same account came first.
+    Stale,
+}
+
+/// Applies a notice to one pause, atomically: `KEYS[1]` the pauses hash;
+/// `ARGV` id, notice time (ms), healthy (`1`/`0`), the pause's value,
+/// probed (`1`: leave an existing pause to its probe).
+const NOTICE: &str = r#"
+local mark = ARGV[6] .. ARGV[1]
+local last = tonumber(redis.call('HGET', KEYS[1], mark) or '0')
+local at = tonumber(ARGV[2])
+if last > at then return 'stale' end
+redis.call('HSET', KEYS[1], mark, ARGV[2])
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and cjson.decode(v).manual then return 'unchanged' end
+if ARGV[3] == '1' then
+  if v then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    return 'resumed'
+  end
+  return 'unchanged'
+end
+if v and (ARGV[5] == '1' or cjson.decode(v).notice) then return 'unchanged' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+return 'paused'
+"#;
 
 fn parse(id: String, value: &str) -> Option<Paused> {
     let s: Stored = serde_json::from_str(value).ok()?;
@@ -90,6 +141,7 @@ fn parse(id: String, value: &str) -> Option<Paused> {
         next_probe: s.next_probe,
         probes: s.probes,
         manual: s.manual,
+        notice: s.notice,
     })
 }
 
@@ -128,6 +180,82 @@ impl Store {
         Ok(v.and_then(|v| parse(id.to_string(), &v)))
     }
 
+    /// The first of these pauses that holds (one round trip: an account's
+    /// and its template's).
+    pub async fn paused_any(&self, ids: &[String]) -> Result<Option<Paused>, StoreError> {
+        let key = pauses_key(self.prefix());
+        let fields = ids.to_vec();
+        let v: Vec<Option<String>> = self
+            .run(|mut c| {
+                let (key, fields) = (key.clone(), fields.clone());
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(fields)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(v)
+            .find_map(|(id, v)| v.and_then(|v| parse(id.clone(), &v))))
+    }
+
+    /// A provider's notice about this account (or template): pauses it
+    /// when `healthy` is false, resumes it when true, unless a newer notice
+    /// came first or an admin paused it. `probed`: the prober may resume
+    /// it (the probe sees what the notice said); otherwise only a notice
+    /// or an admin does.
+    pub async fn notice(
+        &self,
+        id: &str,
+        healthy: bool,
+        reason: &str,
+        at: DateTime<Utc>,
+        probed: bool,
+    ) -> Result<NoticeEffect, StoreError> {
+        let key = pauses_key(self.prefix());
+        let now = Utc::now();
+        let value = serde_json::to_string(&Stored {
+            reason: shared::mask::text(reason),
+            since: now,
+            next_probe: now + backoff(0),
+            probes: 0,
+            manual: false,
+            notice: !probed,
+        })
+        .unwrap_or_default();
+        let args = [
+            id.to_string(),
+            at.timestamp_millis().max(1).to_string(),
+            if healthy { "1" } else { "0" }.to_string(),
+            value,
+            if probed { "1" } else { "0" }.to_string(),
+            NOTICE_MARK.to_string(),
+        ];
+        let effect: String = self
+            .run_durable(key.clone(), move |mut c| {
+                let (key, args) = (key.clone(), args.clone());
+                async move {
+                    let script = redis::Script::new(NOTICE);
+                    let mut invocation = script.key(key);
+                    for a in &args {
+                        invocation.arg(a);
+                    }
+                    invocation.invoke_async::<String>(&mut c).await
+                }
+            })
+            .await?;
+        Ok(match effect.as_str() {
+            "paused" => NoticeEffect::Paused,
+            "resumed" => NoticeEffect::Resumed,
+            "stale" => NoticeEffect::Stale,
+            _ => NoticeEffect::Unchanged,
+        })
+    }
+
     /// Pauses the account; true when it was not paused (the first pause's
     /// reason and time are kept).
     pub async fn pause(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
@@ -139,6 +267,7 @@ impl Store {
             next_probe: now + backoff(0),
             probes: 0,
             manual: false,
+            notice: false,
         })
         .unwrap_or_default();
         let field = id.to_string();
@@ -160,6 +289,7 @@ impl Store {
             next_probe: now,
             probes: 0,
             manual: true,
+            notice: false,
         })
         .unwrap_or_default();
         let field = id.to_string();
@@ -262,7 +392,7 @@ pub async fn run(
         let now = Utc::now();
         for p in pauses
             .into_iter()
-            .filter(|p| !p.manual && p.next_probe <= now)
+            .filter(|p| !p.manual && !p.notice && p.next_probe <= now)
         {
             probe_one(&worker, p).await;
         }
@@ -350,11 +480,21 @@ mod tests {
             next_probe: Utc::now(),
             probes: 2,
             manual: false,
+            notice: false,
         })
         .expect("json");
         let p = parse(id.clone(), &value).expect("parsed");
         assert_eq!((p.tenant.as_str(), p.provider.as_str()), ("acme", "meta"));
         assert_eq!((p.account.as_str(), p.probes), ("1234567890", 2));
         assert_eq!(p.id, id);
+        // The time of the last notice beside it is not a pause.
+        assert!(parse(format!("{NOTICE_MARK}{id}"), "1733300000000").is_none());
+        let template = pause_id(
+            "acme",
+            "meta",
+            &template_account("1234567890", "review", "ru"),
+        );
+        let p = parse(template, &value).expect("parsed");
+        assert_eq!(p.account, "1234567890/template/review/ru");
     }
 }

@@ -16,7 +16,7 @@ use lapin::message::Delivery;
 use lapin::{BasicProperties, Channel as AmqpChannel};
 use shared::Event;
 use shared::config::QuickRetrySettings;
-use shared::status::{DeliveryState, OptOut, StatusMessage, StatusUpdate};
+use shared::status::{AccountNotice, DeliveryState, OptOut, StatusMessage, StatusUpdate};
 use shared::tenant::{Channel, ChannelPolicy};
 use shared::topology::Topology;
 use tokio::sync::watch;
@@ -28,7 +28,7 @@ use crate::journal::{self, Journal, Record, Step, Trail};
 use crate::lookup::{LookupError, Lookups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Headers, header_int, header_str, int, text};
-use crate::providers::{Address, Hold, Message, Outcome, Provider};
+use crate::providers::{Address, Body, Hold, Message, Outcome, Provider};
 use crate::templates::Templates;
 
 /// What to tell the broker about a delivery once its outcome is recorded.
@@ -523,8 +523,24 @@ impl Worker {
             failed,
         } = at;
         let (channel, provider_name) = (c.channel, c.provider.name());
-        let pause = crate::pause::pause_id(&event.tenant, provider_name, &c.provider.account());
-        match self.with_store(|| self.store.paused(&pause)).await {
+        // Rendered first (pure, in memory): a template paused by the
+        // provider holds the message as its account's pause would.
+        let rendered = templates.render(event, channel);
+        let account = c.provider.account();
+        let mut pauses = vec![crate::pause::pause_id(
+            &event.tenant,
+            provider_name,
+            &account,
+        )];
+        if let Ok(Body::Template { name, language, .. }) = &rendered {
+            let template = crate::pause::template_account(&account, name, language);
+            pauses.push(crate::pause::pause_id(
+                &event.tenant,
+                provider_name,
+                &template,
+            ));
+        }
+        match self.with_store(|| self.store.paused_any(&pauses)).await {
             None => return ChannelEnd::Settled(Settle::Requeue),
             Some(Some(p)) => return ChannelEnd::Paused(p.reason),
             Some(None) => {}
@@ -636,7 +652,7 @@ impl Worker {
             Some(Claim::Acquired) => {}
         }
 
-        let body = match templates.render(event, channel) {
+        let body = match rendered {
             Ok(b) => b,
             Err(e) => {
                 self.release(&event.dedup_key, channel, &token, Sending::Clear)
@@ -763,7 +779,10 @@ impl Worker {
                 // like the ones after it (next channel, or held).
                 self.release(&event.dedup_key, channel, &token, Sending::Clear)
                     .await;
-                let Some(new) = self.with_store(|| self.store.pause(&pause, &reason)).await else {
+                let Some(new) = self
+                    .with_store(|| self.store.pause(&pauses[0], &reason))
+                    .await
+                else {
                     return ChannelEnd::Settled(Settle::Requeue);
                 };
                 if new {
@@ -1173,6 +1192,7 @@ impl Worker {
         match StatusMessage::from_json(&delivery.data) {
             Ok(StatusMessage::Update(status)) => self.handle_update(status, publisher).await,
             Ok(StatusMessage::OptOut(o)) => self.handle_opt_out(o).await,
+            Ok(StatusMessage::Notice(n)) => self.handle_notice(n).await,
             Err(_) => {
                 tracing::error!("unreadable status update: dropped");
                 self.metrics
@@ -1225,6 +1245,91 @@ impl Worker {
             self.count_opt_out(added);
         }
         Settle::Ack
+    }
+
+    /// A provider says a sender account (or one of its templates) broke or
+    /// recovered: every tenant's account it names is paused or resumed.
+    async fn handle_notice(&self, n: AccountNotice) -> Settle {
+        let targets: Vec<(String, &'static str, bool)> = {
+            let tenancy = self.tenancy.load();
+            let mut targets: Vec<_> = tenancy
+                .tenants
+                .iter()
+                .flat_map(|(tenant, t)| {
+                    std::iter::once(&t.routing)
+                        .chain(t.branches.values())
+                        .flat_map(|r| r.providers.values().flatten())
+                        .map(move |p| (tenant, p))
+                })
+                .filter(|(_, p)| p.name() == n.provider && p.answers_to(&n.account))
+                .map(|(tenant, p)| {
+                    let account = match &n.template {
+                        Some(t) => {
+                            crate::pause::template_account(&p.account(), &t.name, &t.language)
+                        }
+                        None => p.account(),
+                    };
+                    let probed = n.template.is_none() && p.probe_sees_notices();
+                    (
+                        crate::pause::pause_id(tenant, p.name(), &account),
+                        p.name(),
+                        probed,
+                    )
+                })
+                .collect();
+            targets.sort();
+            targets.dedup();
+            targets
+        };
+        if targets.is_empty() {
+            tracing::warn!(provider = %n.provider, account = %n.account, event = %n.event,
+                "an account notice about an account no tenant sends through: nothing to pause");
+            self.count_notice("unknown_account");
+            return Settle::Ack;
+        }
+        let reason = format!("{} notice: {}", n.provider, n.event);
+        for (id, provider, probed) in targets {
+            let Some(effect) = self
+                .with_store(|| self.store.notice(&id, n.healthy, &reason, n.at, probed))
+                .await
+            else {
+                return Settle::Requeue;
+            };
+            use crate::pause::NoticeEffect;
+            let label = match effect {
+                NoticeEffect::Paused => {
+                    self.metrics
+                        .pauses
+                        .with_label_values(&[provider, "paused"])
+                        .inc();
+                    tracing::warn!(pause = %id, event = %n.event,
+                        "paused by the provider's notice: held or falling back until it says otherwise");
+                    "paused"
+                }
+                NoticeEffect::Resumed => {
+                    self.metrics
+                        .pauses
+                        .with_label_values(&[provider, "resumed"])
+                        .inc();
+                    tracing::info!(pause = %id, event = %n.event, "resumed by the provider's notice");
+                    "resumed"
+                }
+                NoticeEffect::Unchanged => "unchanged",
+                NoticeEffect::Stale => {
+                    tracing::info!(pause = %id, event = %n.event, "a notice older than the last one: ignored");
+                    "stale"
+                }
+            };
+            self.count_notice(label);
+        }
+        Settle::Ack
+    }
+
+    fn count_notice(&self, outcome: &str) {
+        self.metrics
+            .statuses
+            .with_label_values(&["account_notice", outcome])
+            .inc();
     }
 
     /// An event that is not sent, on purpose: counted by `label`

@@ -103,11 +103,47 @@ pub struct OptOut {
     pub opt_out: bool,
 }
 
+/// A provider says one of our sender accounts (or one template of it)
+/// broke or recovered: Meta's `account_update` and
+/// `message_template_status_update`, Wazzup's `channelsUpdates`. It travels
+/// on the status route; the dispatcher pauses or resumes that account for
+/// every tenant that sends through it (providers.md B7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountNotice {
+    pub schema: u16,
+    /// `meta`, `wazzup`: whose webhook carried it.
+    pub provider: String,
+    /// The account the provider names: Meta's WhatsApp Business Account id
+    /// (`entry[].id`), Wazzup's `channelId`.
+    pub account: String,
+    /// The template it concerns, when it is one template's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<TemplateRef>,
+    /// True: the account (or template) can send again; false: it cannot.
+    pub healthy: bool,
+    /// What the provider said, in its words (`DISABLED_UPDATE DISABLE`,
+    /// `channel state phoneUnavailable`, `template PAUSED`).
+    pub event: String,
+    /// When the provider says it happened.
+    pub at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// Marks this message as an account notice on the status route.
+    pub notice: bool,
+}
+
+/// A WhatsApp template, as Meta names it in a status notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    pub name: String,
+    pub language: String,
+}
+
 /// What the status route carries.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StatusMessage {
     Update(StatusUpdate),
     OptOut(OptOut),
+    Notice(AccountNotice),
 }
 
 impl StatusMessage {
@@ -115,17 +151,26 @@ impl StatusMessage {
         match self {
             StatusMessage::Update(u) => u.to_json(),
             StatusMessage::OptOut(o) => serde_json::to_vec(o).unwrap_or_default(),
+            StatusMessage::Notice(n) => serde_json::to_vec(n).unwrap_or_default(),
         }
     }
 
-    /// A status update, or else an opt-out (`"opt_out": true`).
+    /// A status update, else an opt-out (`"opt_out": true`), else an
+    /// account notice (`"notice": true`).
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         match StatusUpdate::from_json(bytes) {
             Ok(u) => Ok(StatusMessage::Update(u)),
-            Err(e) => match serde_json::from_slice::<OptOut>(bytes) {
-                Ok(o) if o.opt_out => Ok(StatusMessage::OptOut(o)),
-                _ => Err(e),
-            },
+            Err(e) => {
+                if let Ok(o) = serde_json::from_slice::<OptOut>(bytes)
+                    && o.opt_out
+                {
+                    return Ok(StatusMessage::OptOut(o));
+                }
+                match serde_json::from_slice::<AccountNotice>(bytes) {
+                    Ok(n) if n.notice => Ok(StatusMessage::Notice(n)),
+                    _ => Err(e),
+                }
+            }
         }
     }
 
@@ -133,14 +178,16 @@ impl StatusMessage {
         match self {
             StatusMessage::Update(u) => &u.provider,
             StatusMessage::OptOut(o) => &o.provider,
+            StatusMessage::Notice(n) => &n.provider,
         }
     }
 
-    /// `sent`, `delivered`, `read`, `failed`, or `opt_out`.
+    /// `sent`, `delivered`, `read`, `failed`, `opt_out` or `account_notice`.
     pub fn label(&self) -> &'static str {
         match self {
             StatusMessage::Update(u) => u.state.as_str(),
             StatusMessage::OptOut(_) => "opt_out",
+            StatusMessage::Notice(_) => "account_notice",
         }
     }
 
@@ -148,6 +195,7 @@ impl StatusMessage {
         match self {
             StatusMessage::Update(u) => u.schema,
             StatusMessage::OptOut(o) => o.schema,
+            StatusMessage::Notice(n) => n.schema,
         }
     }
 
@@ -155,6 +203,7 @@ impl StatusMessage {
         match self {
             StatusMessage::Update(u) => u.received_at,
             StatusMessage::OptOut(o) => o.received_at,
+            StatusMessage::Notice(n) => n.received_at,
         }
     }
 }
@@ -214,6 +263,22 @@ mod stop_word_tests {
             delivery_key: None,
         });
         assert_eq!(StatusMessage::from_json(&u.to_json()).unwrap(), u);
+        let n = StatusMessage::Notice(AccountNotice {
+            schema: STATUS_SCHEMA_VERSION,
+            provider: "meta".into(),
+            account: "104996122399160".into(),
+            template: Some(TemplateRef {
+                name: "review_request".into(),
+                language: "ru".into(),
+            }),
+            healthy: false,
+            event: "template PAUSED".into(),
+            at: now,
+            received_at: now,
+            notice: true,
+        });
+        assert_eq!(StatusMessage::from_json(&n.to_json()).unwrap(), n);
+        assert_eq!(n.label(), "account_notice");
         assert!(StatusMessage::from_json(b"{}").is_err());
     }
 }

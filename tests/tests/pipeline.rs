@@ -462,6 +462,107 @@ async fn a_meta_inbound_stop_word_opts_the_sender_out() {
     stack.stop().await;
 }
 
+fn account_update_body(ban_state: &str, time: i64) -> String {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{
+        "id": WABA, "time": time, "changes": [{"field": "account_update", "value": {
+            "event": "DISABLED_UPDATE",
+            "ban_info": {"waba_ban_state": ban_state, "waba_ban_date": "2026-12-04"}
+        }}]
+    }]})
+    .to_string()
+}
+
+/// Meta's `account_update` webhook, through the real ingest and broker:
+/// DISABLE pauses the tenant's number fleet-wide (its orders go by SMS at
+/// once), REINSTATE resumes it (WhatsApp again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_account_ban_webhook_sends_by_sms_until_reinstated() {
+    let fake = MockServer::start().await;
+    meta_accepts(&fake, "wamid.after-ban").await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100,
+            "sms": {"79160000041": {"status": "OK", "status_code": 100, "sms_id": "e2e-sms-41"}}
+        })))
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("account-ban", &fake).await;
+    let pauses = format!("{}:pauses", stack.prefix);
+    let paused = || {
+        let pauses = pauses.clone();
+        async move {
+            let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            redis::cmd("HEXISTS")
+                .arg(&pauses)
+                .arg("acme|meta|1234567890")
+                .query_async::<bool>(&mut c)
+                .await
+                .expect("hexists")
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let body = account_update_body("DISABLE", now);
+    assert_eq!(
+        meta_callback(&stack, &body, &sign("e2e-meta-app-secret-0001", &body)).await,
+        200
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        if paused().await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the number is paused");
+    let order = |id: &str| {
+        format!(
+            r#"{{"order":{{"id":"{id}","status":"Выполнен","client":{{"phone":"+79160000041"}}}}}}"#
+        )
+    };
+    let (status, _) = stack
+        .post("rkeeper", "application/json", &order("rk-ban-1"))
+        .await;
+    assert_eq!(status, 202);
+    let got = wait_requests(&fake, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].url.path(), "/sms/send", "by SMS while banned");
+
+    let body = account_update_body("REINSTATE", now + 1);
+    assert_eq!(
+        meta_callback(&stack, &body, &sign("e2e-meta-app-secret-0001", &body)).await,
+        200
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        if !paused().await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the number is resumed");
+    let (status, _) = stack
+        .post("rkeeper", "application/json", &order("rk-ban-2"))
+        .await;
+    assert_eq!(status, 202);
+    let got = wait_requests(&fake, 2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[1].url.path(),
+        "/v21.0/1234567890/messages",
+        "WhatsApp again"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.received_requests().await.unwrap_or_default().len(), 2);
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_500_gets_the_second_attempt_and_the_journal_tells_it() {
     let fake = MockServer::start().await;

@@ -351,6 +351,14 @@ impl<P: Provider> Provider for Limited<P> {
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
         self.inner.probe()
     }
+
+    fn answers_to(&self, account: &str) -> bool {
+        self.inner.answers_to(account)
+    }
+
+    fn probe_sees_notices(&self) -> bool {
+        self.inner.probe_sees_notices()
+    }
 }
 
 fn recipient_key(to: &Address) -> String {

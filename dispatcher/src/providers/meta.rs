@@ -19,6 +19,11 @@ struct Config {
     base_url: String,
     phone_number_id: String,
     access_token: String,
+    /// The WhatsApp Business Account the number belongs to: Meta's
+    /// `account_update` and template notices name it (optional; without it
+    /// only pauses from failed sends apply).
+    #[serde(default)]
+    waba_id: Option<String>,
     #[serde(default = "super::default_timeout_ms")]
     timeout_ms: u64,
 }
@@ -32,6 +37,7 @@ pub struct Meta {
     /// `{base_url}/{phone_number_id}`: the number, read by the probe.
     number_url: String,
     phone_number_id: String,
+    waba_id: Option<String>,
     token: String,
     timeout: Duration,
     http: reqwest::Client,
@@ -48,6 +54,10 @@ impl Meta {
             url: format!("{number_url}/messages"),
             number_url,
             phone_number_id: c.phone_number_id,
+            waba_id: c
+                .waba_id
+                .map(|w| w.trim().to_string())
+                .filter(|w| !w.is_empty()),
             token: c.access_token,
             timeout: Duration::from_millis(c.timeout_ms),
             http,
@@ -201,6 +211,10 @@ impl Provider for Meta {
 
     fn account(&self) -> String {
         self.phone_number_id.clone()
+    }
+
+    fn answers_to(&self, account: &str) -> bool {
+        self.waba_id.as_deref() == Some(account) || self.phone_number_id == account
     }
 
     /// Healthy: the phone number reads with the token (`GET

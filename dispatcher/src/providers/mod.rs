@@ -210,6 +210,23 @@ pub trait Provider: Send + Sync {
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
         None
     }
+
+    /// True when a provider's account notice (a webhook saying an account
+    /// broke or recovered, [`shared::status::AccountNotice`]) naming
+    /// `account` is about this sender: Meta's WhatsApp Business Account id
+    /// (`waba_id`) or phone number id, Wazzup's channel id.
+    fn answers_to(&self, _account: &str) -> bool {
+        false
+    }
+
+    /// True when [`Provider::probe`] sees what the provider's notices say
+    /// (Wazzup's channel state): a notice's pause is then probed like any
+    /// other. Otherwise (Meta's bans and template pauses, which a phone
+    /// number read does not show) only the provider's next notice or an
+    /// admin resumes it.
+    fn probe_sees_notices(&self) -> bool {
+        false
+    }
 }
 
 /// A number a provider writes as a number or as text (`"12.50"`).
@@ -301,6 +318,14 @@ impl<P: Provider + ?Sized> Provider for Box<P> {
 
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
         (**self).probe()
+    }
+
+    fn answers_to(&self, account: &str) -> bool {
+        (**self).answers_to(account)
+    }
+
+    fn probe_sees_notices(&self) -> bool {
+        (**self).probe_sees_notices()
     }
 }
 

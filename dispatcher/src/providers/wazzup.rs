@@ -167,6 +167,15 @@ impl Provider for Wazzup {
         self.channel_id.clone()
     }
 
+    fn answers_to(&self, account: &str) -> bool {
+        self.channel_id == account
+    }
+
+    /// The probe reads the channel's state, as `channelsUpdates` reports it.
+    fn probe_sees_notices(&self) -> bool {
+        true
+    }
+
     /// Healthy: `GET /v3/channels` lists our channel as `active`.
     fn probe(&self) -> Option<BoxFuture<'_, Result<(), String>>> {
         Some(

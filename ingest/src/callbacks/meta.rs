@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
-use shared::status::DeliveryState;
+use shared::status::{AccountNotice, DeliveryState, STATUS_SCHEMA_VERSION, TemplateRef};
 
 use super::{
     CallbackError, Callbacks, Inbound, Parsed, Provider, code_string, describe_json_error, update,
@@ -164,6 +164,7 @@ pub fn parse(
     let root: Value = serde_json::from_slice(body).map_err(|e| describe_json_error(&e))?;
     let root = root.as_object().ok_or("body is not a JSON object")?;
     let mut values = Vec::new();
+    let mut notices = Vec::new();
     match root.get("entry") {
         Some(entry) => {
             let entries = entry.as_array().ok_or("entry is not an array")?;
@@ -175,10 +176,13 @@ pub fn parse(
                         .ok_or_else(|| format!("entry[{i}].changes is not an array"))?,
                 };
                 for change in changes {
-                    // Other subscriptions (account_update, templates, ...)
-                    // carry no delivery statuses.
                     let field = change.get("field").and_then(Value::as_str);
+                    // The account's and its templates' health (B7); other
+                    // subscriptions carry nothing for us.
                     if field.is_some_and(|f| f != "messages") {
+                        if let Some(n) = notice(e, change, provider, received_at) {
+                            notices.push(n);
+                        }
                         continue;
                     }
                     if let Some(v) = change.get("value").and_then(Value::as_object) {
@@ -191,7 +195,10 @@ pub fn parse(
         None => values.push(root),
     }
 
-    let mut out = Parsed::default();
+    let mut out = Parsed {
+        notices,
+        ..Parsed::default()
+    };
     for value in values {
         let messages = array(value.get("messages"), "messages")?;
         out.inbound += messages.len();
@@ -283,6 +290,104 @@ fn status(
         k.len() <= MAX_DELIVERY_KEY && k.contains('/') && !k.chars().any(char::is_control)
     });
     Some(u)
+}
+
+/// An `account_update` or `message_template_status_update` change that
+/// says the account (entry `id`, the WhatsApp Business Account) or one of
+/// its templates can or cannot send (providers.md B7). What changes nothing
+/// for sending (a violation warning, a template flagged or pending, a
+/// disable only scheduled) is logged and dropped.
+fn notice(
+    entry: &Value,
+    change: &Value,
+    provider: Provider,
+    received_at: DateTime<Utc>,
+) -> Option<AccountNotice> {
+    let field = change.get("field").and_then(Value::as_str)?;
+    let value = change.get("value")?;
+    let event = value.get("event").and_then(Value::as_str).unwrap_or("");
+    let (healthy, said, template) = match field {
+        "account_update" => {
+            let (healthy, said) = account_update(event, value)?;
+            (healthy, said, None)
+        }
+        "message_template_status_update" => {
+            let healthy = match event {
+                "APPROVED" | "REINSTATED" => true,
+                "PAUSED" | "DISABLED" | "LOCKED" | "REJECTED" | "ARCHIVED" | "DELETED"
+                | "PENDING_DELETION" => false,
+                _ => {
+                    tracing::info!(provider = provider.as_str(), event = %shared::mask::text(event),
+                        "template status that changes nothing for sending");
+                    return None;
+                }
+            };
+            let text = |k: &str| {
+                value
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && s.len() <= 512)
+            };
+            let template = TemplateRef {
+                name: text("message_template_name")?.to_string(),
+                language: text("message_template_language")?.to_string(),
+            };
+            (healthy, format!("template {event}"), Some(template))
+        }
+        _ => return None,
+    };
+    let account = entry
+        .get("id")
+        .and_then(code_string)
+        .map(|a| a.trim().to_string())
+        .filter(|a| !a.is_empty() && a.len() <= 64)?;
+    let at = entry.get("time").and_then(unix_seconds);
+    tracing::info!(provider = provider.as_str(), account = %account, healthy,
+        event = %shared::mask::text(&said), "account notice");
+    Some(AccountNotice {
+        schema: STATUS_SCHEMA_VERSION,
+        provider: provider.as_str().to_string(),
+        account,
+        template,
+        healthy,
+        event: shared::mask::text(&said),
+        at: at.unwrap_or(received_at),
+        received_at,
+        notice: true,
+    })
+}
+
+/// An `account_update` event: whether the account can send, in words.
+fn account_update(event: &str, value: &Value) -> Option<(bool, String)> {
+    match event {
+        "DISABLED_UPDATE" => {
+            let state = value
+                .get("ban_info")
+                .and_then(|b| b.get("waba_ban_state"))
+                .and_then(Value::as_str)?;
+            let healthy = match state {
+                "DISABLE" => false,
+                "REINSTATE" => true,
+                // SCHEDULE_FOR_DISABLE: it still sends until the date.
+                _ => return None,
+            };
+            Some((healthy, format!("{event} {state}")))
+        }
+        // Only a restriction on business-initiated messages stops ours.
+        "ACCOUNT_RESTRICTION" => {
+            let restricted = value
+                .get("restriction_info")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("restriction_type").and_then(Value::as_str))
+                .any(|t| t == "RESTRICTED_BIZ_INITIATED_MESSAGING");
+            restricted.then(|| (false, format!("{event} RESTRICTED_BIZ_INITIATED_MESSAGING")))
+        }
+        "ACCOUNT_DELETED" | "PARTNER_REMOVED" => Some((false, event.to_string())),
+        _ => None,
+    }
 }
 
 /// Meta's own limit on `biz_opaque_callback_data`.
@@ -501,6 +606,115 @@ mod tests {
         // An unreadable timestamp falls back to when we received it.
         assert_eq!(p.updates[2].at, now);
         assert_eq!(p.ignored, 2);
+    }
+
+    fn change(field: &str, value: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"object": "whatsapp_business_account", "entry": [
+            {"id": "104996122399160", "time": 1733300000, "changes": [{"field": field, "value": value}]}
+        ]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn account_updates_that_stop_or_restart_sending_become_notices() {
+        let now = Utc::now();
+        let cases = [
+            (
+                serde_json::json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "DISABLE", "waba_ban_date": "2024-12-01"}}),
+                Some(false),
+            ),
+            (
+                serde_json::json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "REINSTATE"}}),
+                Some(true),
+            ),
+            (
+                serde_json::json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "SCHEDULE_FOR_DISABLE"}}),
+                None,
+            ),
+            (
+                serde_json::json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1733400000}]}),
+                Some(false),
+            ),
+            (
+                serde_json::json!({"event": "ACCOUNT_RESTRICTION", "restriction_info": [{"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION"}]}),
+                None,
+            ),
+            (serde_json::json!({"event": "ACCOUNT_DELETED"}), Some(false)),
+            (serde_json::json!({"event": "PARTNER_REMOVED"}), Some(false)),
+            (
+                serde_json::json!({"event": "ACCOUNT_VIOLATION", "violation_info": {"violation_type": "SCAM"}}),
+                None,
+            ),
+        ];
+        for (value, healthy) in cases {
+            let p = parse(
+                &change("account_update", value.clone()),
+                Provider::Meta,
+                now,
+            )
+            .unwrap();
+            assert!(p.updates.is_empty());
+            assert_eq!(
+                p.notices.iter().map(|n| n.healthy).next(),
+                healthy,
+                "{value}"
+            );
+            for n in &p.notices {
+                assert_eq!(n.account, "104996122399160");
+                assert_eq!(n.provider, "meta");
+                assert!(n.template.is_none());
+                assert_eq!(n.at.timestamp(), 1733300000);
+            }
+        }
+    }
+
+    #[test]
+    fn template_statuses_pause_or_resume_that_template_only() {
+        let now = Utc::now();
+        let value = |event: &str| {
+            serde_json::json!({"event": event, "message_template_id": 123456789,
+                "message_template_name": "review_request", "message_template_language": "ru",
+                "reason": null, "other_info": {"title": "FIRST_PAUSE", "description": "low quality"}})
+        };
+        for (event, healthy) in [
+            ("PAUSED", Some(false)),
+            ("DISABLED", Some(false)),
+            ("APPROVED", Some(true)),
+            ("REINSTATED", Some(true)),
+            ("FLAGGED", None),
+            ("PENDING", None),
+        ] {
+            let p = parse(
+                &change("message_template_status_update", value(event)),
+                Provider::Meta,
+                now,
+            )
+            .unwrap();
+            assert_eq!(
+                p.notices.iter().map(|n| n.healthy).next(),
+                healthy,
+                "{event}"
+            );
+            if let Some(n) = p.notices.first() {
+                let t = n.template.as_ref().unwrap();
+                assert_eq!(
+                    (t.name.as_str(), t.language.as_str()),
+                    ("review_request", "ru")
+                );
+                assert_eq!(n.event, format!("template {event}"));
+            }
+        }
+        // Without a name there is nothing to pause.
+        let p = parse(
+            &change(
+                "message_template_status_update",
+                serde_json::json!({"event": "PAUSED", "message_template_language": "ru"}),
+            ),
+            Provider::Meta,
+            now,
+        )
+        .unwrap();
+        assert!(p.notices.is_empty());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use shared::config::CallbackSettings;
 use shared::status::{
-    DeliveryState, OptOut, STATUS_SCHEMA_VERSION, StatusMessage, StatusUpdate, is_stop_word,
+    AccountNotice, DeliveryState, OptOut, STATUS_SCHEMA_VERSION, StatusMessage, StatusUpdate,
+    is_stop_word,
 };
 use subtle::{Choice, ConstantTimeEq};
 
@@ -242,6 +243,8 @@ pub struct Parsed {
     /// The inbound messages' texts, to be compared with the stop words
     /// (only in memory: the text is the customer's own writing).
     pub texts: Vec<Inbound>,
+    /// Sender accounts (or templates) that broke or recovered.
+    pub notices: Vec<AccountNotice>,
 }
 
 /// One inbound text message: who wrote it, to which of our numbers.
@@ -389,6 +392,8 @@ pub async fn accept(
         .inc_by(parsed.ignored as u64);
     m.with_label_values(&[p, "opt_out"])
         .inc_by(stops.len() as u64);
+    m.with_label_values(&[p, "account_notice"])
+        .inc_by(parsed.notices.len() as u64);
     let answer = |outcome: &'static str, queued: usize| {
         HttpResponse::Ok().json(CallbackAnswer {
             status: outcome,
@@ -396,9 +401,10 @@ pub async fn accept(
             inbound_ignored: parsed.inbound,
             statuses_ignored: parsed.ignored,
             opt_outs: stops.len(),
+            account_notices: parsed.notices.len(),
         })
     };
-    if parsed.updates.is_empty() && stops.is_empty() {
+    if parsed.updates.is_empty() && stops.is_empty() && parsed.notices.is_empty() {
         let outcome = if parsed.ping { "ping" } else { "ignored" };
         tracing::debug!(
             provider = p,
@@ -414,6 +420,7 @@ pub async fn accept(
         .cloned()
         .map(StatusMessage::Update)
         .chain(stops.iter().cloned().map(StatusMessage::OptOut))
+        .chain(parsed.notices.iter().cloned().map(StatusMessage::Notice))
         .collect();
     let durable_in = state
         .durable
@@ -436,7 +443,7 @@ pub async fn accept(
 pub struct CallbackAnswer {
     /// `queued`, `ignored` (nothing to record) or `ping` (Wazzup's test).
     status: &'static str,
-    /// Status updates and opt-outs made durable.
+    /// Status updates, opt-outs and account notices made durable.
     queued: usize,
     /// Inbound messages seen (those that are a stop word also count in `opt_outs`).
     inbound_ignored: usize,
@@ -444,6 +451,9 @@ pub struct CallbackAnswer {
     statuses_ignored: usize,
     /// Senders of a stop word, opted out.
     opt_outs: usize,
+    /// Sender accounts or templates reported broken or recovered, queued
+    /// for the dispatchers (pause or resume).
+    account_notices: usize,
 }
 
 /// Counts and logs a callback's result; the handlers' last step.

@@ -10,7 +10,7 @@ use actix_web::HttpRequest;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
-use shared::status::DeliveryState;
+use shared::status::{AccountNotice, DeliveryState, STATUS_SCHEMA_VERSION};
 
 use super::{
     CallbackError, Callbacks, Inbound, Parsed, Provider, bearer, code_string, describe_json_error,
@@ -59,8 +59,8 @@ pub fn schema() -> Value {
     serde_json::json!({
         "type": "object",
         "description": "`statuses[]` ({messageId, status, timestamp, error}), `messages[]` \
-            (inbound and echoes), or `{\"test\": true}`",
-        "properties": {"statuses": list, "messages": list, "test": {}},
+            (inbound and echoes), `channelsUpdates[]` ({channelId, state}), or `{\"test\": true}`",
+        "properties": {"statuses": list, "messages": list, "channelsUpdates": list, "test": {}},
     })
 }
 
@@ -90,7 +90,49 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Parsed, String> 
             None => out.ignored += 1,
         }
     }
+    match root.get("channelsUpdates") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(c)) => {
+            for item in c {
+                match channel_update(item, received_at) {
+                    Some(n) => out.notices.push(n),
+                    None => out.ignored += 1,
+                }
+            }
+        }
+        Some(_) => return Err("channelsUpdates is not an array".into()),
+    }
     Ok(out)
+}
+
+/// A channel's new state (`channelsUpdates`, providers.md B7): only
+/// `active` can send; any other state pauses the channel until it is
+/// active again.
+fn channel_update(item: &Value, received_at: DateTime<Utc>) -> Option<AccountNotice> {
+    let text = |k: &str| {
+        item.get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+    };
+    let channel = text("channelId")?;
+    let state = text("state")?;
+    tracing::info!(provider = "wazzup", channel, state = %shared::mask::text(state), "channel state");
+    Some(AccountNotice {
+        schema: STATUS_SCHEMA_VERSION,
+        provider: Provider::Wazzup.as_str().to_string(),
+        account: channel.to_string(),
+        template: None,
+        healthy: state == "active",
+        event: shared::mask::text(&format!("channel state {state}")),
+        at: item
+            .get("timestamp")
+            .or_else(|| item.get("dateTime"))
+            .and_then(timestamp)
+            .unwrap_or(received_at),
+        received_at,
+        notice: true,
+    })
 }
 
 /// A WhatsApp text the customer wrote (not our own echo), for the stop
@@ -187,6 +229,24 @@ mod tests {
         assert_eq!(u.state, DeliveryState::Delivered);
         assert_eq!(u.at.to_rfc3339(), "2025-02-05T06:01:07.499+00:00");
         assert!(!p.ping);
+    }
+
+    #[test]
+    fn channel_updates_become_notices_active_or_not() {
+        let body = br#"{"channelsUpdates":[
+            {"channelId":"c5e1f3a0-0000-4000-8000-000000000001","state":"phoneUnavailable"},
+            {"channelId":"c5e1f3a0-0000-4000-8000-000000000002","state":"active","transport":"whatsapp"},
+            {"state":"active"}
+        ]}"#;
+        let p = parse(body, Utc::now()).unwrap();
+        assert_eq!(p.notices.len(), 2);
+        assert_eq!(p.ignored, 1, "an item without a channel id is ignored");
+        assert_eq!(p.notices[0].account, "c5e1f3a0-0000-4000-8000-000000000001");
+        assert!(!p.notices[0].healthy);
+        assert_eq!(p.notices[0].event, "channel state phoneUnavailable");
+        assert!(p.notices[1].healthy);
+        assert!(p.notices.iter().all(|n| n.provider == "wazzup" && n.notice));
+        assert!(parse(br#"{"channelsUpdates":{"channelId":"x"}}"#, Utc::now()).is_err());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The WhatsApp Business Account of the stack's Meta number.
+pub const WABA: &str = "104996122399160";
+
 pub struct Stack {
     pub ingest: Child,
     pub dispatcher: Child,
@@ -91,11 +94,13 @@ default = ["whatsapp", "sms"]
 base_url = "{fake}/v21.0"
 phone_number_id = "1234567890"
 access_token = "EAA-e2e-token"
+waba_id = "{WABA}"
 [tenants.providers.smsru]
 base_url = "{fake}"
 api_id = "e2e-api-id"
 {more}"#,
             spool = dir.path().join("spool").display(),
+            WABA = WABA,
             fake = fake.uri(),
         );
         let cfg = dir.path().join("vestnik.toml");
