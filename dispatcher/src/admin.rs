@@ -675,24 +675,7 @@ pub struct PausedByHand {
 
 /// Whether `id` names a provider account the tenant has configured.
 pub(crate) fn configured_account(state: &AdminState, id: &str) -> bool {
-    let mut parts = id.splitn(3, '|');
-    let (Some(tenant), Some(provider), Some(account)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let p = crate::pause::Paused {
-        id: id.to_string(),
-        tenant: tenant.to_string(),
-        provider: provider.to_string(),
-        account: account.to_string(),
-        reason: String::new(),
-        since: chrono::Utc::now(),
-        next_probe: chrono::Utc::now(),
-        probes: 0,
-        manual: true,
-        notice: false,
-    };
-    crate::pause::provider_of(&state.worker, &p).is_some()
+    crate::pause::names_configured_account(&state.worker, id)
 }
 
 /// Pauses a provider account by hand (fleet-wide): its messages fall back

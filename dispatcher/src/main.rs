@@ -43,6 +43,33 @@ enum Command {
         #[command(subcommand)]
         op: OptOutOp,
     },
+    /// Paused provider accounts (channel health), fleet-wide.
+    Pauses {
+        #[command(subcommand)]
+        op: PausesOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum PausesOp {
+    /// Every paused account, oldest first (id, reason, since, probes, by whom).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a configured account by hand: its messages fall back or are
+    /// held; no probe or provider notice resumes it, only `resume`.
+    Pause {
+        /// `<tenant>|<provider>|<account>`, as `list` and `GET /admin/pauses` show it.
+        id: String,
+    },
+    /// Resume a paused account now (if it is still broken, its next
+    /// message pauses it again).
+    Resume {
+        /// `<tenant>|<provider>|<account>`.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,7 +247,73 @@ fn main() -> ExitCode {
         Command::Dlq { op } => runtime.block_on(dlq(settings, op)),
         Command::Events { op } => runtime.block_on(events(settings, op)),
         Command::OptOut { op } => runtime.block_on(opt_out(settings, op)),
+        Command::Pauses { op } => runtime.block_on(pauses(settings, op)),
     }
+}
+
+async fn pauses(settings: Settings, op: PausesOp) -> ExitCode {
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let worker = match dispatcher::app::build_worker(&settings, rx) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    let store = &worker.store;
+    let result: Result<ExitCode, String> = async {
+        match op {
+            PausesOp::List { json } => {
+                let list = store.pauses().await.map_err(|e| e.to_string())?;
+                for p in &list {
+                    if json {
+                        println!("{}", serde_json::to_string(p).unwrap_or_default());
+                    } else {
+                        let by = if p.manual {
+                            "admin".to_string()
+                        } else if p.notice {
+                            "provider notice".to_string()
+                        } else {
+                            format!("probe {} at {}", p.probes + 1, p.next_probe.to_rfc3339())
+                        };
+                        println!(
+                            "{}  since {}  {}  ({by})",
+                            p.id,
+                            p.since.to_rfc3339(),
+                            p.reason
+                        );
+                    }
+                }
+                if !json {
+                    eprintln!("{} paused", list.len());
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            PausesOp::Pause { id } => {
+                if !dispatcher::pause::names_configured_account(&worker, &id) {
+                    eprintln!(
+                        "{id:?} names no configured account (<tenant>|<provider>|<account>; \
+                         `pauses list` or GET /admin/pauses show the ids)"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                store.pause_by_hand(&id).await.map_err(|e| e.to_string())?;
+                println!("{id} paused by hand: only `pauses resume` resumes it");
+                Ok(ExitCode::SUCCESS)
+            }
+            PausesOp::Resume { id } => {
+                if store.resume(&id).await.map_err(|e| e.to_string())? {
+                    println!("{id} resumed");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("{id} is not paused");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 async fn opt_out(settings: Settings, op: OptOutOp) -> ExitCode {

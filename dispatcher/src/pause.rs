@@ -56,9 +56,10 @@ pub struct Paused {
     pub probes: u32,
     /// Paused by an admin: not probed, stays until an admin resumes it.
     pub manual: bool,
-    /// Paused by the provider's notice (a Meta ban, a template paused)
-    /// that a probe cannot see: not probed, resumed by the provider's next
-    /// notice or an admin.
+    /// Not probed: what paused it is something a probe cannot see healthy
+    /// (a provider's notice of a ban or a paused template, a country the
+    /// account may not write to); resumed by the provider's next notice or
+    /// an admin.
     #[serde(default)]
     pub notice: bool,
 }
@@ -86,6 +87,11 @@ pub fn pause_id(tenant: &str, provider: &str, account: &str) -> String {
 /// The account part of one template's pause: `<account>/template/<name>/<language>`.
 pub fn template_account(account: &str, name: &str, language: &str) -> String {
     format!("{account}/template/{name}/{language}")
+}
+
+/// The account part of its pause for one recipient country: `<account>/country/<region>`.
+pub fn country_account(account: &str, region: &str) -> String {
+    format!("{account}/country/{region}")
 }
 
 /// The field beside a pause that keeps the time (ms) of the last notice
@@ -278,6 +284,29 @@ impl Store {
         .await
     }
 
+    /// Pauses what no probe can see healthy again (one country of an
+    /// account): only a provider's notice or an admin resumes it; true when
+    /// it was not paused.
+    pub async fn pause_unprobed(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+        let key = pauses_key(self.prefix());
+        let now = Utc::now();
+        let value = serde_json::to_string(&Stored {
+            reason: shared::mask::text(reason),
+            since: now,
+            next_probe: now,
+            probes: 0,
+            manual: false,
+            notice: true,
+        })
+        .unwrap_or_default();
+        let field = id.to_string();
+        self.run_durable(key.clone(), move |mut c| {
+            let (key, field, value) = (key.clone(), field.clone(), value.clone());
+            async move { c.hset_nx(key, field, value).await }
+        })
+        .await
+    }
+
     /// An admin pauses the account (or makes a pause a provider caused
     /// theirs): no probe resumes it, only an admin.
     pub async fn pause_by_hand(&self, id: &str) -> Result<(), StoreError> {
@@ -456,6 +485,30 @@ pub fn provider_of(
         .flat_map(|r| r.providers.values().flatten())
         .find(|provider| provider.name() == p.provider && provider.account() == p.account)
         .cloned()
+}
+
+/// Whether `id` (`<tenant>|<provider>|<account>`) names a provider account
+/// a tenant (or one of its branches) has configured: what an admin may
+/// pause by hand.
+pub fn names_configured_account(worker: &crate::worker::Worker, id: &str) -> bool {
+    let mut parts = id.splitn(3, '|');
+    let (Some(tenant), Some(provider), Some(account)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let p = Paused {
+        id: id.to_string(),
+        tenant: tenant.to_string(),
+        provider: provider.to_string(),
+        account: account.to_string(),
+        reason: String::new(),
+        since: Utc::now(),
+        next_probe: Utc::now(),
+        probes: 0,
+        manual: true,
+        notice: false,
+    };
+    provider_of(worker, &p).is_some()
 }
 
 #[cfg(test)]

@@ -540,6 +540,19 @@ impl Worker {
                 &template,
             ));
         }
+        // WhatsApp accounts may be barred from a country (Meta 130497).
+        let region = match (&c.address, channel) {
+            (Address::Phone(p), Channel::Whatsapp) => p.region(),
+            _ => None,
+        };
+        if let Some(r) = &region {
+            let country = crate::pause::country_account(&account, r);
+            pauses.push(crate::pause::pause_id(
+                &event.tenant,
+                provider_name,
+                &country,
+            ));
+        }
         match self.with_store(|| self.store.paused_any(&pauses)).await {
             None => return ChannelEnd::Settled(Settle::Requeue),
             Some(Some(p)) => return ChannelEnd::Paused(p.reason),
@@ -772,6 +785,41 @@ impl Worker {
                     )
                     .await;
                 ChannelEnd::Settled(settle)
+            }
+            Outcome::CountryDown { reason } => {
+                self.release(&event.dedup_key, channel, &token, Sending::Clear)
+                    .await;
+                let Some(region) = region else {
+                    // No country to pause: the whole account's failure, then.
+                    let f = Failure {
+                        class: "config",
+                        reason,
+                        channel: Some(channel),
+                        provider: Some(provider_name),
+                    };
+                    return ChannelEnd::Settled(self.final_failure(event, job, f).await);
+                };
+                let id = crate::pause::pause_id(
+                    &event.tenant,
+                    provider_name,
+                    &crate::pause::country_account(&account, &region),
+                );
+                let Some(new) = self
+                    .with_store(|| self.store.pause_unprobed(&id, &reason))
+                    .await
+                else {
+                    return ChannelEnd::Settled(Settle::Requeue);
+                };
+                if new {
+                    self.metrics
+                        .pauses
+                        .with_label_values(&[provider_name, "paused"])
+                        .inc();
+                    tracing::warn!(channel = %channel, provider = provider_name, account = %account,
+                        region = %region, reason = %shared::mask::text(&reason),
+                        "account paused for one country: its messages there fall back or are held");
+                }
+                ChannelEnd::Paused(reason)
             }
             Outcome::AccountDown { reason } => {
                 // Nothing reached the customer: the claim is given back and

@@ -81,13 +81,14 @@ async fn until<F: std::future::Future<Output = bool>>(
     }
 }
 
+/// `n` orders of `n` customers (one each).
 fn events(n: usize, tag: &str) -> Vec<shared::Event> {
     (0..n)
         .map(|i| {
             event(
                 EventKind::OrderCompleted,
                 &format!("org:{tag}-{i}"),
-                "+79161234567",
+                &format!("+7916{:07}", 1_000_000 + i),
             )
         })
         .collect()
@@ -118,7 +119,8 @@ async fn a_broken_account_is_paused_its_messages_held_and_sent_once_when_it_heal
         || async { !received(&fake, "POST", MESSAGES).await.is_empty() },
     )
     .await;
-    let rest = events(30, "pause-rest");
+    // A dinner peak's worth meanwhile.
+    let rest = events(500, "pause-rest");
     for e in &rest {
         h.publish(e).await;
     }
@@ -155,17 +157,17 @@ async fn a_broken_account_is_paused_its_messages_held_and_sent_once_when_it_heal
     until(
         "every held message is sent",
         Duration::from_secs(60),
-        || async { received(&fake, "POST", MESSAGES).await.len() >= 31 },
+        || async { received(&fake, "POST", MESSAGES).await.len() >= 501 },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let sent = received(&fake, "POST", MESSAGES).await;
     let got = keys(&sent);
-    assert_eq!(got.len(), 31, "31 sends: {got:?}");
+    assert_eq!(got.len(), 501, "501 sends");
     for e in first.iter().chain(rest.iter()) {
         let key = format!("{}/whatsapp", e.dedup_key);
         let n = got.iter().filter(|k| **k == key).count();
-        assert_eq!(n, 1, "{} sent {n} times: {got:?}", e.dedup_key);
+        assert_eq!(n, 1, "{} sent {n} times", e.dedup_key);
     }
     assert!(
         h.running()
@@ -395,5 +397,92 @@ async fn an_account_paused_by_hand_holds_until_resumed_by_hand() {
     let mut unique = keys(&sent);
     unique.dedup();
     assert_eq!((sent.len(), unique.len()), (3, 3), "each sent once");
+    h.finish().await;
+}
+
+/// Meta 130497: the account may not write to this recipient's country.
+/// That country alone is paused for the account (not probed: a probe
+/// cannot see a restriction lifted); messages to other countries still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_country_meta_bars_is_paused_for_that_account_only() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .and(wiremock::matchers::body_string_contains("+7701"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": {"message": "Business account is restricted from messaging users in this country.",
+                "type": "OAuthException", "code": 130497}
+        })))
+        .with_priority(1)
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(meta_ok("wamid.OK"))
+        .mount(&fake)
+        .await;
+    let h = Harness::start("pause-country", &options(&fake, r#"["whatsapp"]"#)).await;
+    let kz = |i: usize| {
+        event(
+            EventKind::OrderCompleted,
+            &format!("org:kz-{i}"),
+            &format!("+770112345{i:02}"),
+        )
+    };
+    h.publish(&kz(0)).await;
+    until(
+        "the first message meets the restriction",
+        Duration::from_secs(20),
+        || async { !received(&fake, "POST", MESSAGES).await.is_empty() },
+    )
+    .await;
+    let id = "acme|meta|1234567890/country/KZ";
+    until("KZ is paused", Duration::from_secs(10), || async {
+        h.running()
+            .worker
+            .store
+            .pauses()
+            .await
+            .is_ok_and(|p| p.iter().any(|p| p.id == id && p.notice))
+    })
+    .await;
+    for i in 1..4 {
+        h.publish(&kz(i)).await;
+    }
+    let ru = events(3, "country-ru");
+    for e in &ru {
+        h.publish(e).await;
+    }
+    until("the Russian ones go", Duration::from_secs(20), || async {
+        received(&fake, "POST", MESSAGES).await.len() >= 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = received(&fake, "POST", MESSAGES).await;
+    let to_kz = sent
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("+7701"))
+        .count();
+    assert_eq!(
+        (sent.len(), to_kz),
+        (4, 1),
+        "the three Russian orders, and only the first Kazakh one"
+    );
+    assert!(
+        received(&fake, "GET", NUMBER).await.is_empty(),
+        "not probed"
+    );
+    let pauses = h.running().worker.store.pauses().await.expect("pauses");
+    assert_eq!(
+        pauses.len(),
+        1,
+        "the account itself is not paused: {pauses:?}"
+    );
+    assert!(pauses[0].reason.contains("130497"), "{}", pauses[0].reason);
+    assert_eq!(
+        h.queue_len(&h.topology.dead_letter_queue()).await,
+        0,
+        "held, not dead-lettered"
+    );
     h.finish().await;
 }

@@ -55,6 +55,16 @@ impl Phone {
         &self.0[1..]
     }
 
+    /// The number's country (CLDR region, `RU`, `KZ`), as libphonenumber
+    /// reads it; a Russian mobile (`+79…`) without parsing.
+    pub fn region(&self) -> Option<String> {
+        if self.0.starts_with("+79") && self.0.len() == 12 {
+            return Some("RU".into());
+        }
+        let n = phonenumber::parse(None, &self.0).ok()?;
+        n.country().id().map(|id| id.as_ref().to_string())
+    }
+
     /// Accepts an already normalised number (e.g. read back from an event),
     /// re-validating it.
     pub fn parse_e164(e164: &str) -> Result<Self, PhoneError> {
@@ -328,5 +338,14 @@ mod tests {
         assert_eq!(p.to_string(), "+7******4567");
         assert!(!format!("{p:?}").contains("1234567"));
         assert_eq!(serde_json::to_string(&p).unwrap(), "\"+79161234567\"");
+    }
+
+    #[test]
+    fn a_number_knows_its_country() {
+        let region = |p: &str| Phone::parse_e164(p).expect("valid").region();
+        assert_eq!(region("+79161234567").as_deref(), Some("RU"));
+        assert_eq!(region("+77011234567").as_deref(), Some("KZ"));
+        assert_eq!(region("+375291234567").as_deref(), Some("BY"));
+        assert_eq!(region("+4915112345678").as_deref(), Some("DE"));
     }
 }

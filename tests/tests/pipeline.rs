@@ -563,6 +563,59 @@ async fn a_meta_account_ban_webhook_sends_by_sms_until_reinstated() {
     stack.stop().await;
 }
 
+/// An SRE pauses a number from the CLI (before rotating its token): the
+/// tenant's orders go by SMS; `pauses list` shows it; resumed, WhatsApp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_pauses_and_resumes_a_number_from_the_cli() {
+    let fake = MockServer::start().await;
+    meta_accepts(&fake, "wamid.cli").await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100,
+            "sms": {"79160000051": {"status": "OK", "status_code": 100, "sms_id": "e2e-sms-51"}}
+        })))
+        .mount(&fake)
+        .await;
+    let stack = Stack::start("pause-cli", &fake).await;
+    let (code, _) = admin_status(&stack, &["pauses", "pause", "acme|meta|not-ours"]);
+    assert_eq!(code, 1, "an account no tenant has is refused");
+    let out = admin(&stack, &["pauses", "pause", "acme|meta|1234567890"]);
+    assert!(out.contains("paused by hand"), "{out}");
+    let listed = admin(&stack, &["pauses", "list", "--json"]);
+    let entry: serde_json::Value =
+        serde_json::from_str(listed.lines().next().expect("one pause")).expect("json");
+    assert_eq!(entry["id"], "acme|meta|1234567890");
+    assert_eq!(entry["manual"], true);
+    let order = |id: &str| {
+        format!(
+            r#"{{"order":{{"id":"{id}","status":"Выполнен","client":{{"phone":"+79160000051"}}}}}}"#
+        )
+    };
+    let (status, _) = stack
+        .post("rkeeper", "application/json", &order("rk-cli-1"))
+        .await;
+    assert_eq!(status, 202);
+    let got = wait_requests(&fake, 1).await;
+    assert_eq!(got[0].url.path(), "/sms/send", "by SMS while paused");
+    let out = admin(&stack, &["pauses", "resume", "acme|meta|1234567890"]);
+    assert!(out.contains("resumed"), "{out}");
+    let (code, _) = admin_status(&stack, &["pauses", "resume", "acme|meta|1234567890"]);
+    assert_eq!(code, 1, "no longer paused");
+    let (status, _) = stack
+        .post("rkeeper", "application/json", &order("rk-cli-2"))
+        .await;
+    assert_eq!(status, 202);
+    let got = wait_requests(&fake, 2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[1].url.path(),
+        "/v21.0/1234567890/messages",
+        "WhatsApp again"
+    );
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_500_gets_the_second_attempt_and_the_journal_tells_it() {
     let fake = MockServer::start().await;

@@ -206,7 +206,7 @@ pub async fn page(
                             td { (p.tenant) } td { (p.provider) } td { code { (p.account) } }
                             td { span.badge.paused { @if p.manual { "paused by an admin" } @else { (p.reason) } } }
                             td { (age((chrono::Utc::now() - p.since).num_seconds())) }
-                            td { @if p.manual { "not probed" } @else { (when(p.next_probe)) " (" (p.probes) " failed)" } }
+                            td { @if p.manual { "not probed" } @else if p.notice { "not probed: the provider's next notice resumes it" } @else { (when(p.next_probe)) " (" (p.probes) " failed)" } }
                             td {
                                 form.inline method="post" action="/console/pauses" {
                                     (csrf(&session))

@@ -311,6 +311,8 @@ pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -
         // The account: token expired or invalid, blocked for policy,
         // locked, its payment (providers.md): pause it.
         190 | 368 | 131031 | 131042 => Outcome::AccountDown { reason },
+        // Restricted from messaging users in this recipient's country.
+        130497 => Outcome::CountryDown { reason },
         // This recipient cannot get this message on WhatsApp.
         131026 | 131047 | 131051 | 131021 | 130472 | 131049 | 131050 => {
             Outcome::Recipient { reason }
@@ -402,6 +404,10 @@ mod tests {
         assert_eq!(classify(400, &err(131042), None).class(), "account");
         assert_eq!(classify(400, &err(132001), None).class(), "config");
         assert_eq!(classify(400, &err(368), None).class(), "account");
+        assert!(matches!(
+            classify(400, &err(130497), None),
+            Outcome::CountryDown { .. }
+        ));
         match classify(400, &err(131056), None) {
             Outcome::Transient { retry_after, .. } => {
                 assert!(retry_after >= Some(Duration::from_secs(6)))

@@ -124,6 +124,11 @@ pub enum Outcome {
     /// ([`crate::pause`]); this message, like the ones after it, is held or
     /// falls back, no attempt spent.
     AccountDown { reason: String },
+    /// The account may not write to this recipient's country (Meta 130497):
+    /// the account is paused for that country only, not probed (a
+    /// restriction is lifted by Meta, or an admin resumes it); this and the
+    /// next messages to that country fall back or are held.
+    CountryDown { reason: String },
 }
 
 impl Outcome {
@@ -137,7 +142,7 @@ impl Outcome {
             Outcome::Uncertain { .. } => "uncertain",
             Outcome::Throttled { .. } => "throttled",
             Outcome::OptedOut { .. } => "opted_out",
-            Outcome::AccountDown { .. } => "account",
+            Outcome::AccountDown { .. } | Outcome::CountryDown { .. } => "account",
         }
     }
 
@@ -150,6 +155,7 @@ impl Outcome {
             | Outcome::Uncertain { reason }
             | Outcome::OptedOut { reason }
             | Outcome::AccountDown { reason }
+            | Outcome::CountryDown { reason }
             | Outcome::Throttled { reason, .. } => reason,
         }
     }
