@@ -740,9 +740,10 @@ async fn pauses_list(
     }))
 }
 
-/// Resumes a paused account now, without waiting for a probe (held
-/// messages go out when they next look, within `hold_recheck_secs`). If the
-/// account is still broken, its next message pauses it again.
+/// Resumes a paused account now, without waiting for a probe: its held
+/// messages go out first, in order, and new ones queue behind them until
+/// they are out (the pause shows `draining` meanwhile). If the account is
+/// still broken, its next message pauses it again.
 #[utoipa::path(tag = "channel health", security(("admin_token" = [])),
     request_body = ResumeRequest,
     responses(

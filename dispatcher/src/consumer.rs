@@ -54,6 +54,7 @@ pub async fn run(
             _ = stopped(&mut shutdown) => return,
         };
         let Ok(conn) = conn else { continue };
+        let conn = Arc::new(conn);
         match session(&worker, &settings, &conn, &tag, &mut shutdown).await {
             Ok(()) => {
                 let _ = conn.close(200, "shutting down".into()).await;
@@ -74,7 +75,7 @@ pub async fn run(
 async fn session(
     worker: &Arc<Worker>,
     settings: &ConsumerSettings,
-    conn: &Connection,
+    conn: &Arc<Connection>,
     tag: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -120,6 +121,14 @@ async fn session(
         statuses.map(|d| (Kind::Status, d)),
     );
     let dlq_watch = watch_dead_letters(worker, conn).await?;
+    // The hold queues: drained in order when their account is healthy.
+    let (stop_holds, holds_stopped) = watch::channel(false);
+    let holds = tokio::spawn(crate::hold::run(
+        worker.clone(),
+        conn.clone(),
+        publisher.clone(),
+        holds_stopped,
+    ));
     worker.health.set_broker(true);
     worker.metrics.broker_up.set(1);
     tracing::info!(queue = %worker.topology.dispatch_queue(), prefetch = settings.prefetch, concurrency = settings.concurrency, "consuming");
@@ -204,8 +213,15 @@ async fn session(
     // task set would abort them.
     let in_flight = tasks.len();
     tracing::info!(in_flight, "finishing in-flight events");
+    let _ = stop_holds.send(true);
     let drained = tokio::time::timeout(settings.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
+        let draining_holds = async {
+            if holds.await.is_err() {
+                tracing::warn!("the hold queues' task failed");
+            }
+        };
+        let in_flight = async { while tasks.join_next().await.is_some() {} };
+        tokio::join!(draining_holds, in_flight);
     })
     .await;
     if drained.is_err() {

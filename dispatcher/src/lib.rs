@@ -11,6 +11,7 @@ pub mod delivery_state;
 pub mod dlq;
 pub mod frequency_cap;
 pub mod health;
+pub mod hold;
 pub mod journal;
 pub mod lookup;
 pub mod metrics;

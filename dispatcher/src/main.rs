@@ -266,7 +266,9 @@ async fn pauses(settings: Settings, op: PausesOp) -> ExitCode {
                     if json {
                         println!("{}", serde_json::to_string(p).unwrap_or_default());
                     } else {
-                        let by = if p.manual {
+                        let by = if p.draining {
+                            "healthy: releasing its held messages in order".to_string()
+                        } else if p.manual {
                             "admin".to_string()
                         } else if p.notice {
                             "provider notice".to_string()

@@ -43,10 +43,13 @@ pub struct Metrics {
     /// provider and `paused` / `resumed`.
     pub pauses: IntCounterVec,
     /// Messages that met a paused account, by provider and what became of
-    /// them: `fallback`, `held` (once per message), `expired`.
+    /// them: `fallback`, `held`, `released` (sent on from the hold
+    /// queue), `expired`.
     pub paused_messages: IntCounterVec,
     /// Accounts paused now (read from Redis by the prober every second).
     pub paused_accounts: IntGauge,
+    /// Messages in the hold queues, as this dispatcher last saw them.
+    pub held_messages: IntGauge,
 }
 
 const BALANCE_LABELS: &[&str] = &["tenant", "location", "provider"];
@@ -178,9 +181,14 @@ impl Metrics {
             ),
             paused_messages: counter_vec(
                 "vestnik_dispatcher_paused_messages_total",
-                "Messages that met a paused account: fallback (to the next channel), held (once each), expired (to the DLQ)",
+                "Messages that met a paused account: fallback (to the next channel), held, released (from the hold queue), expired (to the DLQ)",
                 &["provider", "what"],
             ),
+            held_messages: IntGauge::new(
+                "vestnik_dispatcher_held_messages",
+                "Messages waiting in the hold queues of paused or draining accounts (as last read by this dispatcher)",
+            )
+            .expect("static metric"),
             paused_accounts: IntGauge::new(
                 "vestnik_dispatcher_paused_accounts",
                 "Provider accounts paused now, fleet-wide (Redis)",
@@ -222,6 +230,7 @@ impl Metrics {
             Box::new(m.pauses.clone()),
             Box::new(m.paused_messages.clone()),
             Box::new(m.paused_accounts.clone()),
+            Box::new(m.held_messages.clone()),
         ];
         for c in collectors.into_iter().chain(m.reload.collectors()) {
             m.registry.register(c).expect("metric registered once");

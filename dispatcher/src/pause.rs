@@ -4,20 +4,24 @@
 //! refused) is paused for its tenant, in Redis, for the whole fleet. While
 //! it is paused no message is sent through it: one that has another channel
 //! in the tenant's list goes there at once (`fallback: channel paused`), the
-//! others are held in the broker's delay ladder, no attempt spent, and come
-//! back to look again every `dispatcher.hold_recheck_secs`. A held message
-//! older than the tenant's `hold_max_secs` (default 24 h) goes to the DLQ as
-//! `expired_while_paused` rather than reach a customer late.
+//! others are held, in order, in the account's hold queue ([`crate::hold`]),
+//! no attempt spent. A held message older than the tenant's `hold_max_secs`
+//! (default 24 h) goes to the DLQ as `expired_while_paused` rather than
+//! reach a customer late.
 //!
 //! A paused account is probed on a backoff (1 s doubling to 10 min) by
 //! whichever dispatcher claims the probe first ([`Store::claim_probe`]): a
 //! cheap authenticated call ([`crate::providers::Provider::probe`]); a
 //! provider without one gets a timed pause, the next message being the
 //! probe. A healthy probe resumes the account; an admin can pause and resume
-//! by hand.
+//! by hand. An account with messages held is not live at once: it drains
+//! (its held messages first, oldest first, new ones queue behind them),
+//! then is live.
 //!
 //! One Redis hash, `<prefix>:pauses`, fields `<tenant>|<provider>|<account>`
-//! (the account is an id or a digest of the credentials, never a key).
+//! (the account is an id or a digest of the credentials, never a key), and
+//! beside each pause the bookkeeping of its hold queue (`~hold|<id>`) and
+//! of its notices (`~notice|<id>`): one key, so every change is one script.
 
 use std::time::Duration;
 
@@ -62,6 +66,11 @@ pub struct Paused {
     /// an admin.
     #[serde(default)]
     pub notice: bool,
+    /// Healthy again and releasing what it held, in order
+    /// ([`crate::hold`]): until its hold queue is empty, new messages for
+    /// it queue behind the held ones; not probed.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,6 +83,8 @@ struct Stored {
     manual: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     notice: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    draining: bool,
 }
 
 pub fn pauses_key(prefix: &str) -> String {
@@ -110,9 +121,45 @@ pub enum NoticeEffect {
     Stale,
 }
 
+/// Ends a pause (Lua, shared by the scripts that resume): gone when
+/// nothing is held for it, else draining until its hold queue is empty
+/// ([`crate::hold`]). 1 when it was paused (and not already draining).
+const RESUME_FN: &str = r#"
+local function resume(hash, id, holdfield)
+  local v = redis.call('HGET', hash, id)
+  if not v then return 0 end
+  local p = cjson.decode(v)
+  if p.draining then return 0 end
+  if redis.call('HEXISTS', hash, holdfield) == 1 then
+    p.draining = true
+    p.manual = nil
+    p.notice = nil
+    redis.call('HSET', hash, id, cjson.encode(p))
+  else
+    redis.call('HDEL', hash, id)
+  end
+  return 1
+end
+"#;
+
+/// Resumes one pause: `KEYS[1]` the pauses hash; `ARGV` id, its hold field.
+const RESUME: &str = r#"
+return resume(KEYS[1], ARGV[1], ARGV[2])
+"#;
+
+/// Pauses an account unless it is paused already (a draining one is paused
+/// again): `KEYS[1]` the pauses hash; `ARGV` id, the pause's value.
+const PAUSE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and not cjson.decode(v).draining then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
 /// Applies a notice to one pause, atomically: `KEYS[1]` the pauses hash;
 /// `ARGV` id, notice time (ms), healthy (`1`/`0`), the pause's value,
-/// probed (`1`: leave an existing pause to its probe).
+/// probed (`1`: leave an existing pause to its probe), the notice mark
+/// prefix, the pause's hold field.
 const NOTICE: &str = r#"
 local mark = ARGV[6] .. ARGV[1]
 local last = tonumber(redis.call('HGET', KEYS[1], mark) or '0')
@@ -120,15 +167,13 @@ local at = tonumber(ARGV[2])
 if last > at then return 'stale' end
 redis.call('HSET', KEYS[1], mark, ARGV[2])
 local v = redis.call('HGET', KEYS[1], ARGV[1])
+local draining = v and cjson.decode(v).draining
 if v and cjson.decode(v).manual then return 'unchanged' end
 if ARGV[3] == '1' then
-  if v then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-    return 'resumed'
-  end
+  if resume(KEYS[1], ARGV[1], ARGV[7]) == 1 then return 'resumed' end
   return 'unchanged'
 end
-if v and (ARGV[5] == '1' or cjson.decode(v).notice) then return 'unchanged' end
+if v and not draining and (ARGV[5] == '1' or cjson.decode(v).notice) then return 'unchanged' end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 return 'paused'
 "#;
@@ -148,7 +193,40 @@ fn parse(id: String, value: &str) -> Option<Paused> {
         probes: s.probes,
         manual: s.manual,
         notice: s.notice,
+        draining: s.draining,
     })
+}
+
+impl Paused {
+    /// A pause just written, as the one who wrote it sees it.
+    pub fn new(id: &str, reason: &str) -> Paused {
+        let mut parts = id.splitn(3, '|');
+        let mut part = || parts.next().unwrap_or_default().to_string();
+        let (tenant, provider, account) = (part(), part(), part());
+        let now = Utc::now();
+        Paused {
+            id: id.to_string(),
+            tenant,
+            provider,
+            account,
+            reason: shared::mask::text(reason),
+            since: now,
+            next_probe: now,
+            probes: 0,
+            manual: false,
+            notice: false,
+            draining: false,
+        }
+    }
+}
+
+/// The pauses among the fields of the pauses hash, by id.
+pub fn parse_all(
+    all: &std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, Paused> {
+    all.iter()
+        .filter_map(|(id, v)| Some((id.clone(), parse(id.clone(), v)?)))
+        .collect()
 }
 
 /// The wait before the probe after `probes` failed ones.
@@ -186,9 +264,14 @@ impl Store {
         Ok(v.and_then(|v| parse(id.to_string(), &v)))
     }
 
-    /// The first of these pauses that holds (one round trip: an account's
-    /// and its template's).
-    pub async fn paused_any(&self, ids: &[String]) -> Result<Option<Paused>, StoreError> {
+    /// The first of these pauses that holds (one round trip: an account's,
+    /// its template's, its country's), passing over `draining`: the pause
+    /// whose held messages the caller is releasing.
+    pub async fn paused_any(
+        &self,
+        ids: &[String],
+        draining: Option<&str>,
+    ) -> Result<Option<Paused>, StoreError> {
         let key = pauses_key(self.prefix());
         let fields = ids.to_vec();
         let v: Vec<Option<String>> = self
@@ -206,7 +289,8 @@ impl Store {
         Ok(ids
             .iter()
             .zip(v)
-            .find_map(|(id, v)| v.and_then(|v| parse(id.clone(), &v))))
+            .filter_map(|(id, v)| v.and_then(|v| parse(id.clone(), &v)))
+            .find(|p| !(p.draining && draining == Some(p.id.as_str()))))
     }
 
     /// A provider's notice about this account (or template): pauses it
@@ -231,6 +315,7 @@ impl Store {
             probes: 0,
             manual: false,
             notice: !probed,
+            draining: false,
         })
         .unwrap_or_default();
         let args = [
@@ -240,12 +325,13 @@ impl Store {
             value,
             if probed { "1" } else { "0" }.to_string(),
             NOTICE_MARK.to_string(),
+            crate::hold::hold_field(id),
         ];
         let effect: String = self
             .run_durable(key.clone(), move |mut c| {
                 let (key, args) = (key.clone(), args.clone());
                 async move {
-                    let script = redis::Script::new(NOTICE);
+                    let script = redis::Script::new(&format!("{RESUME_FN}{NOTICE}"));
                     let mut invocation = script.key(key);
                     for a in &args {
                         invocation.arg(a);
@@ -265,7 +351,6 @@ impl Store {
     /// Pauses the account; true when it was not paused (the first pause's
     /// reason and time are kept).
     pub async fn pause(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
-        let key = pauses_key(self.prefix());
         let now = Utc::now();
         let value = serde_json::to_string(&Stored {
             reason: shared::mask::text(reason),
@@ -274,21 +359,16 @@ impl Store {
             probes: 0,
             manual: false,
             notice: false,
+            draining: false,
         })
         .unwrap_or_default();
-        let field = id.to_string();
-        self.run_durable(key.clone(), move |mut c| {
-            let (key, field, value) = (key.clone(), field.clone(), value.clone());
-            async move { c.hset_nx(key, field, value).await }
-        })
-        .await
+        self.set_pause(id, value).await
     }
 
     /// Pauses what no probe can see healthy again (one country of an
     /// account): only a provider's notice or an admin resumes it; true when
     /// it was not paused.
     pub async fn pause_unprobed(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
-        let key = pauses_key(self.prefix());
         let now = Utc::now();
         let value = serde_json::to_string(&Stored {
             reason: shared::mask::text(reason),
@@ -297,12 +377,27 @@ impl Store {
             probes: 0,
             manual: false,
             notice: true,
+            draining: false,
         })
         .unwrap_or_default();
+        self.set_pause(id, value).await
+    }
+
+    /// Writes a pause unless one holds already (a draining one is replaced).
+    async fn set_pause(&self, id: &str, value: String) -> Result<bool, StoreError> {
+        let key = pauses_key(self.prefix());
         let field = id.to_string();
         self.run_durable(key.clone(), move |mut c| {
             let (key, field, value) = (key.clone(), field.clone(), value.clone());
-            async move { c.hset_nx(key, field, value).await }
+            async move {
+                redis::Script::new(PAUSE)
+                    .key(key)
+                    .arg(field)
+                    .arg(value)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(|n| n == 1)
+            }
         })
         .await
     }
@@ -319,6 +414,7 @@ impl Store {
             probes: 0,
             manual: true,
             notice: false,
+            draining: false,
         })
         .unwrap_or_default();
         let field = id.to_string();
@@ -329,13 +425,23 @@ impl Store {
         .await
     }
 
-    /// Resumes the account; true when it was paused.
+    /// Resumes the account; true when it was paused. With messages held
+    /// for it the pause turns to draining: they go out first, in order
+    /// ([`crate::hold`]).
     pub async fn resume(&self, id: &str) -> Result<bool, StoreError> {
         let key = pauses_key(self.prefix());
-        let field = id.to_string();
+        let args = [id.to_string(), crate::hold::hold_field(id)];
         self.run_durable(key.clone(), move |mut c| {
-            let (key, field) = (key.clone(), field.clone());
-            async move { c.hdel::<_, _, i64>(key, field).await.map(|n| n > 0) }
+            let (key, args) = (key.clone(), args.clone());
+            async move {
+                redis::Script::new(&format!("{RESUME_FN}{RESUME}"))
+                    .key(key)
+                    .arg(&args[0])
+                    .arg(&args[1])
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(|n| n == 1)
+            }
         })
         .await
     }
@@ -417,11 +523,14 @@ pub async fn run(
         let Ok(pauses) = worker.store.pauses().await else {
             continue;
         };
-        worker.metrics.paused_accounts.set(pauses.len() as i64);
+        worker
+            .metrics
+            .paused_accounts
+            .set(pauses.iter().filter(|p| !p.draining).count() as i64);
         let now = Utc::now();
         for p in pauses
             .into_iter()
-            .filter(|p| !p.manual && !p.notice && p.next_probe <= now)
+            .filter(|p| !p.manual && !p.notice && !p.draining && p.next_probe <= now)
         {
             probe_one(&worker, p).await;
         }
@@ -507,6 +616,7 @@ pub fn names_configured_account(worker: &crate::worker::Worker, id: &str) -> boo
         probes: 0,
         manual: true,
         notice: false,
+        draining: false,
     };
     provider_of(worker, &p).is_some()
 }
@@ -534,6 +644,7 @@ mod tests {
             probes: 2,
             manual: false,
             notice: false,
+            draining: false,
         })
         .expect("json");
         let p = parse(id.clone(), &value).expect("parsed");
@@ -542,6 +653,14 @@ mod tests {
         assert_eq!(p.id, id);
         // The time of the last notice beside it is not a pause.
         assert!(parse(format!("{NOTICE_MARK}{id}"), "1733300000000").is_none());
+        // Nor is its hold's bookkeeping.
+        assert!(
+            parse(
+                crate::hold::hold_field(&id),
+                r#"{"pending":{},"sealed":false}"#
+            )
+            .is_none()
+        );
         let template = pause_id(
             "acme",
             "meta",

@@ -144,8 +144,6 @@ pub struct Worker {
 /// A header counting an event's hops down the delay ladder (the journal
 /// says "scheduled" once, on the first).
 pub const DELAY_HOPS: &str = "x-delay-hops";
-/// Times an event was held for a paused account (it is journaled once).
-pub const HOLD_HOPS: &str = "x-hold-hops";
 
 /// The failure that ends an attempt or the event, as recorded in the DLQ.
 struct Failure {
@@ -161,8 +159,8 @@ enum ChannelEnd {
     /// This recipient cannot be reached here: try the next channel.
     Fallback(Failure),
     /// The channel's account is paused ([`crate::pause`]): the next channel,
-    /// or held; no attempt spent.
-    Paused(String),
+    /// or held; no attempt spent. Draining: healthy again, held ones first.
+    Paused(crate::pause::Paused),
 }
 
 struct Candidate {
@@ -208,6 +206,9 @@ struct Job<'a> {
     publisher: &'a AmqpChannel,
     /// This delivery's steps for the journal, written once it has settled.
     trail: Trail,
+    /// Taken from the hold queue of this pause, which is draining
+    /// ([`crate::hold`]): the pause lets it pass.
+    draining: Option<&'a str>,
 }
 
 impl<'a> Job<'a> {
@@ -225,6 +226,7 @@ impl<'a> Job<'a> {
                 .unwrap_or_default(),
             publisher,
             trail: Trail::new(journal),
+            draining: None,
         }
     }
 }
@@ -232,6 +234,78 @@ impl<'a> Job<'a> {
 impl Worker {
     pub async fn handle(&self, delivery: &Delivery, publisher: &AmqpChannel) -> Settle {
         let job = Job::new(delivery, publisher, self.journal.enabled());
+        self.handle_job(delivery, job).await
+    }
+
+    /// A held message from the head of the hold queue of pause `id`, which
+    /// is draining: handled as any other, past that pause. `Requeue`: it
+    /// stays at the head (the account is paused again, the rate limit, a
+    /// store or broker hiccup).
+    pub async fn handle_held(
+        &self,
+        delivery: &Delivery,
+        publisher: &AmqpChannel,
+        id: &str,
+    ) -> Settle {
+        let mut job = Job::new(delivery, publisher, self.journal.enabled());
+        job.draining = Some(id);
+        self.handle_job(delivery, job).await
+    }
+
+    /// A held message from the head of the hold queue of pause `id`, still
+    /// paused: to the DLQ as `expired_while_paused` when it has waited past
+    /// its tenant's `hold_max_secs` (Some), else None (it stays).
+    pub async fn expire_held(
+        &self,
+        delivery: &Delivery,
+        publisher: &AmqpChannel,
+        id: &str,
+    ) -> Option<Settle> {
+        let job = Job::new(delivery, publisher, self.journal.enabled());
+        let Ok(event) = Event::from_json(&delivery.data) else {
+            // Not an event (nothing holds one): the DLQ says why.
+            return Some(self.handle_job(delivery, job).await);
+        };
+        let tenancy = self.tenancy.load_full();
+        let hold_max = tenancy
+            .tenants
+            .get(&event.tenant)
+            .map(|t| t.hold_max)
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let age = (chrono::Utc::now() - event.received_at)
+            .to_std()
+            .unwrap_or_default();
+        if age <= hold_max {
+            return None;
+        }
+        let provider = id.split('|').nth(1).unwrap_or_default().to_string();
+        let f = Failure {
+            class: "expired_while_paused",
+            reason: format!(
+                "held {} s while {provider} was paused (hold_max_secs {})",
+                age.as_secs(),
+                hold_max.as_secs()
+            ),
+            channel: None,
+            provider: None,
+        };
+        let span = tracing::info_span!("event", event_id = %event.id, tenant = %event.tenant);
+        async {
+            self.metrics
+                .paused_messages
+                .with_label_values(&[crate::hold::provider_label(self, id), "expired"])
+                .inc();
+            let refs = journal::references(&event);
+            let settle = self.dead_letter(&job, f).await;
+            self.write_journal(&event.id.to_string(), &refs, &job.trail.take())
+                .await;
+            Some(settle)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_job(&self, delivery: &Delivery, job: Job<'_>) -> Settle {
         let event = match Event::from_json(&delivery.data) {
             Ok(e) => e,
             Err(e) => {
@@ -465,7 +539,7 @@ impl Worker {
                 .await
             {
                 ChannelEnd::Settled(s) => return s,
-                ChannelEnd::Paused(reason) if i + 1 < candidates.len() => {
+                ChannelEnd::Paused(p) if i + 1 < candidates.len() && !p.draining => {
                     self.metrics
                         .paused_messages
                         .with_label_values(&[c.provider.name(), "fallback"])
@@ -478,12 +552,12 @@ impl Worker {
                         "channel paused: falling back");
                     job.trail.push(Step::Fallback {
                         from: c.channel,
-                        reason: format!("channel paused: {reason}"),
+                        reason: format!("channel paused: {}", p.reason),
                     });
                     failed.push(c.channel);
                 }
-                ChannelEnd::Paused(reason) => {
-                    return self.hold(&event, job, tenant, c, &reason).await;
+                ChannelEnd::Paused(p) => {
+                    return self.hold(&event, job, tenant, c, &p).await;
                 }
                 ChannelEnd::Fallback(f) => {
                     self.metrics
@@ -553,9 +627,12 @@ impl Worker {
                 &country,
             ));
         }
-        match self.with_store(|| self.store.paused_any(&pauses)).await {
+        match self
+            .with_store(|| self.store.paused_any(&pauses, job.draining))
+            .await
+        {
             None => return ChannelEnd::Settled(Settle::Requeue),
-            Some(Some(p)) => return ChannelEnd::Paused(p.reason),
+            Some(Some(p)) => return ChannelEnd::Paused(p),
             Some(None) => {}
         }
         let token = claim_token(attempt);
@@ -732,6 +809,10 @@ impl Worker {
                 // delivery waits in the broker, no attempt spent.
                 self.release(&event.dedup_key, channel, &token, Sending::Clear)
                     .await;
+                if job.draining.is_some() {
+                    // Released in order: it waits at the hold queue's head.
+                    return ChannelEnd::Settled(Settle::Requeue);
+                }
                 tracing::info!(channel = %channel, provider = provider_name, reason = %reason,
                     "held back by the rate limit: waiting in the broker");
                 ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await)
@@ -819,7 +900,7 @@ impl Worker {
                         region = %region, reason = %shared::mask::text(&reason),
                         "account paused for one country: its messages there fall back or are held");
                 }
-                ChannelEnd::Paused(reason)
+                ChannelEnd::Paused(crate::pause::Paused::new(&id, &reason))
             }
             Outcome::AccountDown { reason } => {
                 // Nothing reached the customer: the claim is given back and
@@ -842,7 +923,7 @@ impl Worker {
                         account = %c.provider.account(), reason = %shared::mask::text(&reason),
                         "account paused: nothing more goes through it until a probe finds it healthy");
                 }
-                ChannelEnd::Paused(reason)
+                ChannelEnd::Paused(crate::pause::Paused::new(&pauses[0], &reason))
             }
             Outcome::OptedOut { reason } => {
                 self.release(&event.dedup_key, channel, &token, Sending::Clear)
@@ -1724,19 +1805,23 @@ impl Worker {
     /// broker's lease-wait queue (holding no permit, so one dead dispatcher
     /// cannot stall the survivors) and comes back to be claimed again, with
     /// the channel's attempt and the channels that failed so far.
-    /// Holds an event whose last channel's account is paused: back in the
-    /// delay ladder for `dispatcher.hold_recheck_secs`, no attempt spent, to
-    /// look again; or, once older than the tenant's `hold_max_secs`, to the
-    /// DLQ as `expired_while_paused` rather than reach the customer late.
+    /// Holds an event whose last channel's account is paused (or draining:
+    /// healthy again, its held messages going out first) at the tail of
+    /// that pause's hold queue, no attempt spent, to be sent in order when
+    /// the account is healthy ([`crate::hold`]); or, once older than the
+    /// tenant's `hold_max_secs`, to the DLQ as `expired_while_paused` rather
+    /// than reach the customer late. Taken from that very queue (the
+    /// account paused again mid-drain) it stays at the head.
     async fn hold(
         &self,
         event: &Event,
         job: &Job<'_>,
         tenant: &TenantRuntime,
         c: &Candidate,
-        reason: &str,
+        pause: &crate::pause::Paused,
     ) -> Settle {
         let provider = c.provider.name();
+        let reason = &pause.reason;
         let age = (chrono::Utc::now() - event.received_at)
             .to_std()
             .unwrap_or_default();
@@ -1757,25 +1842,68 @@ impl Worker {
             };
             return self.dead_letter(job, f).await;
         }
-        let hops = header_int(job.props.headers().as_ref(), HOLD_HOPS).unwrap_or(0);
-        match self
-            .park(job, self.hold_recheck, vec![(HOLD_HOPS, int(hops + 1))])
+        if job.draining == Some(pause.id.as_str()) {
+            return Settle::Requeue;
+        }
+        let token = uuid::Uuid::now_v7().simple().to_string();
+        let Some(registered) = self
+            .with_store(|| self.store.hold_begin(&pause.id, &token, event.received_at))
             .await
+        else {
+            return Settle::Requeue;
+        };
+        if !registered {
+            // Resumed and drained since it was read: back to the dispatch
+            // queue's head, to be sent.
+            return Settle::Requeue;
+        }
+        let key = crate::hold::queue_key(&pause.id);
+        let published = async {
+            self.topology
+                .declare_hold_queue(job.publisher, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            let route = Topology::hold_route(&key);
+            outbox::publish(
+                job.publisher,
+                &self.topology,
+                &route,
+                job.raw,
+                job.props,
+                vec![],
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        .await;
+        // Published or not, the holder is done: a drainer may go on.
+        if self
+            .with_store(|| self.store.hold_end(&pause.id, &token))
+            .await
+            .is_none()
         {
+            return Settle::Requeue;
+        }
+        match published {
             Ok(()) => {
-                if hops == 0 {
-                    self.metrics
-                        .paused_messages
-                        .with_label_values(&[provider, "held"])
-                        .inc();
-                    tracing::info!(channel = %c.channel, provider, "held: the channel is paused");
-                    job.trail.push(Step::Held {
-                        channel: c.channel,
-                        reason: format!("channel paused: {reason}"),
-                    });
+                self.metrics
+                    .paused_messages
+                    .with_label_values(&[provider, "held"])
+                    .inc();
+                let why = if pause.draining {
+                    "behind the messages held while the channel was paused"
                 } else {
-                    let _ = job.trail.take();
-                }
+                    "the channel is paused"
+                };
+                tracing::info!(channel = %c.channel, provider, "held: {why}");
+                job.trail.push(Step::Held {
+                    channel: c.channel,
+                    reason: if pause.draining {
+                        format!("channel draining its held messages (paused: {reason})")
+                    } else {
+                        format!("channel paused: {reason}")
+                    },
+                });
                 Settle::Ack
             }
             Err(e) => {

@@ -7,12 +7,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Harness, Options, event, header, meta_ok};
 use shared::EventKind;
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const MESSAGES: &str = "/v21.0/1234567890/messages";
 const NUMBER: &str = "/v21.0/1234567890";
@@ -106,95 +107,374 @@ fn keys(requests: &[Request]) -> Vec<String> {
     keys
 }
 
+/// Round `r` of a dinner peak: the `r`-th status of each of `customers`
+/// customers' orders (the delivery key names round and customer).
+fn round(r: usize, customers: usize, tag: &str) -> Vec<shared::Event> {
+    (0..customers)
+        .map(|c| {
+            event(
+                EventKind::OrderCompleted,
+                &format!("{tag}-r{r}-c{c}"),
+                &format!("+7916{:07}", 1_000_000 + c),
+            )
+        })
+        .collect()
+}
+
+/// The round a delivery key (`acme:iiko:<tag>-r<r>-c<c>/whatsapp`) names.
+fn round_of(key: &str) -> usize {
+    key.split("-r")
+        .nth(1)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no round in {key}"))
+}
+
+/// The delivery keys in the order Meta received them.
+fn keys_in_order(requests: &[Request]) -> Vec<String> {
+    requests
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .filter_map(|b| b["biz_opaque_callback_data"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The issue's numbers, with two dispatchers: Meta answers 190; after that
+/// first failure only the probes reach it while 500 events arrive (five
+/// statuses of 100 customers' orders, round after round), all held, no
+/// attempt burnt, nothing dead-lettered. Meta heals: the probe resumes the
+/// account and the held messages go out exactly once each and in the order
+/// they were held (no message of a round before one of an earlier round);
+/// 50 events that arrive while they drain wait behind them; then the
+/// account is live and its hold queue gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_account_is_paused_its_messages_held_and_sent_once_when_it_heals() {
+async fn a_broken_account_holds_its_messages_and_sends_them_once_in_order_when_it_heals() {
+    const PAUSE: &str = "acme|meta|1234567890";
+    const CUSTOMERS: usize = 100;
     let fake = MockServer::start().await;
     broken_meta(&fake).await;
     let h = Harness::start("pause-hold", &options(&fake, r#"["whatsapp"]"#)).await;
-    let first = events(1, "pause-first");
-    h.publish(&first[0]).await;
+    let second = dispatcher::app::start(h.settings.clone())
+        .await
+        .expect("a second dispatcher starts");
+    let first = round(0, 1, "hold");
+    h.publish_all(&first).await;
     until(
-        "the first message meets the broken account",
+        "the first message meets the broken account and is held",
         Duration::from_secs(20),
-        || async { !received(&fake, "POST", MESSAGES).await.is_empty() },
+        || async { h.held(PAUSE).await == 1 },
     )
     .await;
-    // A dinner peak's worth meanwhile.
-    let rest = events(500, "pause-rest");
-    for e in &rest {
-        h.publish(e).await;
+    assert_eq!(received(&fake, "POST", MESSAGES).await.len(), 1);
+    // A dinner peak meanwhile: 5 rounds of 100 customers.
+    let mut all = first.clone();
+    for r in 1..=5 {
+        let events = round(r, CUSTOMERS, "hold");
+        h.publish_all(&events).await;
+        all.extend(events);
+        let want = (1 + CUSTOMERS * r) as u32;
+        until(
+            &format!("round {r} held"),
+            Duration::from_secs(60),
+            || async { h.held(PAUSE).await == want },
+        )
+        .await;
     }
     // Probes come (1 s, 2 s, 4 s apart); messages do not.
     until(
         "probes reach the provider",
         Duration::from_secs(20),
-        || async { received(&fake, "GET", NUMBER).await.len() >= 2 },
+        || async { received(&fake, "GET", NUMBER).await.len() >= 3 },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         received(&fake, "POST", MESSAGES).await.len(),
         1,
         "after the first failure only probes reach a paused account"
     );
-    let pauses = h
-        .running()
-        .worker
-        .store
-        .pauses()
-        .await
-        .expect("pauses readable");
-    assert_eq!(pauses.len(), 1, "{pauses:?}");
-    assert_eq!(pauses[0].id, "acme|meta|1234567890");
-    assert!(pauses[0].reason.contains("190"), "{}", pauses[0].reason);
     assert_eq!(
         h.queue_len(&h.topology.dead_letter_queue()).await,
         0,
         "nothing dead-lettered"
     );
 
-    healthy_meta(&fake).await;
+    // Healthy again, a little slow: the drain takes a few seconds.
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(meta_ok("wamid.OK").set_delay(Duration::from_millis(10)))
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(NUMBER))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "1234567890"})),
+        )
+        .mount(&fake)
+        .await;
     until(
-        "every held message is sent",
+        "the probe resumes the account and the drain begins",
         Duration::from_secs(60),
-        || async { received(&fake, "POST", MESSAGES).await.len() >= 501 },
+        || async { received(&fake, "POST", MESSAGES).await.len() >= 2 },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let sent = received(&fake, "POST", MESSAGES).await;
-    let got = keys(&sent);
-    assert_eq!(got.len(), 501, "501 sends");
-    for e in first.iter().chain(rest.iter()) {
+    let late = round(6, 50, "hold");
+    h.publish_all(&late).await;
+    all.extend(late);
+    until(
+        "every message is sent",
+        Duration::from_secs(120),
+        || async { received(&fake, "POST", MESSAGES).await.len() >= all.len() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let sent = keys_in_order(&received(&fake, "POST", MESSAGES).await);
+    assert_eq!(sent.len(), all.len(), "{} sends", all.len());
+    for e in &all {
         let key = format!("{}/whatsapp", e.dedup_key);
-        let n = got.iter().filter(|k| **k == key).count();
+        let n = sent.iter().filter(|k| **k == key).count();
         assert_eq!(n, 1, "{} sent {n} times", e.dedup_key);
     }
+    let rounds: Vec<usize> = sent.iter().map(|k| round_of(k)).collect();
+    if let Some(i) = rounds.windows(2).position(|w| w[1] < w[0]) {
+        panic!(
+            "out of order at send {i}: round {} after round {}",
+            rounds[i + 1],
+            rounds[i]
+        );
+    }
+    let pauses = h.running().worker.store.pauses().await.expect("pauses");
+    assert!(pauses.is_empty(), "live again: {pauses:?}");
     assert!(
-        h.running()
+        common::hold_ids(&h.prefix).await.is_empty(),
+        "the hold is over"
+    );
+    let mut released = 0;
+    for addr in [h.running().addr, second.addr] {
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains("vestnik_dispatcher_second_attempts_total 0"),
+            "no attempt was burnt: no second attempt scheduled"
+        );
+        released += metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"vestnik_dispatcher_paused_messages_total{provider="meta",what="released"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert_eq!(
+        released,
+        all.len() as u64,
+        "every message went through the hold queue"
+    );
+    second.stop().await;
+    h.finish().await;
+}
+
+/// Meta answers the first `ok` sends, then 190 (the account broke again).
+struct BreaksAfter {
+    ok: usize,
+    seen: AtomicUsize,
+}
+
+impl Respond for BreaksAfter {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if self.seen.fetch_add(1, Ordering::SeqCst) < self.ok {
+            meta_ok("wamid.OK")
+        } else {
+            token_expired()
+        }
+    }
+}
+
+/// Heals for 30 messages, then breaks again mid-drain: the message that met
+/// the failure goes back to the head, the rest stays held (nothing
+/// dead-lettered, no attempt burnt); healed for good, the drain goes on
+/// from that very message, each sent once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_that_breaks_again_mid_drain_keeps_the_rest_held_in_order() {
+    const PAUSE: &str = "acme|meta|1234567890";
+    let fake = MockServer::start().await;
+    broken_meta(&fake).await;
+    let h = Harness::start("hold-rebreak", &options(&fake, r#"["whatsapp"]"#)).await;
+    let mut all = round(0, 1, "rebreak");
+    h.publish_all(&all).await;
+    until("the first is held", Duration::from_secs(20), || async {
+        h.held(PAUSE).await == 1
+    })
+    .await;
+    for r in 1..=2 {
+        let events = round(r, 50, "rebreak");
+        h.publish_all(&events).await;
+        all.extend(events);
+        let want = (1 + 50 * r) as u32;
+        until(
+            &format!("round {r} held"),
+            Duration::from_secs(30),
+            || async { h.held(PAUSE).await == want },
+        )
+        .await;
+    }
+
+    // Healthy by the probe, for 30 sends.
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(BreaksAfter {
+            ok: 30,
+            seen: AtomicUsize::new(0),
+        })
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(NUMBER))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "1234567890"})),
+        )
+        .up_to_n_times(1)
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(NUMBER))
+        .respond_with(token_expired())
+        .mount(&fake)
+        .await;
+    until(
+        "it breaks again mid-drain",
+        Duration::from_secs(60),
+        || async { received(&fake, "POST", MESSAGES).await.len() >= 31 },
+    )
+    .await;
+    until("the rest stays held", Duration::from_secs(20), || async {
+        h.held(PAUSE).await == (all.len() - 30) as u32
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = keys_in_order(&received(&fake, "POST", MESSAGES).await);
+    assert_eq!(before.len(), 31, "30 sent, one met the failure, none after");
+    let pauses = h.running().worker.store.pauses().await.expect("pauses");
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert!(!pauses[0].draining, "paused again: {:?}", pauses[0]);
+    assert_eq!(h.queue_len(&h.topology.dead_letter_queue()).await, 0);
+
+    healthy_meta(&fake).await;
+    until("every message is sent", Duration::from_secs(90), || async {
+        received(&fake, "POST", MESSAGES).await.len() >= all.len() - 30
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = keys_in_order(&received(&fake, "POST", MESSAGES).await);
+    assert_eq!(
+        after.first(),
+        before.last(),
+        "the message that met the failure goes first"
+    );
+    let sent: Vec<String> = before[..30].iter().chain(after.iter()).cloned().collect();
+    assert_eq!(sent.len(), all.len());
+    for e in &all {
+        let key = format!("{}/whatsapp", e.dedup_key);
+        assert_eq!(sent.iter().filter(|k| **k == key).count(), 1, "{key}");
+    }
+    let rounds: Vec<usize> = sent.iter().map(|k| round_of(k)).collect();
+    assert!(
+        rounds.windows(2).all(|w| w[0] <= w[1]),
+        "in the order held: {rounds:?}"
+    );
+    assert_eq!(h.queue_len(&h.topology.dead_letter_queue()).await, 0);
+    h.finish().await;
+}
+
+/// The dispatcher draining a hold is stopped half-way (a deploy): another
+/// takes the hold over and goes on from the head, each message once, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cut_short_by_a_deploy_is_taken_over_in_order() {
+    const PAUSE: &str = "acme|meta|1234567890";
+    let fake = MockServer::start().await;
+    broken_meta(&fake).await;
+    let mut h = Harness::start("hold-takeover", &options(&fake, r#"["whatsapp"]"#)).await;
+    let mut all = round(0, 1, "takeover");
+    h.publish_all(&all).await;
+    until("the first is held", Duration::from_secs(20), || async {
+        h.held(PAUSE).await == 1
+    })
+    .await;
+    for r in 1..=2 {
+        let events = round(r, 100, "takeover");
+        h.publish_all(&events).await;
+        all.extend(events);
+        let want = (1 + 100 * r) as u32;
+        until(
+            &format!("round {r} held"),
+            Duration::from_secs(30),
+            || async { h.held(PAUSE).await == want },
+        )
+        .await;
+    }
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(meta_ok("wamid.OK").set_delay(Duration::from_millis(20)))
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(NUMBER))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "1234567890"})),
+        )
+        .mount(&fake)
+        .await;
+    until("the drain begins", Duration::from_secs(60), || async {
+        received(&fake, "POST", MESSAGES).await.len() >= 20
+    })
+    .await;
+    let second = dispatcher::app::start(h.settings.clone())
+        .await
+        .expect("a second dispatcher starts");
+    h.stop_dispatcher().await;
+    let stopped_at = received(&fake, "POST", MESSAGES).await.len();
+    assert!(
+        stopped_at < all.len(),
+        "stopped half-way ({stopped_at} sent)"
+    );
+    until(
+        "the other finishes the drain",
+        Duration::from_secs(90),
+        || async { received(&fake, "POST", MESSAGES).await.len() >= all.len() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = keys_in_order(&received(&fake, "POST", MESSAGES).await);
+    assert_eq!(sent.len(), all.len());
+    for e in &all {
+        let key = format!("{}/whatsapp", e.dedup_key);
+        assert_eq!(sent.iter().filter(|k| **k == key).count(), 1, "{key}");
+    }
+    let rounds: Vec<usize> = sent.iter().map(|k| round_of(k)).collect();
+    assert!(
+        rounds.windows(2).all(|w| w[0] <= w[1]),
+        "in the order held: {rounds:?}"
+    );
+    assert!(
+        second
             .worker
             .store
             .pauses()
             .await
             .expect("pauses")
-            .is_empty(),
-        "the probe resumed the account"
+            .is_empty()
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", h.running().addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("vestnik_dispatcher_second_attempts_total 0"),
-        "no attempt was burnt: no second attempt scheduled"
-    );
-    assert!(
-        metrics.contains(
-            r#"vestnik_dispatcher_account_pauses_total{provider="meta",what="paused"} 1"#
-        ),
-        "{metrics}"
-    );
+    second.stop().await;
     h.finish().await;
 }
 

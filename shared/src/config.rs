@@ -491,8 +491,9 @@ pub struct DispatcherSettings {
     /// How often each dispatcher reads the balances of the accounts that
     /// have one (SMS.ru, Exolve) into its metrics; 0 never.
     pub balance_poll_secs: u64,
-    /// How long a message held for a paused provider account waits in the
-    /// broker before it looks again (`dispatcher::pause`).
+    /// While a provider account stays paused, how often (at most) the head
+    /// of its hold queue is looked at for messages past the tenant's
+    /// `hold_max_secs` (`dispatcher::hold`).
     pub hold_recheck_secs: u64,
 }
 

@@ -9,6 +9,7 @@
 //!  dispatcher ──"lease-wait.<d>s"──▶ {p}.lease-wait.<d>s (quorum, x-message-ttl) ──▶ back to dispatch
 //!  dispatcher ──"dead"────────────▶ {p}.dlq (quorum) ◀── admins list / replay
 //!  ingest ──"status"──────────────▶ {p}.statuses (quorum) ──▶ dispatcher (provider callbacks)
+//!  dispatcher ──"hold.<key>"──────▶ {p}.hold.<key> (quorum, one per paused account) ──▶ drained in order
 //! ```
 //!
 //! The wait queue's name carries its delay: changing the configured delay
@@ -31,6 +32,11 @@ pub const ROUTE_DEAD: &str = "dead";
 pub const ROUTE_STATUS: &str = "status";
 /// Routes of the delay ladder: `delay.<seconds>s`.
 pub const ROUTE_DELAY: &str = "delay";
+/// Routes of the hold queues: `hold.<key>`.
+pub const ROUTE_HOLD: &str = "hold";
+/// `x-delivery-limit` of a hold queue: high enough never to drop a held
+/// message that went back to the head (an account paused again mid-drain).
+const HOLD_DELIVERY_LIMIT: i64 = 1_000_000;
 /// Rungs of the delay ladder: 1 s, 2 s, 4 s, ... 2^21 s (24 days). A wait
 /// of any length takes the longest rung that does not overshoot it, again
 /// and again: at most one hop per set bit of its seconds (22), never early.
@@ -175,6 +181,45 @@ impl Topology {
             &Self::delay_route(rung),
         )
         .await
+    }
+
+    /// The hold queue of one paused provider account (`key`: a digest of
+    /// its pause id): its held messages, in the order they were held,
+    /// drained by one dispatcher at a time when the account is healthy.
+    /// Declared on first use, deleted once drained.
+    pub fn hold_queue(&self, key: &str) -> String {
+        format!("{}.hold.{key}", self.prefix)
+    }
+
+    pub fn hold_route(key: &str) -> String {
+        format!("{ROUTE_HOLD}.{key}")
+    }
+
+    pub async fn declare_hold_queue(&self, channel: &Channel, key: &str) -> lapin::Result<()> {
+        let mut args = self.quorum_args();
+        // Held messages go back to the head while the account is still
+        // paused or busy; RabbitMQ 4's default limit (20) would drop them.
+        insert(
+            &mut args,
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(HOLD_DELIVERY_LIMIT),
+        );
+        self.queue(channel, &self.hold_queue(key), args, &Self::hold_route(key))
+            .await
+    }
+
+    /// Deletes a drained hold queue; one that took a message meanwhile stays.
+    pub async fn delete_hold_queue(&self, channel: &Channel, key: &str) -> lapin::Result<()> {
+        channel
+            .queue_delete(
+                self.hold_queue(key).as_str().into(),
+                lapin::options::QueueDeleteOptions {
+                    if_empty: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|_| ())
     }
 
     pub fn dead_letter_queue(&self) -> String {

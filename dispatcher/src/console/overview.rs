@@ -204,9 +204,9 @@ pub async fn page(
                     @for p in &pauses {
                         tr {
                             td { (p.tenant) } td { (p.provider) } td { code { (p.account) } }
-                            td { span.badge.paused { @if p.manual { "paused by an admin" } @else { (p.reason) } } }
+                            td { @if p.draining { span.badge { "releasing held messages" } } @else { span.badge.paused { @if p.manual { "paused by an admin" } @else { (p.reason) } } } }
                             td { (age((chrono::Utc::now() - p.since).num_seconds())) }
-                            td { @if p.manual { "not probed" } @else if p.notice { "not probed: the provider's next notice resumes it" } @else { (when(p.next_probe)) " (" (p.probes) " failed)" } }
+                            td { @if p.draining { "healthy" } @else if p.manual { "not probed" } @else if p.notice { "not probed: the provider's next notice resumes it" } @else { (when(p.next_probe)) " (" (p.probes) " failed)" } }
                             td {
                                 form.inline method="post" action="/console/pauses" {
                                     (csrf(&session))

@@ -87,6 +87,7 @@ pub async fn page(
                                 td { @if a.branches.is_empty() { "tenant" } @else { (a.branches.join(", ")) } }
                                 td {
                                     @match paused {
+                                        Some(p) if p.draining => span.badge { "releasing held messages" },
                                         Some(p) => span.badge.paused { "paused: " @if p.manual { "by an admin" } @else { (p.reason) } },
                                         None => span.badge.healthy { "healthy" },
                                     }

@@ -216,13 +216,64 @@ impl Harness {
         self.stop_dispatcher().await;
         let conn = connect().await;
         let ch = conn.create_channel().await.expect("channel");
+        for id in hold_ids(&self.prefix).await {
+            let queue = self.topology.hold_queue(&dispatcher::hold::queue_key(&id));
+            let _ = ch
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
         let _ = self.topology.delete(&ch).await;
         let _ = conn.close(200, "done".into()).await;
         delete_keys(&self.prefix).await;
     }
 
+    /// Messages in the hold queue of pause `id` (0 when it has none).
+    pub async fn held(&self, id: &str) -> u32 {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        let queue = self.topology.hold_queue(&dispatcher::hold::queue_key(id));
+        let n = ch
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0);
+        let _ = conn.close(200, "done".into()).await;
+        n
+    }
+
     pub async fn publish(&self, event: &Event) {
         publish_raw(&self.topology, &event.to_json(), event_properties(event)).await;
+    }
+
+    /// Publishes events in this order on one channel, each confirmed
+    /// before the next.
+    pub async fn publish_all(&self, events: &[Event]) {
+        let conn = connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        for event in events {
+            ch.basic_publish(
+                self.topology.exchange().into(),
+                ROUTE_DISPATCH.into(),
+                BasicPublishOptions::default(),
+                &event.to_json(),
+                event_properties(event),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+        }
+        let _ = conn.close(200, "done".into()).await;
     }
 
     /// Takes everything in the DLQ: (body, headers).
@@ -352,6 +403,20 @@ pub async fn redis_conn() -> dispatcher::redis_conn::Conn {
         .connect()
         .await
         .expect("the tests' Redis is up")
+}
+
+/// The pauses that have (or had) a hold queue, under a test's prefix.
+pub async fn hold_ids(prefix: &str) -> Vec<String> {
+    let mut c = redis_conn().await;
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{prefix}:pauses"))
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    fields
+        .into_iter()
+        .filter_map(|f| f.strip_prefix("~hold|").map(str::to_string))
+        .collect()
 }
 
 /// The key of one mark of a delivery under a test's prefix.

@@ -1,0 +1,673 @@
+//! Held messages, in order. A message whose last channel's account is
+//! paused ([`crate::pause`]) goes to that pause's hold queue
+//! (`<prefix>.hold.<key>`, quorum, one per pause) and waits there, no
+//! attempt spent. When the account is healthy again its pause turns to
+//! *draining*: one dispatcher at a time (a lease in Redis) takes the queue's
+//! head, sends it through the usual path (idempotency, rate limits,
+//! fallback), acks it, and takes the next; messages for the account that
+//! arrive meanwhile join the queue's tail, so nothing overtakes what was
+//! held. Empty, the queue is deleted and the account is live.
+//!
+//! Going live without losing a message that a dispatcher is putting in the
+//! queue at that very moment: each holder registers in Redis before it
+//! publishes and leaves after the broker confirmed (`pending`); the drainer
+//! *seals* the hold when no holder is in flight, reads the queue once more,
+//! and *finishes* only if nothing was held or published since the seal
+//! (any hold unseals). A holder that finds the pause gone hands its
+//! message back to the dispatch queue, where it is sent at once.
+//!
+//! While the account stays paused, the messages that have waited longer
+//! than the tenant's `hold_max_secs` are taken from the head and
+//! dead-lettered as `expired_while_paused`: Redis keeps the oldest held
+//! message's time, so the head is looked at only when something is due.
+//!
+//! The bookkeeping is one field beside the pause in `<prefix>:pauses`
+//! (`~hold|<id>`, JSON): pending holders (token → deadline, ms), sealed,
+//! the drain lease (owner, until), the oldest held message (ms) and the
+//! earliest next look at the head.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
+use lapin::{Channel, Connection};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::delivery_state::{Store, StoreError};
+use crate::pause::{Paused, pauses_key};
+use crate::worker::{Settle, Worker};
+
+/// The field of a pause's hold bookkeeping.
+const HOLD_MARK: &str = "~hold|";
+/// How long a holder may take from registering to the broker's confirm
+/// before a drainer stops waiting for it.
+const PENDING_FOR: Duration = Duration::from_secs(30);
+/// A drain lease; renewed with every message.
+const LEASE: Duration = Duration::from_secs(30);
+/// A drainer's pause before it tries the head again (rate limit, lease busy,
+/// Redis or the broker briefly away).
+const RETRY_HEAD: Duration = Duration::from_millis(500);
+
+pub fn hold_field(id: &str) -> String {
+    format!("{HOLD_MARK}{id}")
+}
+
+/// The hold queue's key: a digest of the pause id (ids carry a tenant's
+/// names and may be longer than a queue name allows).
+pub fn queue_key(id: &str) -> String {
+    hex::encode(&Sha256::digest(id.as_bytes())[..12])
+}
+
+/// A pause's hold bookkeeping, as stored.
+#[derive(Debug, Default, Deserialize)]
+struct Record {
+    /// Oldest held message's `received_at` (ms).
+    #[serde(default)]
+    oldest: Option<f64>,
+    /// Not before this (ms) is the head looked at again for expiry.
+    #[serde(default)]
+    look: Option<f64>,
+}
+
+/// A hold the runner may act on: its pause (none: drained and gone, a
+/// straggler left it) and its bookkeeping.
+#[derive(Debug)]
+pub struct Hold {
+    pub id: String,
+    pub pause: Option<Paused>,
+    oldest_ms: Option<i64>,
+    look_ms: Option<i64>,
+}
+
+/// Registers a holder: `KEYS[1]` the pauses hash; `ARGV` id, hold field,
+/// token, deadline (ms), now (ms), the message's received_at (ms). 0: the
+/// pause is gone (send it instead).
+const BEGIN: &str = r#"
+if not redis.call('HGET', KEYS[1], ARGV[1]) then return 0 end
+local raw = redis.call('HGET', KEYS[1], ARGV[2])
+local h = raw and cjson.decode(raw) or {}
+local now = tonumber(ARGV[5])
+local pending = {}
+for t, d in pairs(h.pending or {}) do
+  if tonumber(d) > now then pending[t] = d end
+end
+pending[ARGV[3]] = tonumber(ARGV[4])
+h.pending = pending
+h.sealed = false
+local received = tonumber(ARGV[6])
+if not h.oldest or received < h.oldest then h.oldest = received end
+redis.call('HSET', KEYS[1], ARGV[2], cjson.encode(h))
+return 1
+"#;
+
+/// A holder is done (published or not): `ARGV` hold field, token. Unseals,
+/// and leaves a record even if the hold was finished meanwhile, so a
+/// message that landed late is still drained.
+const END: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local h = raw and cjson.decode(raw) or {}
+local pending = h.pending or {}
+pending[ARGV[2]] = nil
+h.pending = pending
+h.sealed = false
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return 1
+"#;
+
+/// `ARGV` hold field, now (ms): 1 sealed; 0 a holder is in flight; 2 gone.
+const SEAL: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 2 end
+local h = cjson.decode(raw)
+for _, d in pairs(h.pending or {}) do
+  if tonumber(d) > tonumber(ARGV[2]) then return 0 end
+end
+h.sealed = true
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return 1
+"#;
+
+/// `ARGV` id, hold field: 1 when nothing was held since the seal (the
+/// record goes, and a draining pause with it: the account is live).
+const FINISH: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[2])
+if not raw then return 1 end
+if not cjson.decode(raw).sealed then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[2])
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and cjson.decode(v).draining then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+/// The drain lease: `ARGV` hold field, owner, until (ms), now (ms). 1 taken
+/// (or renewed).
+const CLAIM: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local h = cjson.decode(raw)
+if h.owner and h.owner ~= ARGV[2] and tonumber(h.lease or 0) > tonumber(ARGV[4]) then return 0 end
+h.owner = ARGV[2]
+h.lease = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return 1
+"#;
+
+/// `ARGV` hold field, owner.
+const RELEASE: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local h = cjson.decode(raw)
+if h.owner ~= ARGV[2] then return 0 end
+h.owner = nil
+h.lease = nil
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return 1
+"#;
+
+/// After a look at the head: `ARGV` hold field, the head's received_at (ms,
+/// empty: the queue is empty), the next look (ms).
+const LOOKED: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local h = cjson.decode(raw)
+if ARGV[2] == '' then h.oldest = nil else h.oldest = tonumber(ARGV[2]) end
+h.look = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return 1
+"#;
+
+/// What sealing found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seal {
+    Sealed,
+    /// A holder is between registering and the broker's confirm.
+    InFlight,
+    Gone,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl Store {
+    async fn hold_script(
+        &self,
+        script: &'static str,
+        args: Vec<String>,
+    ) -> Result<i64, StoreError> {
+        let key = pauses_key(self.prefix());
+        self.run_durable(key.clone(), move |mut c| {
+            let (key, args) = (key.clone(), args.clone());
+            async move {
+                let script = redis::Script::new(script);
+                let mut invocation = script.key(key);
+                for a in &args {
+                    invocation.arg(a);
+                }
+                invocation.invoke_async::<i64>(&mut c).await
+            }
+        })
+        .await
+    }
+
+    /// Registers a holder of a message for pause `id` under `token`; false
+    /// when the pause is gone (the message is sent instead).
+    pub async fn hold_begin(
+        &self,
+        id: &str,
+        token: &str,
+        received_at: chrono::DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let deadline = now + PENDING_FOR.as_millis() as i64;
+        let args = vec![
+            id.to_string(),
+            hold_field(id),
+            token.to_string(),
+            deadline.to_string(),
+            now.to_string(),
+            received_at.timestamp_millis().to_string(),
+        ];
+        Ok(self.hold_script(BEGIN, args).await? == 1)
+    }
+
+    /// The holder under `token` is done, its message published or not.
+    pub async fn hold_end(&self, id: &str, token: &str) -> Result<(), StoreError> {
+        self.hold_script(END, vec![hold_field(id), token.to_string()])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn hold_seal(&self, id: &str) -> Result<Seal, StoreError> {
+        Ok(
+            match self
+                .hold_script(SEAL, vec![hold_field(id), now_ms().to_string()])
+                .await?
+            {
+                1 => Seal::Sealed,
+                2 => Seal::Gone,
+                _ => Seal::InFlight,
+            },
+        )
+    }
+
+    /// True when the hold is over (nothing held since the seal).
+    pub async fn hold_finish(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .hold_script(FINISH, vec![id.to_string(), hold_field(id)])
+            .await?
+            == 1)
+    }
+
+    pub async fn hold_claim(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let args = vec![
+            hold_field(id),
+            owner.to_string(),
+            (now + LEASE.as_millis() as i64).to_string(),
+            now.to_string(),
+        ];
+        Ok(self.hold_script(CLAIM, args).await? == 1)
+    }
+
+    pub async fn hold_release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        self.hold_script(RELEASE, vec![hold_field(id), owner.to_string()])
+            .await
+            .map(|_| ())
+    }
+
+    async fn hold_looked(
+        &self,
+        id: &str,
+        head_received_ms: Option<i64>,
+        next: i64,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            hold_field(id),
+            head_received_ms.map(|v| v.to_string()).unwrap_or_default(),
+            next.to_string(),
+        ];
+        self.hold_script(LOOKED, args).await.map(|_| ())
+    }
+
+    /// Every hold with its pause.
+    pub async fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+        let key = pauses_key(self.prefix());
+        let all: HashMap<String, String> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { redis::AsyncCommands::hgetall(&mut c, key).await }
+            })
+            .await?;
+        let pauses: HashMap<String, Paused> = crate::pause::parse_all(&all);
+        Ok(all
+            .iter()
+            .filter_map(|(field, value)| {
+                let id = field.strip_prefix(HOLD_MARK)?;
+                let r: Record = serde_json::from_str(value).unwrap_or_default();
+                Some(Hold {
+                    id: id.to_string(),
+                    pause: pauses.get(id).cloned(),
+                    oldest_ms: r.oldest.map(|v| v as i64),
+                    look_ms: r.look.map(|v| v as i64),
+                })
+            })
+            .collect())
+    }
+}
+
+/// Takes a message off the head of a hold queue: `handle` decides, and the
+/// message is acked (done) or left at the head.
+enum Head {
+    Empty,
+    Done,
+    /// Left at the head: stop for now.
+    Kept,
+}
+
+/// Drains and expires the hold queues: every second, reads the holds; a
+/// draining (or orphaned) one is drained by whichever dispatcher takes its
+/// lease; a paused one whose oldest message is due is looked at for expiry.
+pub async fn run(
+    worker: Arc<Worker>,
+    conn: Arc<Connection>,
+    publisher: Channel,
+    stop: watch::Receiver<bool>,
+) {
+    let owner = uuid::Uuid::now_v7().simple().to_string();
+    let active: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let counts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopped = stop.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::consumer::stopped(&mut stopped) => break,
+        }
+        while tasks.try_join_next().is_some() {}
+        let Ok(holds) = worker.store.holds().await else {
+            continue;
+        };
+        {
+            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+            counts.retain(|id, _| holds.iter().any(|h| &h.id == id));
+            worker
+                .metrics
+                .held_messages
+                .set(counts.values().map(|&n| i64::from(n)).sum());
+        }
+        let now = now_ms();
+        for h in holds {
+            if active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&h.id)
+            {
+                continue;
+            }
+            let paused = h.pause.as_ref().is_some_and(|p| !p.draining);
+            if paused {
+                let hold_max = hold_max(&worker, &h.id);
+                let due = h.oldest_ms.is_some_and(|o| o + hold_max <= now)
+                    && h.look_ms.is_none_or(|l| l <= now);
+                if !due {
+                    continue;
+                }
+            }
+            match worker.store.hold_claim(&h.id, &owner).await {
+                Ok(true) => {}
+                _ => continue,
+            }
+            active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(h.id.clone());
+            let job = Drain {
+                worker: worker.clone(),
+                conn: conn.clone(),
+                publisher: publisher.clone(),
+                id: h.id.clone(),
+                owner: owner.clone(),
+                stop: stop.clone(),
+                counts: counts.clone(),
+            };
+            let active = active.clone();
+            tasks.spawn(async move {
+                let id = job.id.clone();
+                if paused {
+                    job.expire().await;
+                } else {
+                    job.drain().await;
+                }
+                active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The tenant's `hold_max_secs` for a pause id (`<tenant>|...`), in ms.
+fn hold_max(worker: &Worker, id: &str) -> i64 {
+    let tenant = id.split('|').next().unwrap_or_default();
+    let max = worker
+        .tenancy
+        .load()
+        .tenants
+        .get(tenant)
+        .map(|t| t.hold_max)
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    i64::try_from(max.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+struct Drain {
+    worker: Arc<Worker>,
+    conn: Arc<Connection>,
+    publisher: Channel,
+    id: String,
+    owner: String,
+    stop: watch::Receiver<bool>,
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Drain {
+    async fn channel(&self) -> Option<Channel> {
+        let key = queue_key(&self.id);
+        let opened = async {
+            let ch = self.conn.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            self.worker.topology.declare_hold_queue(&ch, &key).await?;
+            Ok::<_, lapin::Error>(ch)
+        };
+        match opened.await {
+            Ok(ch) => Some(ch),
+            Err(e) => {
+                tracing::warn!(error = %e, "hold queue not opened");
+                None
+            }
+        }
+    }
+
+    fn queue(&self) -> String {
+        self.worker.topology.hold_queue(&queue_key(&self.id))
+    }
+
+    fn count(&self, n: u32) {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.id.clone(), n);
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sends the held messages, oldest first, while the account stays
+    /// healthy; then, nothing held or being held, makes it live.
+    async fn drain(self) {
+        let Some(ch) = self.channel().await else {
+            let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
+            return;
+        };
+        let provider = provider_label(&self.worker, &self.id);
+        let (started, mut sent) = (std::time::Instant::now(), 0u64);
+        tracing::info!(pause = %self.id, "draining the held messages");
+        loop {
+            if self.stopping() {
+                break;
+            }
+            match self.worker.store.hold_claim(&self.id, &self.owner).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(_) => {
+                    tokio::time::sleep(RETRY_HEAD).await;
+                    continue;
+                }
+            }
+            match self.worker.store.paused(&self.id).await {
+                Ok(Some(p)) if !p.draining => {
+                    tracing::info!(pause = %self.id, "paused again: the rest stays held");
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tokio::time::sleep(RETRY_HEAD).await;
+                    continue;
+                }
+            }
+            match self.head(&ch, true).await {
+                Some(Head::Done) => {
+                    sent += 1;
+                    self.worker
+                        .metrics
+                        .paused_messages
+                        .with_label_values(&[provider, "released"])
+                        .inc();
+                    continue;
+                }
+                Some(Head::Kept) => {
+                    tokio::time::sleep(RETRY_HEAD).await;
+                    continue;
+                }
+                Some(Head::Empty) => {}
+                None => break,
+            }
+            // Empty: seal, look once more, and go live if nothing came.
+            match self.worker.store.hold_seal(&self.id).await {
+                Ok(Seal::Sealed) => {}
+                Ok(Seal::Gone) => break,
+                Ok(Seal::InFlight) | Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+            match self.head(&ch, true).await {
+                Some(Head::Empty) => {}
+                Some(_) => continue,
+                None => break,
+            }
+            match self.worker.store.hold_finish(&self.id).await {
+                Ok(true) => {
+                    self.count(0);
+                    if let Err(e) = self
+                        .worker
+                        .topology
+                        .delete_hold_queue(&ch, &queue_key(&self.id))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "hold queue kept (it took a message)");
+                    }
+                    tracing::info!(pause = %self.id, released = sent,
+                        secs = started.elapsed().as_secs_f64(), "held messages released: the account is live");
+                    let _ = ch.close(200, "drained".into()).await;
+                    return;
+                }
+                _ => continue,
+            }
+        }
+        let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
+        let _ = ch.close(200, "drain stopped".into()).await;
+    }
+
+    /// Dead-letters the held messages that have waited past the tenant's
+    /// `hold_max_secs`, from the head; notes the first that has not, so the
+    /// head is looked at again only when it is due.
+    async fn expire(self) {
+        let Some(ch) = self.channel().await else {
+            let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
+            return;
+        };
+        while !self.stopping() {
+            match self.head(&ch, false).await {
+                Some(Head::Done) => continue,
+                _ => break,
+            }
+        }
+        let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
+        let _ = ch.close(200, "looked".into()).await;
+    }
+
+    /// One message from the head. `send`: through the worker (draining);
+    /// else only dead-lettered if expired (still paused). None: the broker
+    /// channel failed.
+    async fn head(&self, ch: &Channel, send: bool) -> Option<Head> {
+        let got = match ch
+            .basic_get(self.queue().as_str().into(), BasicGetOptions::default())
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "hold queue not read");
+                return None;
+            }
+        };
+        let Some(m) = got else {
+            self.count(0);
+            if !send {
+                let next = now_ms() + self.worker.hold_recheck.as_millis() as i64;
+                let _ = self.worker.store.hold_looked(&self.id, None, next).await;
+            }
+            return Some(Head::Empty);
+        };
+        self.count(m.message_count.saturating_add(1));
+        let delivery = m.delivery;
+        let settle = if send {
+            self.worker
+                .handle_held(&delivery, &self.publisher, &self.id)
+                .await
+        } else {
+            match self
+                .worker
+                .expire_held(&delivery, &self.publisher, &self.id)
+                .await
+            {
+                Some(settle) => settle,
+                None => {
+                    // Not due: note when it is, leave it at the head.
+                    let received = shared::Event::from_json(&delivery.data)
+                        .ok()
+                        .map(|e| e.received_at.timestamp_millis());
+                    let next = now_ms() + self.worker.hold_recheck.as_millis() as i64;
+                    let _ = self
+                        .worker
+                        .store
+                        .hold_looked(&self.id, received, next)
+                        .await;
+                    Settle::Requeue
+                }
+            }
+        };
+        let settled = match settle {
+            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "held message not settled: it goes back to the head");
+            return None;
+        }
+        Some(match settle {
+            Settle::Ack => Head::Done,
+            Settle::Requeue => Head::Kept,
+        })
+    }
+}
+
+/// The provider a pause id names, as a metric label.
+pub fn provider_label(worker: &Worker, id: &str) -> &'static str {
+    let provider = id.split('|').nth(1).unwrap_or_default();
+    let tenancy = worker.tenancy.load();
+    tenancy
+        .tenants
+        .values()
+        .flat_map(|t| std::iter::once(&t.routing).chain(t.branches.values()))
+        .flat_map(|r| r.providers.values().flatten())
+        .map(|p| p.name())
+        .find(|name| *name == provider)
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_key_is_short_and_names_one_pause() {
+        let a = queue_key("acme|meta|1234567890");
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, queue_key("acme|meta|1234567891"));
+        assert_eq!(a, queue_key("acme|meta|1234567890"));
+    }
+}

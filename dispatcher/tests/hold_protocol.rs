@@ -1,0 +1,158 @@
+//! The hold's hand-over from draining to live, against the real Redis and
+//! a model of the queue: holders (dispatchers holding a message for the
+//! account: register, publish after a random broker delay, leave) race a
+//! drainer (take the head; when empty, seal, look again, finish). Whatever
+//! the interleaving, nothing is stranded in the queue once the hold is over,
+//! and every message sent directly (its holder found the pause gone) went
+//! after every message the drainer released: nothing overtakes a held one.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dispatcher::delivery_state::Store;
+use dispatcher::hold::Seal;
+use tokio::sync::Mutex;
+
+const ID: &str = "acme|meta|1234567890";
+
+#[derive(Default)]
+struct World {
+    queue: Mutex<VecDeque<u64>>,
+    /// Logical clock: every publish, release and direct send takes a tick.
+    clock: AtomicU64,
+    released: Mutex<Vec<(u64, u64)>>,
+    direct: Mutex<Vec<(u64, u64)>>,
+    published: AtomicU64,
+}
+
+impl World {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+}
+
+async fn jitter(max_ms: u64) {
+    let ms = fastrand::u64(0..=max_ms);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// One dispatcher holding messages `first..first + n` as they come.
+async fn holder(store: Store, world: Arc<World>, first: u64, n: u64) {
+    for m in first..first + n {
+        // Gaps between a dispatcher's holds: the drainer finds moments with
+        // nobody in flight, seals, and must still see a hold that begins.
+        jitter(20).await;
+        let token = format!("t{m}");
+        let paused = store
+            .paused_any(&[ID.to_string()], None)
+            .await
+            .expect("redis");
+        let registered = paused.is_some()
+            && store
+                .hold_begin(ID, &token, chrono::Utc::now())
+                .await
+                .expect("redis");
+        if registered {
+            jitter(5).await; // the broker's confirm
+            world.queue.lock().await.push_back(m);
+            world.published.fetch_add(1, Ordering::SeqCst);
+            world.tick();
+            jitter(2).await;
+            store.hold_end(ID, &token).await.expect("redis");
+        } else {
+            let t = world.tick();
+            world.direct.lock().await.push((t, m));
+        }
+    }
+}
+
+async fn drainer(store: Store, world: Arc<World>, done: Arc<AtomicBool>) {
+    loop {
+        let head = world.queue.lock().await.pop_front();
+        if let Some(m) = head {
+            jitter(1).await; // the send
+            let t = world.tick();
+            world.released.lock().await.push((t, m));
+            continue;
+        }
+        match store.hold_seal(ID).await.expect("redis") {
+            Seal::InFlight => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            }
+            Seal::Gone => break,
+            Seal::Sealed => {}
+        }
+        jitter(3).await; // the broker's answer to the second look
+        if !world.queue.lock().await.is_empty() {
+            continue;
+        }
+        jitter(2).await;
+        if store.hold_finish(ID).await.expect("redis") {
+            break;
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_goes_live_only_when_nothing_is_on_its_way_into_it() {
+    for trial in 0..12 {
+        let prefix = common::unique(&format!("hold-protocol-{trial}"));
+        let settings = common::redis_settings(&prefix);
+        let store = Store::new(&settings, Duration::from_secs(120), Duration::from_secs(60))
+            .expect("store");
+        let world = Arc::new(World::default());
+        assert!(store.pause(ID, "meta 190").await.expect("redis"));
+
+        // Six dispatchers hold 40 messages each while the account is paused;
+        // part-way through, it heals and the drain begins.
+        let holders: Vec<_> = (0..6)
+            .map(|i| tokio::spawn(holder(store.clone(), world.clone(), i * 1000, 40)))
+            .collect();
+        while world.published.load(Ordering::SeqCst) < 5 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        jitter(100).await;
+        let resumed = store.resume(ID).await.expect("redis");
+        assert!(resumed, "trial {trial}: was paused");
+        let done = Arc::new(AtomicBool::new(false));
+        let drain = tokio::spawn(drainer(store.clone(), world.clone(), done.clone()));
+        for h in holders {
+            h.await.expect("holder");
+        }
+        drain.await.expect("drainer");
+        assert!(done.load(Ordering::SeqCst));
+
+        let left = world.queue.lock().await.len();
+        assert_eq!(left, 0, "trial {trial}: {left} stranded in the queue");
+        let released = world.released.lock().await.clone();
+        let direct = world.direct.lock().await.clone();
+        assert_eq!(
+            released.len() as u64,
+            world.published.load(Ordering::SeqCst),
+            "trial {trial}: every held message released"
+        );
+        assert_eq!(released.len() + direct.len(), 240, "trial {trial}");
+        assert!(
+            !released.is_empty(),
+            "trial {trial}: held before the resume"
+        );
+        let last_released = released.iter().map(|(t, _)| *t).max().unwrap_or(0);
+        if let Some((first_direct, m)) = direct.iter().min() {
+            assert!(
+                *first_direct > last_released,
+                "trial {trial}: message {m} sent directly at {first_direct}, before the held ones were out ({last_released})"
+            );
+        }
+        assert!(
+            store.pauses().await.expect("redis").is_empty(),
+            "trial {trial}: live"
+        );
+        common::delete_keys(&prefix).await;
+    }
+}
