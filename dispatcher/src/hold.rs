@@ -21,10 +21,16 @@
 //! dead-lettered as `expired_while_paused`: Redis keeps the oldest held
 //! message's time, so the head is looked at only when something is due.
 //!
+//! A drained queue is deleted a minute later, not at once (quorum queues
+//! cannot be deleted "only if empty", and a hold may begin again): the
+//! deleter leaves a tombstone that turns holders back for the moment of the
+//! delete, and deletes only a queue the broker reports empty.
+//!
 //! The bookkeeping is one field beside the pause in `<prefix>:pauses`
 //! (`~hold|<id>`, JSON): pending holders (token → deadline, ms), sealed,
-//! the drain lease (owner, until), the oldest held message (ms) and the
-//! earliest next look at the head.
+//! the drain lease (owner, until), the oldest held message (ms), the
+//! earliest next look at the head, and `deleting` while its queue goes;
+//! `~idle|<id>` (ms) marks a drained queue to delete.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -43,6 +49,12 @@ use crate::worker::{Settle, Worker};
 
 /// The field of a pause's hold bookkeeping.
 const HOLD_MARK: &str = "~hold|";
+/// The field that marks a drained hold queue to delete.
+const IDLE_MARK: &str = "~idle|";
+/// How long a drained hold queue stays before it is deleted.
+const IDLE_FOR: Duration = Duration::from_secs(60);
+/// How long a deleter's tombstone turns holders back.
+const DELETING_FOR: Duration = Duration::from_secs(10);
 /// How long a holder may take from registering to the broker's confirm
 /// before a drainer stops waiting for it.
 const PENDING_FOR: Duration = Duration::from_secs(30);
@@ -54,6 +66,10 @@ const RETRY_HEAD: Duration = Duration::from_millis(500);
 
 pub fn hold_field(id: &str) -> String {
     format!("{HOLD_MARK}{id}")
+}
+
+fn idle_field(id: &str) -> String {
+    format!("{IDLE_MARK}{id}")
 }
 
 /// The hold queue's key: a digest of the pause id (ids carry a tenant's
@@ -71,6 +87,9 @@ struct Record {
     /// Not before this (ms) is the head looked at again for expiry.
     #[serde(default)]
     look: Option<f64>,
+    /// A tombstone: its queue is being deleted.
+    #[serde(default)]
+    deleting: bool,
 }
 
 /// A hold the runner may act on: its pause (none: drained and gone, a
@@ -81,16 +100,30 @@ pub struct Hold {
     pub pause: Option<Paused>,
     oldest_ms: Option<i64>,
     look_ms: Option<i64>,
+    deleting: bool,
+}
+
+/// What the runner finds in the pauses hash: the holds, and the drained
+/// queues waiting to be deleted (pause id, drained at ms).
+pub struct Holds {
+    pub holds: Vec<Hold>,
+    pub idle: Vec<(String, i64)>,
 }
 
 /// Registers a holder: `KEYS[1]` the pauses hash; `ARGV` id, hold field,
-/// token, deadline (ms), now (ms), the message's received_at (ms). 0: the
-/// pause is gone (send it instead).
+/// token, deadline (ms), now (ms), the message's received_at (ms), idle
+/// field. 0: the pause is gone (send it instead); 2: its queue is being
+/// deleted (try again in a moment).
 const BEGIN: &str = r#"
 if not redis.call('HGET', KEYS[1], ARGV[1]) then return 0 end
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
 local h = raw and cjson.decode(raw) or {}
 local now = tonumber(ARGV[5])
+if h.deleting then
+  if tonumber(h.lease or 0) > now then return 2 end
+  h = {}
+end
+redis.call('HDEL', KEYS[1], ARGV[7])
 local pending = {}
 for t, d in pairs(h.pending or {}) do
   if tonumber(d) > now then pending[t] = d end
@@ -131,13 +164,15 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
 return 1
 "#;
 
-/// `ARGV` id, hold field: 1 when nothing was held since the seal (the
-/// record goes, and a draining pause with it: the account is live).
+/// `ARGV` id, hold field, idle field, now (ms): 1 when nothing was held
+/// since the seal (the record goes, the queue is marked to delete, and a
+/// draining pause goes: the account is live).
 const FINISH: &str = r#"
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
 if not raw then return 1 end
 if not cjson.decode(raw).sealed then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v and cjson.decode(v).draining then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
@@ -153,6 +188,38 @@ if h.owner and h.owner ~= ARGV[2] and tonumber(h.lease or 0) > tonumber(ARGV[4])
 h.owner = ARGV[2]
 h.lease = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
+return 1
+"#;
+
+/// Claims the delete of a drained queue: `ARGV` idle field, hold field,
+/// tombstone (JSON), older than (ms). 1: the tombstone is set, delete it;
+/// 0: not yet, or a hold began again (the queue is in use).
+const CLAIM_DELETE: &str = r#"
+local idle = redis.call('HGET', KEYS[1], ARGV[1])
+if not idle then return 0 end
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 0
+end
+if tonumber(idle) > tonumber(ARGV[4]) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// After the delete: `ARGV` hold field, `1` when the queue went, `0` when
+/// it held a message after all (a holder that was not waited for): the
+/// tombstone becomes an ordinary hold, to be drained.
+const DELETED: &str = r#"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local h = cjson.decode(raw)
+if not h.deleting then return 0 end
+if ARGV[2] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pending = {}, sealed = false}))
+end
 return 1
 "#;
 
@@ -179,6 +246,17 @@ h.look = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
 return 1
 "#;
+
+/// What registering a holder found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// Registered: publish, then [`Store::hold_end`].
+    Held,
+    /// The pause is gone: send the message instead.
+    Gone,
+    /// The pause's drained queue is being deleted this very moment.
+    Deleting,
+}
 
 /// What sealing found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,14 +292,13 @@ impl Store {
         .await
     }
 
-    /// Registers a holder of a message for pause `id` under `token`; false
-    /// when the pause is gone (the message is sent instead).
+    /// Registers a holder of a message for pause `id` under `token`.
     pub async fn hold_begin(
         &self,
         id: &str,
         token: &str,
         received_at: chrono::DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Begin, StoreError> {
         let now = now_ms();
         let deadline = now + PENDING_FOR.as_millis() as i64;
         let args = vec![
@@ -231,8 +308,13 @@ impl Store {
             deadline.to_string(),
             now.to_string(),
             received_at.timestamp_millis().to_string(),
+            idle_field(id),
         ];
-        Ok(self.hold_script(BEGIN, args).await? == 1)
+        Ok(match self.hold_script(BEGIN, args).await? {
+            1 => Begin::Held,
+            2 => Begin::Deleting,
+            _ => Begin::Gone,
+        })
     }
 
     /// The holder under `token` is done, its message published or not.
@@ -257,10 +339,38 @@ impl Store {
 
     /// True when the hold is over (nothing held since the seal).
     pub async fn hold_finish(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .hold_script(FINISH, vec![id.to_string(), hold_field(id)])
-            .await?
-            == 1)
+        let args = vec![
+            id.to_string(),
+            hold_field(id),
+            idle_field(id),
+            now_ms().to_string(),
+        ];
+        Ok(self.hold_script(FINISH, args).await? == 1)
+    }
+
+    /// Claims the delete of pause `id`'s drained queue, idle for
+    /// [`IDLE_FOR`]; true: delete it, then call [`Store::hold_deleted`].
+    pub async fn hold_claim_delete(&self, id: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let tombstone = serde_json::json!({
+            "deleting": true,
+            "lease": now + DELETING_FOR.as_millis() as i64,
+        })
+        .to_string();
+        let args = vec![
+            idle_field(id),
+            hold_field(id),
+            tombstone,
+            (now - IDLE_FOR.as_millis() as i64).to_string(),
+        ];
+        Ok(self.hold_script(CLAIM_DELETE, args).await? == 1)
+    }
+
+    /// The claimed delete is done: `gone`, or the queue held a message
+    /// after all and is drained instead.
+    pub async fn hold_deleted(&self, id: &str, gone: bool) -> Result<(), StoreError> {
+        let args = vec![hold_field(id), if gone { "1" } else { "0" }.to_string()];
+        self.hold_script(DELETED, args).await.map(|_| ())
     }
 
     pub async fn hold_claim(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
@@ -294,8 +404,8 @@ impl Store {
         self.hold_script(LOOKED, args).await.map(|_| ())
     }
 
-    /// Every hold with its pause.
-    pub async fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+    /// Every hold with its pause, and the drained queues to delete.
+    pub async fn holds(&self) -> Result<Holds, StoreError> {
         let key = pauses_key(self.prefix());
         let all: HashMap<String, String> = self
             .run(|mut c| {
@@ -304,7 +414,7 @@ impl Store {
             })
             .await?;
         let pauses: HashMap<String, Paused> = crate::pause::parse_all(&all);
-        Ok(all
+        let holds = all
             .iter()
             .filter_map(|(field, value)| {
                 let id = field.strip_prefix(HOLD_MARK)?;
@@ -314,9 +424,18 @@ impl Store {
                     pause: pauses.get(id).cloned(),
                     oldest_ms: r.oldest.map(|v| v as i64),
                     look_ms: r.look.map(|v| v as i64),
+                    deleting: r.deleting,
                 })
             })
-            .collect())
+            .collect();
+        let idle = all
+            .iter()
+            .filter_map(|(field, value)| {
+                let id = field.strip_prefix(IDLE_MARK)?;
+                Some((id.to_string(), value.parse().ok()?))
+            })
+            .collect();
+        Ok(Holds { holds, idle })
     }
 }
 
@@ -351,7 +470,7 @@ pub async fn run(
             _ = crate::consumer::stopped(&mut stopped) => break,
         }
         while tasks.try_join_next().is_some() {}
-        let Ok(holds) = worker.store.holds().await else {
+        let Ok(Holds { holds, idle }) = worker.store.holds().await else {
             continue;
         };
         {
@@ -363,7 +482,12 @@ pub async fn run(
                 .set(counts.values().map(|&n| i64::from(n)).sum());
         }
         let now = now_ms();
-        for h in holds {
+        for (id, at) in idle {
+            if at + (IDLE_FOR.as_millis() as i64) <= now {
+                delete_idle(&worker, &conn, &id).await;
+            }
+        }
+        for h in holds.into_iter().filter(|h| !h.deleting) {
             if active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -410,6 +534,51 @@ pub async fn run(
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Deletes a drained hold queue once it has been idle for [`IDLE_FOR`]
+/// (no hold began since), behind a tombstone that turns holders back for
+/// the moment; a queue the broker does not report empty is drained instead.
+async fn delete_idle(worker: &Worker, conn: &Connection, id: &str) {
+    match worker.store.hold_claim_delete(id).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let key = queue_key(id);
+    let queue = worker.topology.hold_queue(&key);
+    let deleted = async {
+        let ch = conn.create_channel().await?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let gone = match ch
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+        {
+            // Gone already (an operator, or a test's clean-up).
+            Err(_) => return Ok(true),
+            Ok(q) if q.message_count() > 0 => false,
+            Ok(_) => {
+                ch.queue_delete(queue.as_str().into(), Default::default())
+                    .await?;
+                true
+            }
+        };
+        let _ = ch.close(200, "hold queue deleted".into()).await;
+        Ok::<_, lapin::Error>(gone)
+    }
+    .await;
+    match deleted {
+        Ok(gone) => {
+            if !gone {
+                tracing::warn!(pause = %id, "a drained hold queue took a message after all: drained again");
+            }
+            let _ = worker.store.hold_deleted(id, gone).await;
+        }
+        // The tombstone lapses by itself; the next tick tries again.
+        Err(e) => tracing::warn!(error = %e, pause = %id, "hold queue not deleted"),
+    }
 }
 
 /// The tenant's `hold_max_secs` for a pause id (`<tenant>|...`), in ms.
@@ -535,14 +704,6 @@ impl Drain {
             match self.worker.store.hold_finish(&self.id).await {
                 Ok(true) => {
                     self.count(0);
-                    if let Err(e) = self
-                        .worker
-                        .topology
-                        .delete_hold_queue(&ch, &queue_key(&self.id))
-                        .await
-                    {
-                        tracing::debug!(error = %e, "hold queue kept (it took a message)");
-                    }
                     tracing::info!(pause = %self.id, released = sent,
                         secs = started.elapsed().as_secs_f64(), "held messages released: the account is live");
                     let _ = ch.close(200, "drained".into()).await;

@@ -1846,16 +1846,20 @@ impl Worker {
             return Settle::Requeue;
         }
         let token = uuid::Uuid::now_v7().simple().to_string();
-        let Some(registered) = self
+        let Some(begin) = self
             .with_store(|| self.store.hold_begin(&pause.id, &token, event.received_at))
             .await
         else {
             return Settle::Requeue;
         };
-        if !registered {
-            // Resumed and drained since it was read: back to the dispatch
-            // queue's head, to be sent.
-            return Settle::Requeue;
+        match begin {
+            crate::hold::Begin::Held => {}
+            // Resumed and drained since it was read (back to the dispatch
+            // queue's head, to be sent), or its drained queue is being
+            // deleted this very moment (held again in a moment).
+            crate::hold::Begin::Gone | crate::hold::Begin::Deleting => {
+                return Settle::Requeue;
+            }
         }
         let key = crate::hold::queue_key(&pause.id);
         let published = async {

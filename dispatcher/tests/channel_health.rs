@@ -478,6 +478,135 @@ async fn a_drain_cut_short_by_a_deploy_is_taken_over_in_order() {
     h.finish().await;
 }
 
+/// Whether the hold queue of pause `id` exists.
+async fn hold_queue_exists(h: &Harness, id: &str) -> bool {
+    let conn = common::connect().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = h.topology.hold_queue(&dispatcher::hold::queue_key(id));
+    let exists = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    let _ = conn.close(200, "done".into()).await;
+    exists
+}
+
+/// Marks pause `id`'s drained queue as drained over a minute ago (the
+/// pure wait before the delete, skipped).
+async fn drained_long_ago(h: &Harness, id: &str) {
+    let mut c = common::redis_conn().await;
+    let at = chrono::Utc::now().timestamp_millis() - 61_000;
+    let _: i64 = deadpool_redis::redis::cmd("HSET")
+        .arg(format!("{}:pauses", h.prefix))
+        .arg(format!("~idle|{id}"))
+        .arg(at)
+        .query_async(&mut c)
+        .await
+        .expect("HSET");
+}
+
+/// A drained hold queue is deleted a minute later, unless a message landed
+/// in it after all (a holder the drain did not wait for): that one is
+/// drained and sent, and the queue deleted after the next minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_hold_queue_is_deleted_unless_a_late_message_landed_in_it() {
+    const PAUSE: &str = "acme|meta|1234567890";
+    let fake = MockServer::start().await;
+    healthy_meta(&fake).await;
+    let h = Harness::start("hold-delete", &options(&fake, r#"["whatsapp"]"#)).await;
+    let store = &h.running().worker.store;
+    store.pause_by_hand(PAUSE).await.expect("paused");
+    let held = round(0, 1, "delete");
+    h.publish_all(&held).await;
+    until("held", Duration::from_secs(20), || async {
+        h.held(PAUSE).await == 1
+    })
+    .await;
+    assert!(store.resume(PAUSE).await.expect("resumed"));
+    until("drained and sent", Duration::from_secs(20), || async {
+        received(&fake, "POST", MESSAGES).await.len() == 1
+    })
+    .await;
+    until("marked to delete", Duration::from_secs(10), || async {
+        common::idle_hold_ids(&h.prefix).await == vec![PAUSE.to_string()]
+    })
+    .await;
+    assert!(hold_queue_exists(&h, PAUSE).await, "kept for a minute");
+
+    // A late message lands in the drained queue.
+    let late = round(1, 1, "delete").remove(0);
+    {
+        let conn = common::connect().await;
+        let ch = conn.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        ch.basic_publish(
+            h.topology.exchange().into(),
+            shared::topology::Topology::hold_route(&dispatcher::hold::queue_key(PAUSE))
+                .as_str()
+                .into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &late.to_json(),
+            shared::topology::event_properties(&late),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirmed");
+        let _ = conn.close(200, "done".into()).await;
+    }
+    drained_long_ago(&h, PAUSE).await;
+    until(
+        "the late message is sent, not deleted",
+        Duration::from_secs(20),
+        || async { received(&fake, "POST", MESSAGES).await.len() == 2 },
+    )
+    .await;
+    let keys = keys_in_order(&received(&fake, "POST", MESSAGES).await);
+    assert_eq!(keys[1], format!("{}/whatsapp", late.dedup_key));
+    assert!(hold_queue_exists(&h, PAUSE).await);
+
+    until(
+        "marked to delete again",
+        Duration::from_secs(10),
+        || async { common::idle_hold_ids(&h.prefix).await == vec![PAUSE.to_string()] },
+    )
+    .await;
+    drained_long_ago(&h, PAUSE).await;
+    until("deleted", Duration::from_secs(20), || async {
+        !hold_queue_exists(&h, PAUSE).await
+    })
+    .await;
+    assert!(common::hold_ids(&h.prefix).await.is_empty());
+    assert!(common::idle_hold_ids(&h.prefix).await.is_empty());
+    // Paused again later: a new queue, held and released as before.
+    store.pause_by_hand(PAUSE).await.expect("paused");
+    let again = round(2, 1, "delete");
+    h.publish_all(&again).await;
+    until("held again", Duration::from_secs(20), || async {
+        h.held(PAUSE).await == 1
+    })
+    .await;
+    assert!(store.resume(PAUSE).await.expect("resumed"));
+    until("sent", Duration::from_secs(20), || async {
+        received(&fake, "POST", MESSAGES).await.len() == 3
+    })
+    .await;
+    assert_eq!(h.queue_len(&h.topology.dead_letter_queue()).await, 0);
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_another_channel_the_messages_go_there_at_once() {
     let fake = MockServer::start().await;

@@ -55,7 +55,8 @@ async fn holder(store: Store, world: Arc<World>, first: u64, n: u64) {
             && store
                 .hold_begin(ID, &token, chrono::Utc::now())
                 .await
-                .expect("redis");
+                .expect("redis")
+                == dispatcher::hold::Begin::Held;
         if registered {
             jitter(5).await; // the broker's confirm
             world.queue.lock().await.push_back(m);

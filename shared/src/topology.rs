@@ -186,7 +186,7 @@ impl Topology {
     /// The hold queue of one paused provider account (`key`: a digest of
     /// its pause id): its held messages, in the order they were held,
     /// drained by one dispatcher at a time when the account is healthy.
-    /// Declared on first use, deleted once drained.
+    /// Declared on first use, deleted a minute after it was drained.
     pub fn hold_queue(&self, key: &str) -> String {
         format!("{}.hold.{key}", self.prefix)
     }
@@ -206,20 +206,6 @@ impl Topology {
         );
         self.queue(channel, &self.hold_queue(key), args, &Self::hold_route(key))
             .await
-    }
-
-    /// Deletes a drained hold queue; one that took a message meanwhile stays.
-    pub async fn delete_hold_queue(&self, channel: &Channel, key: &str) -> lapin::Result<()> {
-        channel
-            .queue_delete(
-                self.hold_queue(key).as_str().into(),
-                lapin::options::QueueDeleteOptions {
-                    if_empty: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(|_| ())
     }
 
     pub fn dead_letter_queue(&self) -> String {

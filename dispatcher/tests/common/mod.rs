@@ -216,7 +216,11 @@ impl Harness {
         self.stop_dispatcher().await;
         let conn = connect().await;
         let ch = conn.create_channel().await.expect("channel");
-        for id in hold_ids(&self.prefix).await {
+        for id in hold_ids(&self.prefix)
+            .await
+            .into_iter()
+            .chain(idle_hold_ids(&self.prefix).await)
+        {
             let queue = self.topology.hold_queue(&dispatcher::hold::queue_key(&id));
             let _ = ch
                 .queue_delete(queue.as_str().into(), Default::default())
@@ -416,6 +420,20 @@ pub async fn hold_ids(prefix: &str) -> Vec<String> {
     fields
         .into_iter()
         .filter_map(|f| f.strip_prefix("~hold|").map(str::to_string))
+        .collect()
+}
+
+/// The pauses whose drained hold queue waits to be deleted.
+pub async fn idle_hold_ids(prefix: &str) -> Vec<String> {
+    let mut c = redis_conn().await;
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{prefix}:pauses"))
+        .query_async(&mut c)
+        .await
+        .unwrap_or_default();
+    fields
+        .into_iter()
+        .filter_map(|f| f.strip_prefix("~idle|").map(str::to_string))
         .collect()
 }
 
