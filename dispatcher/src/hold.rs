@@ -58,7 +58,7 @@ const DELETING_FOR: Duration = Duration::from_secs(10);
 /// How long a holder may take from registering to the broker's confirm
 /// before a drainer stops waiting for it.
 const PENDING_FOR: Duration = Duration::from_secs(30);
-/// A drain lease; renewed with every message.
+/// A drain lease; renewed in the background while the drain runs.
 const LEASE: Duration = Duration::from_secs(30);
 /// A drainer's pause before it tries the head again (rate limit, lease busy,
 /// Redis or the broker briefly away).
@@ -103,11 +103,23 @@ pub struct Hold {
     deleting: bool,
 }
 
-/// What the runner finds in the pauses hash: the holds, and the drained
-/// queues waiting to be deleted (pause id, drained at ms).
+/// What the runner finds in the pauses hash: the holds, the drained
+/// queues waiting to be deleted (pause id, drained at ms), and the draining
+/// pauses with no hold left to drain.
 pub struct Holds {
     pub holds: Vec<Hold>,
     pub idle: Vec<(String, i64)>,
+    pub empty_draining: Vec<String>,
+}
+
+/// What became of a drained queue's delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Gone,
+    /// It held a message after all: drained again.
+    Held,
+    /// The broker did not answer: tried again later.
+    Retry,
 }
 
 /// Registers a holder: `KEYS[1]` the pauses hash; `ARGV` id, hold field,
@@ -164,17 +176,29 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(h))
 return 1
 "#;
 
-/// `ARGV` id, hold field, idle field, now (ms): 1 when nothing was held
-/// since the seal (the record goes, the queue is marked to delete, and a
-/// draining pause goes: the account is live).
+/// `ARGV` id, hold field, idle field, now (ms), owner: 1 when nothing was
+/// held since the seal (the record goes, the queue is marked to delete, and
+/// a draining pause goes: the account is live); 0 when something was, or
+/// the caller no longer holds the drain lease (another dispatcher drains).
 const FINISH: &str = r#"
 local raw = redis.call('HGET', KEYS[1], ARGV[2])
 if not raw then return 1 end
-if not cjson.decode(raw).sealed then return 0 end
+local h = cjson.decode(raw)
+if not h.sealed or h.owner ~= ARGV[5] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v and cjson.decode(v).draining then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+/// A draining pause with nothing left to drain (its hold record went with
+/// a deleted queue's tombstone): `ARGV` id, hold field. The account is live.
+const LIVE: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 0 end
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or not cjson.decode(v).draining then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 "#;
 
@@ -207,18 +231,21 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 "#;
 
-/// After the delete: `ARGV` hold field, `1` when the queue went, `0` when
-/// it held a message after all (a holder that was not waited for): the
-/// tombstone becomes an ordinary hold, to be drained.
+/// After the delete: `ARGV` hold field, outcome (`gone`: the queue went;
+/// `held`: it held a message after all, a holder that was not waited for,
+/// and the tombstone becomes an ordinary hold, to be drained; `retry`: the
+/// broker did not answer, the queue is marked to delete again), idle field,
+/// the idle mark for a retry (ms).
 const DELETED: &str = r#"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local h = cjson.decode(raw)
 if not h.deleting then return 0 end
-if ARGV[2] == '1' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
+if ARGV[2] == 'held' then
   redis.call('HSET', KEYS[1], ARGV[1], cjson.encode({pending = {}, sealed = false}))
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[2] == 'retry' then redis.call('HSET', KEYS[1], ARGV[3], ARGV[4]) end
 end
 return 1
 "#;
@@ -337,15 +364,23 @@ impl Store {
         )
     }
 
-    /// True when the hold is over (nothing held since the seal).
-    pub async fn hold_finish(&self, id: &str) -> Result<bool, StoreError> {
+    /// True when the hold is over (nothing held since the seal, and
+    /// `owner` still held the drain lease).
+    pub async fn hold_finish(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
         let args = vec![
             id.to_string(),
             hold_field(id),
             idle_field(id),
             now_ms().to_string(),
+            owner.to_string(),
         ];
         Ok(self.hold_script(FINISH, args).await? == 1)
+    }
+
+    /// Ends a draining pause that has nothing left to drain; true if it did.
+    pub async fn hold_live(&self, id: &str) -> Result<bool, StoreError> {
+        let args = vec![id.to_string(), hold_field(id)];
+        Ok(self.hold_script(LIVE, args).await? == 1)
     }
 
     /// Claims the delete of pause `id`'s drained queue, idle for
@@ -366,10 +401,21 @@ impl Store {
         Ok(self.hold_script(CLAIM_DELETE, args).await? == 1)
     }
 
-    /// The claimed delete is done: `gone`, or the queue held a message
-    /// after all and is drained instead.
-    pub async fn hold_deleted(&self, id: &str, gone: bool) -> Result<(), StoreError> {
-        let args = vec![hold_field(id), if gone { "1" } else { "0" }.to_string()];
+    /// The claimed delete is done, one way or another.
+    pub async fn hold_deleted(&self, id: &str, outcome: Deleted) -> Result<(), StoreError> {
+        let outcome = match outcome {
+            Deleted::Gone => "gone",
+            Deleted::Held => "held",
+            Deleted::Retry => "retry",
+        };
+        // A retry is due a few seconds from now, not a whole idle period.
+        let again = now_ms() - IDLE_FOR.as_millis() as i64 + 5_000;
+        let args = vec![
+            hold_field(id),
+            outcome.to_string(),
+            idle_field(id),
+            again.to_string(),
+        ];
         self.hold_script(DELETED, args).await.map(|_| ())
     }
 
@@ -435,7 +481,16 @@ impl Store {
                 Some((id.to_string(), value.parse().ok()?))
             })
             .collect();
-        Ok(Holds { holds, idle })
+        let empty_draining = pauses
+            .values()
+            .filter(|p| p.draining && !all.contains_key(&hold_field(&p.id)))
+            .map(|p| p.id.clone())
+            .collect();
+        Ok(Holds {
+            holds,
+            idle,
+            empty_draining,
+        })
     }
 }
 
@@ -470,9 +525,19 @@ pub async fn run(
             _ = crate::consumer::stopped(&mut stopped) => break,
         }
         while tasks.try_join_next().is_some() {}
-        let Ok(Holds { holds, idle }) = worker.store.holds().await else {
+        let Ok(Holds {
+            holds,
+            idle,
+            empty_draining,
+        }) = worker.store.holds().await
+        else {
             continue;
         };
+        for id in empty_draining {
+            if let Ok(true) = worker.store.hold_live(&id).await {
+                tracing::info!(pause = %id, "nothing left held: the account is live");
+            }
+        }
         {
             let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
             counts.retain(|id, _| holds.iter().any(|h| &h.id == id));
@@ -552,33 +617,44 @@ async fn delete_idle(worker: &Worker, conn: &Connection, id: &str) {
             passive: true,
             ..Default::default()
         };
-        let gone = match ch
+        let outcome = match ch
             .queue_declare(queue.as_str().into(), passive, Default::default())
             .await
         {
-            // Gone already (an operator, or a test's clean-up).
-            Err(_) => return Ok(true),
-            Ok(q) if q.message_count() > 0 => false,
+            // Gone already (an operator, or a test's clean-up): the broker
+            // closed this channel with 404.
+            Err(e) if not_found(&e) => return Ok(Deleted::Gone),
+            Err(e) => return Err(e),
+            Ok(q) if q.message_count() > 0 => Deleted::Held,
             Ok(_) => {
                 ch.queue_delete(queue.as_str().into(), Default::default())
                     .await?;
-                true
+                Deleted::Gone
             }
         };
         let _ = ch.close(200, "hold queue deleted".into()).await;
-        Ok::<_, lapin::Error>(gone)
+        Ok::<_, lapin::Error>(outcome)
     }
     .await;
-    match deleted {
-        Ok(gone) => {
-            if !gone {
-                tracing::warn!(pause = %id, "a drained hold queue took a message after all: drained again");
-            }
-            let _ = worker.store.hold_deleted(id, gone).await;
+    let outcome = match deleted {
+        Ok(Deleted::Held) => {
+            tracing::warn!(pause = %id, "a drained hold queue took a message after all: drained again");
+            Deleted::Held
         }
-        // The tombstone lapses by itself; the next tick tries again.
-        Err(e) => tracing::warn!(error = %e, pause = %id, "hold queue not deleted"),
-    }
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, pause = %id, "hold queue not deleted: tried again shortly");
+            Deleted::Retry
+        }
+    };
+    let _ = worker.store.hold_deleted(id, outcome).await;
+}
+
+/// The broker answered NOT_FOUND (404): no such queue.
+fn not_found(e: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a)
+        if matches!(a.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)))
 }
 
 /// The tenant's `hold_max_secs` for a pause id (`<tenant>|...`), in ms.
@@ -637,6 +713,32 @@ impl Drain {
         *self.stop.borrow()
     }
 
+    /// Keeps the drain lease while the drain runs (a send may take longer
+    /// than a lease); `lost` turns true when another dispatcher took it or
+    /// Redis could not renew it before it lapsed.
+    fn keep_lease(&self, lost: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<()> {
+        let (store, id, owner) = (
+            self.worker.store.clone(),
+            self.id.clone(),
+            self.owner.clone(),
+        );
+        tokio::spawn(async move {
+            let mut renewed = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(LEASE / 6).await;
+                match store.hold_claim(&id, &owner).await {
+                    Ok(true) => renewed = std::time::Instant::now(),
+                    Ok(false) => break,
+                    // Stop well before the lease lapses: another dispatcher
+                    // may take it then.
+                    Err(_) if renewed.elapsed() < LEASE / 2 => {}
+                    Err(_) => break,
+                }
+            }
+            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    }
+
     /// Sends the held messages, oldest first, while the account stays
     /// healthy; then, nothing held or being held, makes it live.
     async fn drain(self) {
@@ -644,6 +746,8 @@ impl Drain {
             let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
             return;
         };
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lease = self.keep_lease(lost.clone());
         let provider = provider_label(&self.worker, &self.id);
         let (started, mut sent) = (std::time::Instant::now(), 0u64);
         tracing::info!(pause = %self.id, "draining the held messages");
@@ -651,13 +755,9 @@ impl Drain {
             if self.stopping() {
                 break;
             }
-            match self.worker.store.hold_claim(&self.id, &self.owner).await {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(_) => {
-                    tokio::time::sleep(RETRY_HEAD).await;
-                    continue;
-                }
+            if lost.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::info!(pause = %self.id, "drain lease lost: another dispatcher drains");
+                break;
             }
             match self.worker.store.paused(&self.id).await {
                 Ok(Some(p)) if !p.draining => {
@@ -701,8 +801,9 @@ impl Drain {
                 Some(_) => continue,
                 None => break,
             }
-            match self.worker.store.hold_finish(&self.id).await {
+            match self.worker.store.hold_finish(&self.id, &self.owner).await {
                 Ok(true) => {
+                    lease.abort();
                     self.count(0);
                     tracing::info!(pause = %self.id, released = sent,
                         secs = started.elapsed().as_secs_f64(), "held messages released: the account is live");
@@ -712,6 +813,7 @@ impl Drain {
                 _ => continue,
             }
         }
+        lease.abort();
         let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
         let _ = ch.close(200, "drain stopped".into()).await;
     }
@@ -724,12 +826,15 @@ impl Drain {
             let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
             return;
         };
-        while !self.stopping() {
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lease = self.keep_lease(lost.clone());
+        while !self.stopping() && !lost.load(std::sync::atomic::Ordering::SeqCst) {
             match self.head(&ch, false).await {
                 Some(Head::Done) => continue,
                 _ => break,
             }
         }
+        lease.abort();
         let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
         let _ = ch.close(200, "looked".into()).await;
     }

@@ -265,12 +265,14 @@ impl Store {
     }
 
     /// The first of these pauses that holds (one round trip: an account's,
-    /// its template's, its country's), passing over `draining`: the pause
-    /// whose held messages the caller is releasing.
+    /// its template's, its country's). `pass_draining`: the caller releases
+    /// a held message, which passes every draining pause (its own, and any
+    /// other it would otherwise be held behind: two accounts draining at
+    /// once must not hand one message back and forth).
     pub async fn paused_any(
         &self,
         ids: &[String],
-        draining: Option<&str>,
+        pass_draining: bool,
     ) -> Result<Option<Paused>, StoreError> {
         let key = pauses_key(self.prefix());
         let fields = ids.to_vec();
@@ -290,7 +292,7 @@ impl Store {
             .iter()
             .zip(v)
             .filter_map(|(id, v)| v.and_then(|v| parse(id.clone(), &v)))
-            .find(|p| !(p.draining && draining == Some(p.id.as_str()))))
+            .find(|p| !(p.draining && pass_draining)))
     }
 
     /// A provider's notice about this account (or template): pauses it

@@ -247,6 +247,11 @@ impl Worker {
         publisher: &AmqpChannel,
         id: &str,
     ) -> Settle {
+        // Held past the tenant's limit while it drained: the DLQ, not a
+        // customer, gets it.
+        if let Some(settle) = self.expire_held(delivery, publisher, id).await {
+            return settle;
+        }
         let mut job = Job::new(delivery, publisher, self.journal.enabled());
         job.draining = Some(id);
         self.handle_job(delivery, job).await
@@ -628,7 +633,7 @@ impl Worker {
             ));
         }
         match self
-            .with_store(|| self.store.paused_any(&pauses, job.draining))
+            .with_store(|| self.store.paused_any(&pauses, job.draining.is_some()))
             .await
         {
             None => return ChannelEnd::Settled(Settle::Requeue),
@@ -647,6 +652,11 @@ impl Worker {
             .await
         {
             None => return ChannelEnd::Settled(Settle::Requeue),
+            // Released in order: it waits at the hold queue's head for the
+            // lease, rather than leave the queue and lose its place.
+            Some(Claim::Busy) if job.draining.is_some() => {
+                return ChannelEnd::Settled(Settle::Requeue);
+            }
             Some(Claim::Busy) => {
                 return ChannelEnd::Settled(self.lease_wait(job, channel, attempt, failed).await);
             }
@@ -1800,11 +1810,6 @@ impl Worker {
         Some(Claim::Busy)
     }
 
-    /// Another worker holds the lease: it is sending this very message, or
-    /// it died and its lease has not expired yet. The delivery waits in the
-    /// broker's lease-wait queue (holding no permit, so one dead dispatcher
-    /// cannot stall the survivors) and comes back to be claimed again, with
-    /// the channel's attempt and the channels that failed so far.
     /// Holds an event whose last channel's account is paused (or draining:
     /// healthy again, its held messages going out first) at the tail of
     /// that pause's hold queue, no attempt spent, to be sent in order when
@@ -1846,19 +1851,28 @@ impl Worker {
             return Settle::Requeue;
         }
         let token = uuid::Uuid::now_v7().simple().to_string();
-        let Some(begin) = self
-            .with_store(|| self.store.hold_begin(&pause.id, &token, event.received_at))
-            .await
-        else {
-            return Settle::Requeue;
-        };
-        match begin {
-            crate::hold::Begin::Held => {}
-            // Resumed and drained since it was read (back to the dispatch
-            // queue's head, to be sent), or its drained queue is being
-            // deleted this very moment (held again in a moment).
-            crate::hold::Begin::Gone | crate::hold::Begin::Deleting => {
+        // Its drained queue being deleted this very moment: wait here for
+        // the delete (a tombstone lasts 10 s) rather than spin through the
+        // dispatch queue.
+        let waiting = Instant::now();
+        loop {
+            let Some(begin) = self
+                .with_store(|| self.store.hold_begin(&pause.id, &token, event.received_at))
+                .await
+            else {
                 return Settle::Requeue;
+            };
+            match begin {
+                crate::hold::Begin::Held => break,
+                // Resumed and drained since it was read: back to the
+                // dispatch queue's head, to be sent.
+                crate::hold::Begin::Gone => return Settle::Requeue,
+                crate::hold::Begin::Deleting
+                    if waiting.elapsed() < Duration::from_secs(12) && !*self.shutdown.borrow() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                crate::hold::Begin::Deleting => return Settle::Requeue,
             }
         }
         let key = crate::hold::queue_key(&pause.id);
@@ -1946,6 +1960,11 @@ impl Worker {
         })
     }
 
+    /// Another worker holds the lease: it is sending this very message, or
+    /// it died and its lease has not expired yet. The delivery waits in the
+    /// broker's lease-wait queue (holding no permit, so one dead dispatcher
+    /// cannot stall the survivors) and comes back to be claimed again, with
+    /// the channel's attempt and the channels that failed so far.
     async fn lease_wait(
         &self,
         job: &Job<'_>,

@@ -182,3 +182,84 @@ async fn balances_are_polled_into_gauges_with_their_threshold() {
     );
     h.finish().await;
 }
+
+/// Two dispatchers, one period of 2 s: the accounts are read once per
+/// period for the fleet, not once per dispatcher, and both export the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_reads_each_balance_once_per_period_and_every_dispatcher_exports_it() {
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/my/balance"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100, "balance": "77.00"
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/my/limit"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100, "total_limit": 500, "used_today": 0
+        })))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/finance/v1/GetBalance"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "balance": 10.0, "currency": "RUB"
+        })))
+        .mount(&fake)
+        .await;
+    let mut o = options(&fake);
+    o.dispatcher_extra = "balance_poll_secs = 2\n".into();
+    let h = Harness::start("balances-fleet", &o).await;
+    let second = dispatcher::app::start(h.settings.clone())
+        .await
+        .expect("a second dispatcher starts");
+
+    let balance_reads = || async {
+        fake.received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r.url.path() == "/my/balance")
+            .count()
+    };
+    let started = Instant::now();
+    while balance_reads().await == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "never read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let reads = balance_reads().await;
+    let periods = first.elapsed().as_secs_f64() / 2.0;
+    // One read per period and the one that started the window; two
+    // dispatchers reading on their own would make about twice as many.
+    assert!(
+        reads as f64 <= periods.floor() + 2.0,
+        "{reads} reads of my/balance in {periods:.1} periods by two dispatchers"
+    );
+    assert!(reads >= 3, "polled on: {reads}");
+
+    for addr in [h.running().addr, second.addr] {
+        let started = Instant::now();
+        loop {
+            let text = reqwest::get(format!("http://{addr}/metrics"))
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            if value(&text, "vestnik_dispatcher_provider_balance", "smsru") == Some(77.0) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{addr} exports the fleet's read:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    second.stop().await;
+    h.finish().await;
+}

@@ -665,6 +665,61 @@ async fn a_message_held_past_the_tenants_limit_is_dead_lettered() {
     h.finish().await;
 }
 
+/// The account heals, but its provider is slow: the second held message
+/// reaches the head of the draining queue past the tenant's limit and goes
+/// to the DLQ, not to a customer hours late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_that_expires_while_the_queue_drains_is_dead_lettered() {
+    let fake = MockServer::start().await;
+    broken_meta(&fake).await;
+    let mut o = options(&fake, r#"["whatsapp"]"#);
+    // What is under test: the limit itself.
+    o.tenant_extra = "hold_max_secs = 8\n".into();
+    // Meta slow, not timing out: each send takes 9 s and answers.
+    o.providers = o
+        .providers
+        .replace("timeout_ms = 2000", "timeout_ms = 15000");
+    let h = Harness::start("pause-expire-drain", &o).await;
+    let two = events(2, "pause-expire-drain");
+    h.publish_all(&two).await;
+    until("both held", Duration::from_secs(20), || async {
+        h.held("acme|meta|1234567890").await == 2
+    })
+    .await;
+
+    // Healthy again (the probe answers at once), each send taking 9 s.
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(meta_ok("wamid.SLOW").set_delay(Duration::from_secs(9)))
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(NUMBER))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "1234567890"})),
+        )
+        .mount(&fake)
+        .await;
+
+    let letters = h.dead_letters(1, Duration::from_secs(40)).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        header(&letters[0].1, "x-dlq-reason").as_deref(),
+        Some("expired_while_paused")
+    );
+    until("the account is live", Duration::from_secs(20), || async {
+        h.held("acme|meta|1234567890").await == 0
+    })
+    .await;
+    assert_eq!(
+        received(&fake, "POST", MESSAGES).await.len(),
+        1,
+        "the head went out; the one behind it had waited too long"
+    );
+    h.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_sees_a_paused_account_and_resumes_it() {
     const TOKEN: &str = "admin-token-for-tests-0001";

@@ -48,7 +48,7 @@ async fn holder(store: Store, world: Arc<World>, first: u64, n: u64) {
         jitter(20).await;
         let token = format!("t{m}");
         let paused = store
-            .paused_any(&[ID.to_string()], None)
+            .paused_any(&[ID.to_string()], false)
             .await
             .expect("redis");
         let registered = paused.is_some()
@@ -72,6 +72,7 @@ async fn holder(store: Store, world: Arc<World>, first: u64, n: u64) {
 }
 
 async fn drainer(store: Store, world: Arc<World>, done: Arc<AtomicBool>) {
+    assert!(store.hold_claim(ID, "drainer").await.expect("redis"));
     loop {
         let head = world.queue.lock().await.pop_front();
         if let Some(m) = head {
@@ -93,7 +94,7 @@ async fn drainer(store: Store, world: Arc<World>, done: Arc<AtomicBool>) {
             continue;
         }
         jitter(2).await;
-        if store.hold_finish(ID).await.expect("redis") {
+        if store.hold_finish(ID, "drainer").await.expect("redis") {
             break;
         }
     }
@@ -156,4 +157,44 @@ async fn a_hold_goes_live_only_when_nothing_is_on_its_way_into_it() {
         );
         common::delete_keys(&prefix).await;
     }
+}
+
+#[tokio::test]
+async fn a_drainer_that_lost_its_lease_cannot_make_the_account_live() {
+    let prefix = common::unique("hold-lease");
+    let settings = common::redis_settings(&prefix);
+    let store =
+        Store::new(&settings, Duration::from_secs(120), Duration::from_secs(60)).expect("store");
+    assert!(store.pause(ID, "meta 190").await.expect("redis"));
+    let begun = store
+        .hold_begin(ID, "t1", chrono::Utc::now())
+        .await
+        .expect("redis");
+    assert_eq!(begun, dispatcher::hold::Begin::Held);
+    store.hold_end(ID, "t1").await.expect("redis");
+    assert!(store.resume(ID).await.expect("redis"));
+
+    // A drains, stalls; its lease goes to B.
+    assert!(store.hold_claim(ID, "a").await.expect("redis"));
+    assert!(
+        !store.hold_claim(ID, "b").await.expect("redis"),
+        "one drainer at a time"
+    );
+    store.hold_release(ID, "a").await.expect("redis");
+    assert!(store.hold_claim(ID, "b").await.expect("redis"));
+
+    assert_eq!(store.hold_seal(ID).await.expect("redis"), Seal::Sealed);
+    assert!(
+        !store.hold_finish(ID, "a").await.expect("redis"),
+        "A no longer drains: only B may say the queue is empty"
+    );
+    let p = store
+        .paused(ID)
+        .await
+        .expect("redis")
+        .expect("still draining");
+    assert!(p.draining);
+    assert!(store.hold_finish(ID, "b").await.expect("redis"));
+    assert!(store.paused(ID).await.expect("redis").is_none(), "live");
+    common::delete_keys(&prefix).await;
 }

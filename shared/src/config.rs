@@ -488,8 +488,9 @@ pub struct DispatcherSettings {
     /// How long each event's delivery journal (received, attempts,
     /// callbacks, fallback, dead letter) is kept in Redis; 0 keeps none.
     pub journal_ttl_secs: u64,
-    /// How often each dispatcher reads the balances of the accounts that
-    /// have one (SMS.ru, Exolve) into its metrics; 0 never.
+    /// How often the fleet reads the balances of the accounts that have
+    /// one (SMS.ru, Exolve): one dispatcher per period, claimed in Redis;
+    /// every dispatcher exports the last read; 0 never.
     pub balance_poll_secs: u64,
     /// While a provider account stays paused, how often (at most) the head
     /// of its hold queue is looked at for messages past the tenant's

@@ -1,7 +1,7 @@
 //! The overview: what came in and went out over the last hour (the whole
 //! fleet's, from [`crate::stats`]), the queues as the broker counts them
-//! now, paused provider accounts, and balances (as this dispatcher last
-//! polled them: every dispatcher polls every account).
+//! now, paused provider accounts, and balances (the fleet's last read,
+//! [`crate::balance`]).
 
 use std::collections::BTreeMap;
 
