@@ -25,6 +25,11 @@ venv=target/schemathesis-$version
 if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
   echo "contract: installing schemathesis $version from PyPI into $venv"
   rm -rf "$venv"
+  # Debian's python3 keeps venv (and its pip) in a package of its own.
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+  fi
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$version"
 fi

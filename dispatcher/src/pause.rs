@@ -130,6 +130,9 @@ local function resume(hash, id, holdfield)
   if not v then return 0 end
   local p = cjson.decode(v)
   if p.draining then return 0 end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', hash, '~last|' .. id, cjson.encode({probes = tonumber(p.probes or 0), at = now}))
   if redis.call('HEXISTS', hash, holdfield) == 1 then
     p.draining = true
     p.manual = nil
@@ -148,13 +151,41 @@ return resume(KEYS[1], ARGV[1], ARGV[2])
 "#;
 
 /// Pauses an account unless it is paused already (a draining one is paused
-/// again): `KEYS[1]` the pauses hash; `ARGV` id, the pause's value.
+/// again): `KEYS[1]` the pauses hash; `ARGV` id, the pause's value, then
+/// the next probe's time after 1, 2, ... failed probes. An account that
+/// breaks again while it drains, or within [`AGAIN_WITHIN`] of its resume
+/// (a probe that sees it healthy while sends still fail: Meta 368 or
+/// 131031 leave the phone-number read working), goes on from the probes it
+/// had, one more: its sends are tried on the backoff, not every second.
 const PAUSE: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and not cjson.decode(v).draining then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local old = v and cjson.decode(v)
+if old and not old.draining then return 0 end
+local base = nil
+if old then
+  base = tonumber(old.probes or 0)
+else
+  local l = redis.call('HGET', KEYS[1], '~last|' .. ARGV[1])
+  if l then
+    local last = cjson.decode(l)
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if tonumber(last.at) > now - tonumber(ARGV[3]) then base = tonumber(last.probes) end
+  end
+end
+local value = ARGV[2]
+if base and #ARGV > 3 then
+  local p = cjson.decode(ARGV[2])
+  p.probes = base + 1
+  p.next_probe = ARGV[3 + math.min(base + 1, #ARGV - 3)]
+  value = cjson.encode(p)
+end
+redis.call('HSET', KEYS[1], ARGV[1], value)
 return 1
 "#;
+
+/// How soon after a resume a new failure counts as the same breakage.
+pub const AGAIN_WITHIN: Duration = Duration::from_secs(15 * 60);
 
 /// Applies a notice to one pause, atomically: `KEYS[1]` the pauses hash;
 /// `ARGV` id, notice time (ms), healthy (`1`/`0`), the pause's value,
@@ -364,7 +395,11 @@ impl Store {
             draining: false,
         })
         .unwrap_or_default();
-        self.set_pause(id, value).await
+        // The next probe after n failed ones, for a breakage that goes on.
+        let escalated = (1..=10)
+            .map(|n| stored_time(now + chrono::Duration::from_std(backoff(n)).unwrap_or_default()))
+            .collect();
+        self.set_pause(id, value, escalated).await
     }
 
     /// Pauses what no probe can see healthy again (one country of an
@@ -382,20 +417,31 @@ impl Store {
             draining: false,
         })
         .unwrap_or_default();
-        self.set_pause(id, value).await
+        self.set_pause(id, value, Vec::new()).await
     }
 
-    /// Writes a pause unless one holds already (a draining one is replaced).
-    async fn set_pause(&self, id: &str, value: String) -> Result<bool, StoreError> {
+    /// Writes a pause unless one holds already (a draining one is
+    /// replaced); `escalated`: the next probe's time after 1, 2, ... failed
+    /// probes, for an account that broke again soon after its resume.
+    async fn set_pause(
+        &self,
+        id: &str,
+        value: String,
+        escalated: Vec<String>,
+    ) -> Result<bool, StoreError> {
         let key = pauses_key(self.prefix());
         let field = id.to_string();
+        let within = AGAIN_WITHIN.as_millis().to_string();
         self.run_durable(key.clone(), move |mut c| {
             let (key, field, value) = (key.clone(), field.clone(), value.clone());
+            let (within, escalated) = (within.clone(), escalated.clone());
             async move {
                 redis::Script::new(PAUSE)
                     .key(key)
                     .arg(field)
                     .arg(value)
+                    .arg(within)
+                    .arg(escalated)
                     .invoke_async::<i64>(&mut c)
                     .await
                     .map(|n| n == 1)

@@ -139,6 +139,8 @@ pub struct Worker {
     /// How long a message held for a paused account waits before it looks
     /// again (`dispatcher.hold_recheck_secs`).
     pub hold_recheck: Duration,
+    /// Held messages a drain sends at once (`dispatcher.hold_drain_window`).
+    pub hold_drain_window: usize,
 }
 
 /// A header counting an event's hops down the delay ladder (the journal

@@ -198,3 +198,76 @@ async fn a_drainer_that_lost_its_lease_cannot_make_the_account_live() {
     assert!(store.paused(ID).await.expect("redis").is_none(), "live");
     common::delete_keys(&prefix).await;
 }
+
+/// An account that breaks again right after a probe resumed it (the probe
+/// sees it healthy, the sends still fail) is paused on from the probes it
+/// had, each time one more: its next try waits 2 s, 4 s, 8 s, not 1 s.
+#[tokio::test]
+async fn an_account_that_breaks_again_after_its_resume_waits_longer_each_time() {
+    let prefix = common::unique("pause-again");
+    let settings = common::redis_settings(&prefix);
+    let store =
+        Store::new(&settings, Duration::from_secs(120), Duration::from_secs(60)).expect("store");
+    let fresh = store.pause(ID, "meta 368").await.expect("redis");
+    assert!(fresh);
+    assert_eq!(
+        store
+            .paused(ID)
+            .await
+            .expect("redis")
+            .expect("paused")
+            .probes,
+        0
+    );
+
+    for want in 1..=3u32 {
+        // The probe finds it healthy: live at once (nothing held)...
+        assert!(store.resume(ID).await.expect("redis"));
+        assert!(store.paused(ID).await.expect("redis").is_none());
+        // ...and the next send fails again.
+        assert!(store.pause(ID, "meta 368").await.expect("redis"));
+        let p = store.paused(ID).await.expect("redis").expect("paused");
+        assert_eq!(p.probes, want, "paused again: one more probe");
+        let wait = (p.next_probe - chrono::Utc::now()).num_milliseconds();
+        let backoff = dispatcher::pause::backoff(want).as_millis() as i64;
+        assert!(
+            (backoff - 1_000..=backoff).contains(&wait),
+            "next try in {wait} ms, backoff {backoff} ms"
+        );
+    }
+
+    // Paused again while it drains: the same.
+    let begun = store
+        .hold_begin(ID, "t1", chrono::Utc::now())
+        .await
+        .expect("redis");
+    assert_eq!(begun, dispatcher::hold::Begin::Held);
+    store.hold_end(ID, "t1").await.expect("redis");
+    assert!(store.resume(ID).await.expect("redis"));
+    assert!(
+        store
+            .paused(ID)
+            .await
+            .expect("redis")
+            .expect("draining")
+            .draining
+    );
+    assert!(store.pause(ID, "meta 368").await.expect("redis"));
+    let p = store.paused(ID).await.expect("redis").expect("paused");
+    assert!(!p.draining);
+    assert_eq!(p.probes, 4);
+
+    // Another account, never resumed: starts at the first probe.
+    let other = "acme|meta|999";
+    assert!(store.pause(other, "meta 190").await.expect("redis"));
+    assert_eq!(
+        store
+            .paused(other)
+            .await
+            .expect("redis")
+            .expect("paused")
+            .probes,
+        0
+    );
+    common::delete_keys(&prefix).await;
+}

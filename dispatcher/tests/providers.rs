@@ -798,15 +798,15 @@ async fn resend_answers_are_classified() {
         o => panic!("{o:?}"),
     }
     let classes = [
-        (err(429, "daily_quota_exceeded"), "config"),
-        (err(429, "monthly_quota_exceeded"), "config"),
+        (err(429, "daily_quota_exceeded"), "account"),
+        (err(429, "monthly_quota_exceeded"), "account"),
         (err(409, "concurrent_idempotent_requests"), "transient"),
         (err(409, "invalid_idempotent_request"), "config"),
         (err(422, "invalid_to_address"), "recipient"),
         (err(422, "invalid_from_address"), "config"),
         (err(400, "validation_error"), "config"),
         (err(401, "missing_api_key"), "account"),
-        (err(403, "validation_error"), "config"),
+        (err(403, "validation_error"), "account"),
         (err(500, "internal_server_error"), "transient"),
         (ResponseTemplate::new(502), "transient"),
     ];

@@ -496,6 +496,11 @@ pub struct DispatcherSettings {
     /// of its hold queue is looked at for messages past the tenant's
     /// `hold_max_secs` (`dispatcher::hold`).
     pub hold_recheck_secs: u64,
+    /// How many held messages a drain sends at once when a paused account
+    /// heals: each customer's own messages still go one at a time in the
+    /// order held; 1 sends the whole queue one at a time, in account order
+    /// (`dispatcher::hold`).
+    pub hold_drain_window: usize,
 }
 
 impl Default for DispatcherSettings {
@@ -512,6 +517,7 @@ impl Default for DispatcherSettings {
             journal_ttl_secs: 7 * 24 * 3600,
             balance_poll_secs: 300,
             hold_recheck_secs: 30,
+            hold_drain_window: 16,
         }
     }
 }

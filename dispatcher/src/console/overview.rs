@@ -75,9 +75,25 @@ async fn queue_depths(
     }
     out.push((
         format!("{} (all rungs)", t.delay_queue(0).replace(".1s", ".*")),
-        "delayed, held for a paused account, or outside send hours",
+        "delayed, or outside send hours",
         delayed,
     ));
+    // The hold queues of paused (and draining) accounts, one per pause.
+    if let Ok(holds) = state.store.holds().await {
+        let mut held = None;
+        let accounts = holds.holds.len();
+        for h in &holds.holds {
+            let queue = t.hold_queue(&crate::hold::queue_key(&h.id));
+            if let Some(n) = depth(&mut ch, &queue).await {
+                held = Some(held.unwrap_or(0) + n);
+            }
+        }
+        out.push((
+            format!("{} ({accounts} accounts)", t.hold_queue("*")),
+            "held for a paused account, sent in order when it heals",
+            held.or(Some(0)),
+        ));
+    }
     let _ = conn.close(200, "read".into()).await;
     Ok(out)
 }

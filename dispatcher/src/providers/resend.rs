@@ -221,8 +221,10 @@ pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -
         retry_after,
     };
     match (status, name.as_str()) {
-        // Quotas last until the next day/month: an operator's matter.
-        (429, "daily_quota_exceeded" | "monthly_quota_exceeded") => Outcome::Config { reason },
+        // Quotas last until the next day or month: the account pauses (its
+        // probe finds the key working, so a send tries again on the
+        // probes' backoff, providers.md B6).
+        (429, "daily_quota_exceeded" | "monthly_quota_exceeded") => Outcome::AccountDown { reason },
         (429, _) => transient,
         // The first request with this key is still in flight: retry with the same key.
         (409, "concurrent_idempotent_requests") => transient,
@@ -230,12 +232,13 @@ pub(crate) fn classify(status: u16, text: &str, retry_after: Option<Duration>) -
         (409, _) => Outcome::Config { reason },
         (500..=599, _) => transient,
         (422, "invalid_to_address") => Outcome::Recipient { reason },
-        // The key refused or restricted: the account, not this message.
-        (401, _) | (403, "restricted_api_key" | "invalid_api_key") => {
+        // The key refused or restricted, or the sending domain not verified
+        // (403 validation_error: only testing e-mails to the owner): the
+        // account, not this message.
+        (401, _) | (403, "restricted_api_key" | "invalid_api_key" | "validation_error") => {
             Outcome::AccountDown { reason }
         }
-        // 401/403 keys and domains (403 validation_error: testing-only
-        // recipients or an unverified domain), 400/422 request validation.
+        // 400/422 request validation, 404.
         _ => Outcome::Config { reason },
     }
 }
@@ -275,13 +278,14 @@ mod tests {
             Outcome::Transient { retry_after, .. } => assert_eq!(retry_after, wait),
             o => panic!("{o:?}"),
         }
+        // A quota: the account pauses until it is over.
         assert_eq!(
             classify(429, &err(429, "daily_quota_exceeded", "q"), wait).class(),
-            "config"
+            "account"
         );
         assert_eq!(
             classify(429, &err(429, "monthly_quota_exceeded", "q"), wait).class(),
-            "config"
+            "account"
         );
         assert_eq!(classify(429, "", None).class(), "transient");
     }
@@ -321,12 +325,14 @@ mod tests {
             (401, "restricted_api_key"),
             (403, "invalid_api_key"),
             (403, "restricted_api_key"),
+            (403, "validation_error"),
+            (429, "daily_quota_exceeded"),
+            (429, "monthly_quota_exceeded"),
         ] {
             let o = classify(status, &err(status, name, "m"), None);
             assert_eq!(o.class(), "account", "{status} {name}: {o:?}");
         }
         for (status, name) in [
-            (403, "validation_error"),
             (400, "validation_error"),
             (400, "invalid_idempotency_key"),
             (422, "invalid_from_address"),

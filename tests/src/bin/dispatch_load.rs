@@ -1,6 +1,7 @@
 //! Publishes bench events straight to the dispatch queue, as ingest would:
-//! `dispatch_load AMQP_URL PREFIX COUNT RATE [DELAY_SECS]` (RATE 0 = as fast
-//! as confirms allow). Declares the topology first (with the dispatcher's
+//! `dispatch_load AMQP_URL PREFIX COUNT RATE [DELAY_SECS [CUSTOMERS]]` (RATE
+//! 0 = as fast as confirms allow; CUSTOMERS, default 1: how many phones the
+//! events go to, round robin). Declares the topology first (with the dispatcher's
 //! second-attempt delay), so the queue can be filled before a dispatcher runs. Each event has its own dedup key and carries its publish time in
 //! `order_number`, which the bench template renders as the message text.
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,13 +19,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let count: u64 = args.next().ok_or("COUNT")?.parse()?;
     let rate: u64 = args.next().ok_or("RATE")?.parse()?;
     let delay: u64 = args.next().map(|d| d.parse()).transpose()?.unwrap_or(570);
+    let customers: u64 = args
+        .next()
+        .map(|d| d.parse())
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
     let topology = shared::topology::Topology::new(&prefix, Duration::from_secs(delay), 20);
     let exchange = topology.exchange();
     let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     topology.declare(&ch).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let phone = shared::phone::normalise("+79161234567").ok();
     let run = uuid::Uuid::now_v7().simple().to_string();
     let start = Instant::now();
     let mut pending = Vec::new();
@@ -37,6 +43,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         let sent_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
+        let phone =
+            shared::phone::normalise(&format!("+7916{:07}", 1_234_567 + i % customers)).ok();
         let event = Event {
             schema: SCHEMA_VERSION,
             id: uuid::Uuid::now_v7(),
@@ -49,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             source_ref: None,
             location: None,
             recipient: Recipient {
-                phone: phone.clone(),
+                phone,
                 email: None,
                 name: Some("Иван".into()),
             },

@@ -1,7 +1,9 @@
 //! A fast fake of Meta's `/messages` endpoint for deploy/bench. The bench's
 //! template renders the publish time (µs since the epoch) as the message
 //! text, so each request gives one queue→provider latency.
-//! `fake_provider ADDR` — `GET /stats` for figures, `POST /reset` to clear.
+//! `fake_provider ADDR` — `GET /stats` for figures, `POST /reset` to clear
+//! (`POST /reset?latency_ms=N`: each send answers N ms late from then on, a
+//! slow provider).
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,6 +12,8 @@ use hdrhistogram::Histogram;
 
 struct Stats {
     latency_us: Histogram<u64>,
+    /// How late each send answers.
+    answer_ms: u64,
     count: u64,
     first_us: u64,
     last_us: u64,
@@ -24,6 +28,10 @@ fn now_us() -> u64 {
 
 async fn send(body: web::Json<serde_json::Value>, stats: web::Data<Mutex<Stats>>) -> HttpResponse {
     let now = now_us();
+    let answer_ms = stats.lock().map(|s| s.answer_ms).unwrap_or(0);
+    if answer_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(answer_ms)).await;
+    }
     let sent_us = body["text"]["body"]
         .as_str()
         .and_then(|s| s.trim().parse::<u64>().ok());
@@ -59,8 +67,15 @@ async fn stats(stats: web::Data<Mutex<Stats>>) -> HttpResponse {
     }))
 }
 
-async fn reset(stats: web::Data<Mutex<Stats>>) -> HttpResponse {
+async fn reset(
+    stats: web::Data<Mutex<Stats>>,
+    q: web::Query<std::collections::HashMap<String, String>>,
+) -> HttpResponse {
     if let Ok(mut s) = stats.lock() {
+        s.answer_ms = q
+            .get("latency_ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         s.latency_us.reset();
         s.count = 0;
         s.first_us = 0;
@@ -79,6 +94,7 @@ async fn main() -> std::io::Result<()> {
         count: 0,
         first_us: 0,
         last_us: 0,
+        answer_ms: 0,
     }));
     HttpServer::new(move || {
         App::new()

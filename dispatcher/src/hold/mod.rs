@@ -2,11 +2,13 @@
 //! paused ([`crate::pause`]) goes to that pause's hold queue
 //! (`<prefix>.hold.<key>`, quorum, one per pause) and waits there, no
 //! attempt spent. When the account is healthy again its pause turns to
-//! *draining*: one dispatcher at a time (a lease in Redis) takes the queue's
-//! head, sends it through the usual path (idempotency, rate limits,
-//! fallback), acks it, and takes the next; messages for the account that
-//! arrive meanwhile join the queue's tail, so nothing overtakes what was
-//! held. Empty, the queue is deleted and the account is live.
+//! *draining*: one dispatcher at a time (a lease in Redis) takes messages
+//! off the queue's head, sends them through the usual path (idempotency,
+//! rate limits, fallback) and acks them: up to `dispatcher.hold_drain_window`
+//! at once, each customer's one at a time in the order held ([`window`]);
+//! messages for the account that arrive meanwhile join the queue's tail, so
+//! nothing overtakes what was held. Empty, the queue is deleted and the
+//! account is live.
 //!
 //! Going live without losing a message that a dispatcher is putting in the
 //! queue at that very moment: each holder registers in Redis before it
@@ -43,9 +45,16 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use futures_util::FutureExt;
+use lapin::message::Delivery;
+use tokio::task::JoinSet;
+
 use crate::delivery_state::{Store, StoreError};
 use crate::pause::{Paused, pauses_key};
 use crate::worker::{Settle, Worker};
+
+mod window;
+use window::{Slot, Window};
 
 /// The field of a pause's hold bookkeeping.
 const HOLD_MARK: &str = "~hold|";
@@ -494,8 +503,7 @@ impl Store {
     }
 }
 
-/// Takes a message off the head of a hold queue: `handle` decides, and the
-/// message is acked (done) or left at the head.
+/// What a look at the head of a paused account's hold queue found.
 enum Head {
     Empty,
     Done,
@@ -740,7 +748,9 @@ impl Drain {
     }
 
     /// Sends the held messages, oldest first, while the account stays
-    /// healthy; then, nothing held or being held, makes it live.
+    /// healthy, up to `dispatcher.hold_drain_window` at once and each
+    /// customer's one at a time ([`window`]); then, nothing held or being
+    /// held, makes it live.
     async fn drain(self) {
         let Some(ch) = self.channel().await else {
             let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
@@ -750,72 +760,191 @@ impl Drain {
         let lease = self.keep_lease(lost.clone());
         let provider = provider_label(&self.worker, &self.id);
         let (started, mut sent) = (std::time::Instant::now(), 0u64);
-        tracing::info!(pause = %self.id, "draining the held messages");
-        loop {
-            if self.stopping() {
-                break;
+        tracing::info!(pause = %self.id, window = self.worker.hold_drain_window,
+            "draining the held messages");
+        let mut window: Window<Delivery> = Window::new(self.worker.hold_drain_window);
+        let mut out: JoinSet<Sent> = JoinSet::new();
+        // The queue was empty when last read; sealed since.
+        let (mut empty, mut sealed) = (false, false);
+        // Why the drain stops, once what is out has settled.
+        let mut stop: Option<&'static str> = None;
+        let live = loop {
+            if stop.is_none() && self.stopping() {
+                stop = Some("shutting down");
             }
-            if lost.load(std::sync::atomic::Ordering::SeqCst) {
-                tracing::info!(pause = %self.id, "drain lease lost: another dispatcher drains");
-                break;
+            if stop.is_none() && lost.load(std::sync::atomic::Ordering::SeqCst) {
+                stop = Some("drain lease lost: another dispatcher drains");
             }
-            match self.worker.store.paused(&self.id).await {
-                Ok(Some(p)) if !p.draining => {
-                    tracing::info!(pause = %self.id, "paused again: the rest stays held");
-                    break;
+            if stop.is_some() {
+                window.halt();
+            }
+            // Take while there is room: one look at the pause per round.
+            if stop.is_none() && window.room() {
+                match self.worker.store.paused(&self.id).await {
+                    Ok(Some(p)) if !p.draining => {
+                        stop = Some("paused again: the rest stays held");
+                        window.halt();
+                    }
+                    Ok(_) => {
+                        if let Err(why) = self.take(&ch, &mut window, &mut out, &mut empty).await {
+                            stop = Some(why);
+                            window.halt();
+                        } else if !empty {
+                            sealed = false;
+                        }
+                    }
+                    Err(_) if window.taken() == 0 => {
+                        tokio::time::sleep(RETRY_HEAD).await;
+                        continue;
+                    }
+                    Err(_) => {}
                 }
-                Ok(_) => {}
-                Err(_) => {
+            }
+            if window.out() == 0 {
+                if window.taken() > 0 {
+                    // Held back: back to the head, oldest first.
+                    if !put_back(&mut window).await {
+                        break false;
+                    }
+                    if stop.is_some() {
+                        break false;
+                    }
                     tokio::time::sleep(RETRY_HEAD).await;
                     continue;
                 }
-            }
-            match self.head(&ch, true).await {
-                Some(Head::Done) => {
-                    sent += 1;
-                    self.worker
-                        .metrics
-                        .paused_messages
-                        .with_label_values(&[provider, "released"])
-                        .inc();
+                if stop.is_some() {
+                    break false;
+                }
+                if !empty {
                     continue;
                 }
-                Some(Head::Kept) => {
-                    tokio::time::sleep(RETRY_HEAD).await;
+                // Empty: seal, read once more, and go live if nothing came.
+                if !sealed {
+                    empty = false;
+                    match self.worker.store.hold_seal(&self.id).await {
+                        Ok(Seal::Sealed) => sealed = true,
+                        Ok(Seal::Gone) => break false,
+                        Ok(Seal::InFlight) | Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
                     continue;
                 }
-                Some(Head::Empty) => {}
-                None => break,
-            }
-            // Empty: seal, look once more, and go live if nothing came.
-            match self.worker.store.hold_seal(&self.id).await {
-                Ok(Seal::Sealed) => {}
-                Ok(Seal::Gone) => break,
-                Ok(Seal::InFlight) | Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                match self.worker.store.hold_finish(&self.id, &self.owner).await {
+                    Ok(true) => break true,
+                    _ => {
+                        (empty, sealed) = (false, false);
+                        continue;
+                    }
                 }
             }
-            match self.head(&ch, true).await {
-                Some(Head::Empty) => {}
-                Some(_) => continue,
-                None => break,
+            let Some(done) = out.join_next().await else {
+                continue;
+            };
+            let Ok(Sent { slot, settle }) = done else {
+                // Not reached: a send that panics is caught in its task.
+                stop = Some("a send task was lost");
+                break false;
+            };
+            let kept = match settle {
+                Some(Settle::Ack) => match slot.item.ack(BasicAckOptions::default()).await {
+                    Ok(_) => {
+                        sent += 1;
+                        self.worker
+                            .metrics
+                            .paused_messages
+                            .with_label_values(&[provider, "released"])
+                            .inc();
+                        false
+                    }
+                    Err(e) => {
+                        // The broker returns it, and the rest, when the
+                        // channel goes; its done mark stops a second send.
+                        tracing::warn!(error = %e, "held message not acked");
+                        stop = Some("hold queue channel failed");
+                        window.halt();
+                        false
+                    }
+                },
+                Some(Settle::Requeue) => true,
+                None => {
+                    stop = Some("a send failed unexpectedly");
+                    window.halt();
+                    true
+                }
+            };
+            if let Some(next) = window.done(slot, kept) {
+                self.start(&mut out, next);
             }
-            match self.worker.store.hold_finish(&self.id, &self.owner).await {
-                Ok(true) => {
-                    lease.abort();
+        };
+        lease.abort();
+        if live {
+            self.count(0);
+            tracing::info!(pause = %self.id, released = sent,
+                secs = started.elapsed().as_secs_f64(), "held messages released: the account is live");
+            let _ = ch.close(200, "drained".into()).await;
+            return;
+        }
+        tracing::info!(pause = %self.id, released = sent,
+            why = stop.unwrap_or("stopped"), "drain stopped: the rest stays held");
+        let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
+        // Anything still unacked returns to the queue with the channel.
+        let _ = ch.close(200, "drain stopped".into()).await;
+    }
+
+    /// Takes messages off the head while the window has room; `empty` when
+    /// the queue had no more. Err: the broker channel failed.
+    async fn take(
+        &self,
+        ch: &Channel,
+        window: &mut Window<Delivery>,
+        out: &mut JoinSet<Sent>,
+        empty: &mut bool,
+    ) -> Result<(), &'static str> {
+        *empty = false;
+        while window.room() {
+            let got = ch
+                .basic_get(self.queue().as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "hold queue not read");
+                    "hold queue not read"
+                })?;
+            let Some(m) = got else {
+                *empty = true;
+                if window.taken() == 0 {
                     self.count(0);
-                    tracing::info!(pause = %self.id, released = sent,
-                        secs = started.elapsed().as_secs_f64(), "held messages released: the account is live");
-                    let _ = ch.close(200, "drained".into()).await;
-                    return;
                 }
-                _ => continue,
+                return Ok(());
+            };
+            let taken = u32::try_from(window.taken()).unwrap_or(u32::MAX);
+            self.count(m.message_count.saturating_add(taken).saturating_add(1));
+            let recipient = recipient_key(&m.delivery.data);
+            if let Some(slot) = window.take(recipient, m.delivery) {
+                self.start(out, slot);
             }
         }
-        lease.abort();
-        let _ = self.worker.store.hold_release(&self.id, &self.owner).await;
-        let _ = ch.close(200, "drain stopped".into()).await;
+        Ok(())
+    }
+
+    /// Sends one held message through the worker, in a task of its own.
+    fn start(&self, out: &mut JoinSet<Sent>, slot: Slot<Delivery>) {
+        let (worker, publisher, id) =
+            (self.worker.clone(), self.publisher.clone(), self.id.clone());
+        out.spawn(async move {
+            let handled =
+                std::panic::AssertUnwindSafe(worker.handle_held(&slot.item, &publisher, &id))
+                    .catch_unwind()
+                    .await;
+            let settle = match handled {
+                Ok(settle) => Some(settle),
+                Err(_) => {
+                    tracing::error!(pause = %id, "a held message's send panicked: it stays held");
+                    None
+                }
+            };
+            Sent { slot, settle }
+        });
     }
 
     /// Dead-letters the held messages that have waited past the tenant's
@@ -829,7 +958,7 @@ impl Drain {
         let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease = self.keep_lease(lost.clone());
         while !self.stopping() && !lost.load(std::sync::atomic::Ordering::SeqCst) {
-            match self.head(&ch, false).await {
+            match self.head(&ch).await {
                 Some(Head::Done) => continue,
                 _ => break,
             }
@@ -839,10 +968,9 @@ impl Drain {
         let _ = ch.close(200, "looked".into()).await;
     }
 
-    /// One message from the head. `send`: through the worker (draining);
-    /// else only dead-lettered if expired (still paused). None: the broker
-    /// channel failed.
-    async fn head(&self, ch: &Channel, send: bool) -> Option<Head> {
+    /// One message from the head, dead-lettered if it has expired, else
+    /// left there. None: the broker channel failed.
+    async fn head(&self, ch: &Channel) -> Option<Head> {
         let got = match ch
             .basic_get(self.queue().as_str().into(), BasicGetOptions::default())
             .await
@@ -855,38 +983,30 @@ impl Drain {
         };
         let Some(m) = got else {
             self.count(0);
-            if !send {
-                let next = now_ms() + self.worker.hold_recheck.as_millis() as i64;
-                let _ = self.worker.store.hold_looked(&self.id, None, next).await;
-            }
+            let next = now_ms() + self.worker.hold_recheck.as_millis() as i64;
+            let _ = self.worker.store.hold_looked(&self.id, None, next).await;
             return Some(Head::Empty);
         };
         self.count(m.message_count.saturating_add(1));
         let delivery = m.delivery;
-        let settle = if send {
-            self.worker
-                .handle_held(&delivery, &self.publisher, &self.id)
-                .await
-        } else {
-            match self
-                .worker
-                .expire_held(&delivery, &self.publisher, &self.id)
-                .await
-            {
-                Some(settle) => settle,
-                None => {
-                    // Not due: note when it is, leave it at the head.
-                    let received = shared::Event::from_json(&delivery.data)
-                        .ok()
-                        .map(|e| e.received_at.timestamp_millis());
-                    let next = now_ms() + self.worker.hold_recheck.as_millis() as i64;
-                    let _ = self
-                        .worker
-                        .store
-                        .hold_looked(&self.id, received, next)
-                        .await;
-                    Settle::Requeue
-                }
+        let settle = match self
+            .worker
+            .expire_held(&delivery, &self.publisher, &self.id)
+            .await
+        {
+            Some(settle) => settle,
+            None => {
+                // Not due: note when it is, leave it at the head.
+                let received = shared::Event::from_json(&delivery.data)
+                    .ok()
+                    .map(|e| e.received_at.timestamp_millis());
+                let next = now_ms() + self.worker.hold_recheck.as_millis() as i64;
+                let _ = self
+                    .worker
+                    .store
+                    .hold_looked(&self.id, received, next)
+                    .await;
+                Settle::Requeue
             }
         };
         let settled = match settle {
@@ -908,6 +1028,46 @@ impl Drain {
             Settle::Ack => Head::Done,
             Settle::Requeue => Head::Kept,
         })
+    }
+}
+
+/// A held message's send, done: its slot, and how to settle it (none: the
+/// send panicked).
+struct Sent {
+    slot: Slot<Delivery>,
+    settle: Option<Settle>,
+}
+
+/// Returns what the window took and did not send to the queue's head,
+/// oldest first. False when the broker channel failed (closing it returns
+/// them too).
+async fn put_back(window: &mut Window<Delivery>) -> bool {
+    for slot in window.put_back() {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        if let Err(e) = slot.item.nack(requeue).await {
+            tracing::warn!(error = %e, "held message not put back: the channel returns it");
+            return false;
+        }
+    }
+    true
+}
+
+/// Whose message this is, for the window's one-at-a-time per customer: the
+/// phone, else the e-mail, else the message alone (a digest, never the
+/// address itself, is what the window keeps).
+fn recipient_key(data: &[u8]) -> String {
+    let who = shared::Event::from_json(data).ok().and_then(|e| {
+        e.recipient
+            .phone
+            .map(|p| p.e164().to_string())
+            .or_else(|| e.recipient.email.map(|m| m.to_lowercase()))
+    });
+    match who {
+        Some(who) => hex::encode(&Sha256::digest(who.as_bytes())[..12]),
+        None => format!("~{}", uuid::Uuid::now_v7().simple()),
     }
 }
 
