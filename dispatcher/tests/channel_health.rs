@@ -653,21 +653,32 @@ async fn with_another_channel_the_messages_go_there_at_once() {
         fake.uri()
     ));
     let h = Harness::start("pause-fallback", &o).await;
-    for e in events(20, "pause-fallback") {
-        h.publish(&e).await;
-    }
-    until("all twenty go by SMS", Duration::from_secs(30), || async {
-        received(&fake, "POST", "/sms/send").await.len() >= 20
+    // The 500 events; SMS.ru's guard limit (20/s) paces them.
+    let all = events(500, "pause-fallback");
+    h.publish_all(&all).await;
+    until("all 500 go by SMS", Duration::from_secs(120), || async {
+        received(&fake, "POST", "/sms/send").await.len() >= all.len()
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(received(&fake, "POST", "/sms/send").await.len(), 20);
+    assert_eq!(received(&fake, "POST", "/sms/send").await.len(), all.len());
     let whatsapp = received(&fake, "POST", MESSAGES).await.len();
     // The messages taken before the pause was written may each have met
     // the broken account once; none after.
     assert!(
         (1..=8).contains(&whatsapp),
-        "WhatsApp tried {whatsapp} times for 20 messages (concurrency 8)"
+        "WhatsApp tried {whatsapp} times for 500 messages (concurrency 8)"
+    );
+    assert_eq!(h.queue_len(&h.topology.dead_letter_queue()).await, 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", h.running().addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("vestnik_dispatcher_second_attempts_total 0"),
+        "no attempt was burnt"
     );
     h.finish().await;
 }

@@ -563,6 +563,167 @@ async fn a_meta_account_ban_webhook_sends_by_sms_until_reinstated() {
     stack.stop().await;
 }
 
+/// Wazzup's `channelsUpdates` webhook, through the real ingest and broker:
+/// the tenant's channel goes `phoneUnavailable` (the phone behind it went
+/// offline), the channel is paused fleet-wide and orders go by SMS at once,
+/// while the probe (`GET /v3/channels`) keeps seeing it offline; the
+/// webhook says `active` again, and WhatsApp through Wazzup it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wazzup_channel_going_offline_sends_by_sms_until_it_is_active() {
+    const CHANNEL: &str = "3f0c1b7e-2d4a-4f5e-9a61-0b7c2d9e4f11";
+    let fake = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v3/message"))
+        .respond_with(
+            ResponseTemplate::new(201).set_body_json(serde_json::json!({"messageId": "wz-e2e-1"})),
+        )
+        .mount(&fake)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v3/channels"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            {"channelId": CHANNEL, "transport": "whatsapp", "state": "phoneUnavailable"}
+        ])))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/sms/send"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "status": "OK", "status_code": 100,
+            "sms": {"79160000061": {"status": "OK", "status_code": 100, "sms_id": "e2e-sms-61"}}
+        })))
+        .mount(&fake)
+        .await;
+    let more = format!(
+        r#"
+[tenants.providers.wazzup]
+base_url = "{}"
+api_key = "wz-e2e-key"
+channel_id = "{CHANNEL}"
+[tenants.provider_for]
+whatsapp = "wazzup"
+"#,
+        fake.uri()
+    );
+    let stack = Stack::start_with("wazzup-offline", &fake, &more).await;
+    let id = format!("acme|wazzup|{CHANNEL}");
+    let paused = || {
+        let (pauses, id) = (format!("{}:pauses", stack.prefix), id.clone());
+        async move {
+            let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+            let mut c = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis");
+            redis::cmd("HEXISTS")
+                .arg(&pauses)
+                .arg(&id)
+                .query_async::<bool>(&mut c)
+                .await
+                .expect("hexists")
+        }
+    };
+    let channel_state = |state: &str| {
+        let body = serde_json::json!({"channelsUpdates": [{"channelId": CHANNEL, "state": state}]});
+        let url = format!(
+            "{}/api/callback/wazzup?key=e2e-wazzup-key-0001",
+            stack.ingest_url
+        );
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("ingest answers")
+                .status()
+                .as_u16()
+        }
+    };
+    let wrong_key = reqwest::Client::new()
+        .post(format!(
+            "{}/api/callback/wazzup?key=not-ours",
+            stack.ingest_url
+        ))
+        .json(&serde_json::json!({"channelsUpdates": [{"channelId": CHANNEL, "state": "active"}]}))
+        .send()
+        .await
+        .expect("ingest answers")
+        .status()
+        .as_u16();
+    assert_eq!(wrong_key, 401, "a webhook without our key changes nothing");
+
+    assert_eq!(channel_state("phoneUnavailable").await, 200);
+    let mut ok = false;
+    for _ in 0..100 {
+        if paused().await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the channel is paused");
+    let order = |id: &str| {
+        format!(
+            r#"{{"order":{{"id":"{id}","status":"Выполнен","client":{{"phone":"+79160000061"}}}}}}"#
+        )
+    };
+    let (status, _) = stack
+        .post("rkeeper", "application/json", &order("rk-wz-1"))
+        .await;
+    assert_eq!(status, 202);
+    let mut sms = 0;
+    for _ in 0..100 {
+        let got = fake.received_requests().await.unwrap_or_default();
+        sms = got.iter().filter(|r| r.url.path() == "/sms/send").count();
+        if sms >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sms, 1, "by SMS while the channel is offline");
+    // The probe sees it offline too: still paused, nothing sent to Wazzup.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        paused().await,
+        "the probe does not resume an offline channel"
+    );
+    let got = fake.received_requests().await.unwrap_or_default();
+    assert!(got.iter().any(|r| r.url.path() == "/v3/channels"), "probed");
+    assert!(!got.iter().any(|r| r.url.path() == "/v3/message"));
+
+    assert_eq!(channel_state("active").await, 200);
+    let mut ok = false;
+    for _ in 0..100 {
+        if !paused().await {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the channel is live again");
+    let (status, _) = stack
+        .post("rkeeper", "application/json", &order("rk-wz-2"))
+        .await;
+    assert_eq!(status, 202);
+    let mut wz = Vec::new();
+    for _ in 0..100 {
+        let got = fake.received_requests().await.unwrap_or_default();
+        wz = got
+            .into_iter()
+            .filter(|r| r.url.path() == "/v3/message")
+            .collect();
+        if !wz.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(wz.len(), 1, "WhatsApp through Wazzup again");
+    let body: serde_json::Value = serde_json::from_slice(&wz[0].body).expect("json");
+    assert_eq!(body["channelId"], CHANNEL);
+    stack.stop().await;
+}
+
 /// An SRE pauses a number from the CLI (before rotating its token): the
 /// tenant's orders go by SMS; `pauses list` shows it; resumed, WhatsApp.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

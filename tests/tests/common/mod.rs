@@ -84,6 +84,7 @@ format = "json"
 [callbacks]
 meta_verify_token = "e2e-verify-token"
 meta_app_secrets = ["e2e-meta-app-secret-0001"]
+wazzup_keys = ["e2e-wazzup-key-0001"]
 
 [[tenants]]
 id = "acme"
