@@ -166,7 +166,8 @@ pub struct FilterQuery {
     pub tenant: Option<String>,
     /// iiko, rkeeper, yclients, amocrm, booking.
     pub source: Option<String>,
-    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed, internal.
+    /// poison, recipient, config, uncertain, second_attempt_failed, lookup_failed,
+    /// expired_while_paused, internal.
     pub reason: Option<String>,
     /// Only letters dead-lettered at least this many seconds ago (at most
     /// ten years).

@@ -175,6 +175,7 @@ pub fn build_tenancy(
                 send_hours: t.send_hours.clone(),
                 inbound_accounts: accounts,
                 hold_max: Duration::from_secs(t.hold_max_secs.unwrap_or(24 * 3600)),
+                sources: t.sources.clone(),
             },
         );
     }

@@ -82,6 +82,10 @@ pub struct TenantRuntime {
     /// How long a message may be held for a paused account before it goes to
     /// the DLQ as `expired_while_paused` (`hold_max_secs`, default 24 h).
     pub hold_max: Duration,
+    /// What each source's webhooks must say to count (final statuses, won
+    /// lead statuses, ...), as the tenant configured them: what the console
+    /// shows (ingest applies them).
+    pub sources: shared::tenant::SourceSettings,
 }
 
 impl TenantRuntime {

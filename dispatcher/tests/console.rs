@@ -1,7 +1,8 @@
 //! The admin console over plain HTTP (tests/tests/console_browser.rs drives it in
 //! Chromium): sessions in Redis that any dispatcher honours and sign-out
 //! ends, the CSRF token on every state-changing form, a purge that asks
-//! first, pause and resume from the tenants page, and no phone in any page.
+//! first, pause and resume from the tenants page, a bulk replay that leaves
+//! uncertain letters in the DLQ unless asked, and no phone in any page.
 
 mod common;
 
@@ -240,5 +241,156 @@ async fn console_sessions_csrf_purge_and_pauses() {
     assert_eq!(s, 303);
     let (s, _) = b.get("/console").await;
     assert_eq!(s, 303, "the old cookie opens nothing");
+    h.finish().await;
+}
+
+/// SMS.ru's answer to a send.
+fn sms_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        "status": "OK", "status_code": 100,
+        "sms": {"79161234567": {"status": "OK", "status_code": 100, "sms_id": "000000-30000001"}}
+    }))
+}
+
+/// Waits for a replay job's page to say done; returns the page.
+async fn job_done(b: &Browser, job: &str) -> String {
+    for _ in 0..150 {
+        let (_, page) = b.get(job).await;
+        if page.contains("data-state=\"done\"") {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replay never finished: {}", b.get(job).await.1);
+}
+
+/// A number in the job's report, by its row's heading.
+fn reported(page: &str, heading: &str) -> u64 {
+    let at = page
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading}: {page}"));
+    let cell = &page[at..];
+    let start = cell.find("<td").expect("a cell");
+    let value = &cell[start..];
+    let open = value.find('>').expect("cell opens") + 1;
+    let close = value.find("</td>").expect("cell closes");
+    value[open..close].trim().parse().expect("a number")
+}
+
+/// An uncertain letter (SMS.ru timed out after the request went out: it may
+/// have been delivered) and a config one: "Replay all shown" replays the
+/// config one and keeps the uncertain one in the DLQ, saying so; ticking
+/// "include uncertain" replays it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_from_the_console_keeps_uncertain_letters_unless_asked() {
+    let fake = MockServer::start().await;
+    // Longer than the provider timeout below (2 s): uncertain.
+    Mock::given(method("POST"))
+        .respond_with(sms_ok().set_delay(Duration::from_secs(3)))
+        .mount(&fake)
+        .await;
+    let mut o = Options::meta(&fake);
+    o.channels = r#"["sms"]"#;
+    o.providers = format!(
+        "\n[tenants.providers.smsru]\nbase_url = \"{}\"\napi_id = \"test-api-id-0001\"\ntimeout_ms = 2000\n",
+        fake.uri()
+    );
+    o.extra.push_str(&format!(
+        "\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    ));
+    let h = Harness::start("console-uncertain", &o).await;
+    let base = format!("http://{}", h.running().admin_addr.expect("admin API"));
+    let dlq = h.topology.dead_letter_queue();
+    let until_letters = |n: u32| {
+        let (h, dlq) = (&h, dlq.clone());
+        async move {
+            for _ in 0..150 {
+                if h.queue_len(&dlq).await == n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("never {n} dead letters");
+        }
+    };
+    let unsure = event(
+        EventKind::OrderCompleted,
+        "org:console-unsure",
+        "+79161234567",
+    );
+    h.publish(&unsure).await;
+    until_letters(1).await;
+    // Now SMS.ru refuses the request outright: a config letter.
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("bad request"))
+        .mount(&fake)
+        .await;
+    let refused = event(
+        EventKind::OrderCompleted,
+        "org:console-refused",
+        "+79161234567",
+    );
+    h.publish(&refused).await;
+    until_letters(2).await;
+    fake.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(sms_ok())
+        .mount(&fake)
+        .await;
+
+    let b = Browser::sign_in(&base).await;
+    let csrf = b.csrf().await;
+    let (_, list) = b.get("/console/dead-letters?tenant=acme").await;
+    assert!(
+        list.contains("1 uncertain"),
+        "the uncertain one is marked: {list}"
+    );
+
+    // "Replay all shown": the uncertain one stays.
+    let (s, _, job) = b
+        .post(
+            "/console/dead-letters/action",
+            &[
+                ("csrf", &csrf),
+                ("action", "replay-filter"),
+                ("tenant", "acme"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 303);
+    let page = job_done(&b, &job.expect("the job's page")).await;
+    assert_eq!(reported(&page, "Replayed"), 1, "{page}");
+    assert_eq!(reported(&page, "Uncertain, kept in the DLQ"), 1, "{page}");
+    until_letters(1).await;
+    let sent = common::requests(&fake, 1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1, "the config letter went out");
+    let (_, left) = b.get("/console/dead-letters").await;
+    assert!(
+        left.contains(&unsure.id.to_string()),
+        "the uncertain one stays"
+    );
+    assert!(!left.contains(&refused.id.to_string()));
+
+    // Asked for: the uncertain one too.
+    let (s, _, job) = b
+        .post(
+            "/console/dead-letters/action",
+            &[
+                ("csrf", &csrf),
+                ("action", "replay-filter"),
+                ("tenant", "acme"),
+                ("include_uncertain", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 303);
+    let page = job_done(&b, &job.expect("the job's page")).await;
+    assert_eq!(reported(&page, "Replayed"), 1, "{page}");
+    until_letters(0).await;
+    let sent = common::requests(&fake, 2, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 2, "and now the uncertain one");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.received_requests().await.unwrap_or_default().len(), 2);
     h.finish().await;
 }

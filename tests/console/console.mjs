@@ -3,7 +3,8 @@
 // binaries, forces a dead letter and checks the fake provider afterwards.
 //
 // Env: CONSOLE_URL (the admin listener, e.g. http://127.0.0.1:9091),
-// CONSOLE_TOKEN, DEAD_LETTER_ID (the forced dead letter's event id),
+// CONSOLE_TOKEN, DEAD_LETTER_ID (the forced dead letter's event id, to
+// replay), OTHER_LETTER_ID (a second one, to purge),
 // SHOTS (a directory for screenshots of every page), CHROMIUM (default
 // /usr/bin/chromium). Prints one line per step; exits 1 on the first
 // failed check.
@@ -13,9 +14,10 @@ import { mkdirSync } from "node:fs";
 const base = process.env.CONSOLE_URL;
 const token = process.env.CONSOLE_TOKEN;
 const deadId = process.env.DEAD_LETTER_ID;
+const otherId = process.env.OTHER_LETTER_ID;
 const shots = process.env.SHOTS;
-if (!base || !token || !deadId) {
-  console.error("CONSOLE_URL, CONSOLE_TOKEN and DEAD_LETTER_ID are required");
+if (!base || !token || !deadId || !otherId) {
+  console.error("CONSOLE_URL, CONSOLE_TOKEN, DEAD_LETTER_ID and OTHER_LETTER_ID are required");
   process.exit(2);
 }
 if (shots) mkdirSync(shots, { recursive: true });
@@ -74,12 +76,27 @@ try {
 
   // The dead letter is listed, masked.
   await page.click("nav >> text=Dead letters");
-  const row = page.locator(`tr[data-id="${deadId}"]`);
-  check((await row.count()) === 1, "the forced dead letter is listed");
-  const rowText = await row.textContent();
+  const listed = page.locator(`tr[data-id="${deadId}"]`);
+  check((await listed.count()) === 1, "the forced dead letter is listed");
+  const rowText = await listed.textContent();
   check(rowText.includes("config"), "with its reason");
   check(!/\+?7916\d{7}/.test(await page.content()), "no phone in clear on the page");
   await shot(page, "dead-letters");
+
+  // The filter form: no letter is a recipient's failure; both are config,
+  // both the tenant's.
+  await page.selectOption("#reason", "recipient");
+  await Promise.all([page.waitForURL(/reason=recipient/), page.click("fieldset button[type=submit]")]);
+  const none = await page.locator("tr[data-id]").count();
+  await page.selectOption("#reason", "config");
+  await page.selectOption("#tenant", "acme");
+  await Promise.all([page.waitForURL(/reason=config/), page.click("fieldset button[type=submit]")]);
+  const both = await page.locator("tr[data-id]").count();
+  check(none === 0 && both === 2,
+    `a filter by reason leaves out what does not match (${none} for recipient, ${both} for config)`);
+  await shot(page, "dead-letters-filtered");
+  await page.goto(`${base}/console/dead-letters`);
+  const row = page.locator(`tr[data-id="${deadId}"]`);
 
   // Its page: the failure, the journal, the masked event.
   await row.locator("a").first().click();
@@ -116,6 +133,21 @@ try {
   await page.goto(`${base}/console/dead-letters`);
   check((await page.locator(`tr[data-id="${deadId}"]`).count()) === 0, "the letter left the DLQ");
 
+  // The other letter is purged, but only after the page that asks.
+  await page.check(`tr[data-id="${otherId}"] input[type=checkbox]`);
+  await Promise.all([
+    page.waitForURL(/\/console\/dead-letters\/action/),
+    page.click("button[value=purge-selected]"),
+  ]);
+  const asked = await page.textContent("#confirm-text");
+  check(asked.includes("Purge 1 dead letter") && asked.includes("for good"), `the purge asks first (${asked.trim()})`);
+  await shot(page, "purge-confirm");
+  await page.click('button:has-text("Purge for good")');
+  await page.waitForSelector("#purged");
+  check((await page.textContent("#purged")).includes("Purged 1 dead letter"), "the other letter is purged");
+  await page.goto(`${base}/console/dead-letters`);
+  check((await page.locator("tr[data-id]").count()) === 0, "the DLQ is empty");
+
   // The event's journal as a timeline, by its id.
   await page.goto(`${base}/console/events?q=${deadId}`);
   await page.waitForSelector(`section.event[data-id="${deadId}"]`);
@@ -134,7 +166,25 @@ try {
   check(await page.isVisible('section.tenant[data-tenant="acme"]'), "the tenants page lists the tenant");
   const html = await page.content();
   check(!html.includes("EAA-e2e-token") && !html.includes("e2e-api-id"), "no provider secret on the tenants page");
+  const rkeeper = page.locator('section.tenant[data-tenant="acme"] tr[data-source="rkeeper"]');
+  const rkeeperText = await rkeeper.textContent();
+  const rkeeperCount = parseInt(await rkeeper.locator("td.num").textContent(), 10);
+  check(rkeeperText.includes("Выполнен") && rkeeperCount > 0,
+    `the tenants page lists its sources, what counts and what came (${rkeeperText.trim()})`);
   await shot(page, "tenants");
+
+  // Pause the number by hand (before rotating its token, say), see it on
+  // the overview, and resume it.
+  const account = page.locator('tr[data-account="acme|meta|1234567890"]');
+  await Promise.all([page.waitForURL(`${base}/console/tenants`), account.locator("button[value=pause]").click()]);
+  check((await account.textContent()).includes("paused: by an admin"), "the account is paused from the tenants page");
+  await page.goto(`${base}/console`);
+  const pausedRow = await page.textContent("#pauses");
+  check(pausedRow.includes("1234567890") && pausedRow.includes("paused by an admin"), "the overview lists the paused account");
+  await shot(page, "overview-paused");
+  await page.goto(`${base}/console/tenants`);
+  await Promise.all([page.waitForURL(`${base}/console/tenants`), account.locator("button[value=resume]").click()]);
+  check((await account.textContent()).includes("healthy"), "and resumed");
 
   // Back to the overview, now with a delivery counted.
   await page.goto(`${base}/console`);

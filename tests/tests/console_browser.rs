@@ -1,10 +1,12 @@
 //! The admin console in a real browser: the real `ingest` and `dispatcher`
 //! binaries on the real RabbitMQ and Redis, Debian's Chromium driven by
 //! playwright-core (`tests/console/console.mjs`; deploy/test.sh installs
-//! both). A webhook's message is dead-lettered by a provider refusing it;
-//! the admin signs in (a wrong token refused first), finds the letter,
-//! is refused a replay without the CSRF token, replays it from the page,
-//! and the provider receives exactly one message.
+//! both). Two webhooks' messages are dead-lettered by a provider refusing
+//! them; the admin signs in (a wrong token refused first), filters the
+//! letters, finds one, is refused a replay without the CSRF token, replays
+//! it from the page, purges the other after the confirmation page, pauses
+//! and resumes the provider account, and the provider receives exactly one
+//! message.
 //!
 //! `CONSOLE_SHOTS=docs/console cargo test -p e2e --test console_browser` refreshes
 //! the screenshots docs/ADMIN.md shows.
@@ -66,24 +68,41 @@ async fn an_admin_replays_a_dead_letter_from_the_browser_once() {
     )
     .await;
     let admin = format!("http://127.0.0.1:{admin_port}");
-    let (status, _) = stack
-        .post(
-            "rkeeper",
-            "application/json",
-            r#"{"order":{"id":"rk-console","status":"Выполнен","client":{"phone":"+79160000012"}}}"#,
-        )
-        .await;
-    assert_eq!(status, 202);
-    let mut dead_id = None;
-    for _ in 0..150 {
-        let listed = admin_get(&admin, "/admin/dlq").await;
-        if let Some(id) = listed["dead_letters"][0]["id"].as_str() {
-            dead_id = Some(id.to_string());
-            break;
+    // Two orders, one after the other, both refused: the first is replayed
+    // from the console, the second purged.
+    let mut ids: Vec<String> = Vec::new();
+    for (order, phone) in [
+        ("rk-console", "+79160000012"),
+        ("rk-console-2", "+79160000013"),
+    ] {
+        let (status, _) = stack
+            .post(
+                "rkeeper",
+                "application/json",
+                &format!(
+                    r#"{{"order":{{"id":"{order}","status":"Выполнен","client":{{"phone":"{phone}"}}}}}}"#
+                ),
+            )
+            .await;
+        assert_eq!(status, 202);
+        for _ in 0..150 {
+            let listed = admin_get(&admin, "/admin/dlq").await;
+            let new = listed["dead_letters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["id"].as_str())
+                .find(|id| !ids.iter().any(|known| known == id))
+                .map(str::to_string);
+            if let Some(id) = new {
+                ids.push(id);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let dead_id = dead_id.expect("the refused message is dead-lettered");
+    assert_eq!(ids.len(), 2, "both refused messages are dead-lettered");
+    let (dead_id, other_id) = (ids[0].clone(), ids[1].clone());
 
     // The token is fixed; the admin replays from the console.
     fake.reset().await;
@@ -98,13 +117,14 @@ async fn an_admin_replays_a_dead_letter_from_the_browser_once() {
         .map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(d))
         .unwrap_or_else(|_| stack._dir.path().join("shots"));
     let script = script_dir.join("console.mjs");
-    let (url, id) = (admin.clone(), dead_id.clone());
+    let (url, id, other) = (admin.clone(), dead_id.clone(), other_id.clone());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg(script)
             .env("CONSOLE_URL", url)
             .env("CONSOLE_TOKEN", TOKEN)
             .env("DEAD_LETTER_ID", id)
+            .env("OTHER_LETTER_ID", other)
             .env("SHOTS", shots)
             .output()
     })
@@ -126,6 +146,11 @@ async fn an_admin_replays_a_dead_letter_from_the_browser_once() {
         "the cookie is Secure, HttpOnly, SameSite=Strict",
         "a replay without the CSRF token is refused",
         "the replay replayed one letter",
+        "a filter by reason leaves out what does not match",
+        "the purge asks first",
+        "the other letter is purged",
+        "the account is paused from the tenants page",
+        "and resumed",
     ] {
         assert!(said.contains(&format!("ok: {step}")), "{step}: {said}");
     }

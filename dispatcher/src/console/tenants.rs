@@ -1,8 +1,9 @@
 //! Tenants: each one's channels in order, the provider accounts behind them
 //! (the tenant's and its branches'; an account is an id or a digest of its
 //! credentials, never a key), whether each is healthy or paused (with
-//! pause and resume buttons), and what the last hour brought: events by
-//! source, provider calls by outcome, dead letters by reason.
+//! pause and resume buttons), its sources (what each source's webhooks must
+//! say to count, and how many came in the last hour), and what the last
+//! hour brought: provider calls by outcome, dead letters by reason.
 
 use std::collections::BTreeMap;
 
@@ -110,6 +111,19 @@ pub async fn page(
                     }
                 }
                 @let sources = hour.by(&["received", id.as_str(), "*"], 2);
+                table.sources {
+                    thead { tr { th { "Source" } th { "Webhook" } th { "Counts when" } th.num { "Received (1 h)" } } }
+                    tbody {
+                        @for s in shared::SourceId::ALL {
+                            tr data-source=(s.as_str()) {
+                                td { (s.as_str()) }
+                                td { code { "POST /api/webhook/" (s.as_str()) } }
+                                td { (source_rule(&t.sources, s)) }
+                                td.num { (sources.get(s.as_str()).copied().unwrap_or(0)) }
+                            }
+                        }
+                    }
+                }
                 @let dead = hour.by(&["dead_lettered", id.as_str(), "*"], 2);
                 p {
                     "Last hour: received "
@@ -129,6 +143,43 @@ pub async fn page(
         "/console/tenants",
         content,
     )))
+}
+
+/// What a source's webhook must say to make an event, as configured.
+fn source_rule(s: &shared::tenant::SourceSettings, source: shared::SourceId) -> String {
+    let list = |v: &[String]| v.join(", ");
+    let nums = |v: &[u64]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match source {
+        shared::SourceId::Iiko => format!("order status {}", list(&s.iiko.final_statuses)),
+        shared::SourceId::Rkeeper => format!("order status {}", list(&s.rkeeper.final_statuses)),
+        shared::SourceId::Yclients => format!(
+            "record attendance {} (the visit ended)",
+            s.yclients
+                .attendance
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        shared::SourceId::Amocrm => {
+            let mut rule = format!("lead status {}", nums(&s.amocrm.won_status_ids));
+            if !s.amocrm.phone_field_ids.is_empty() {
+                rule.push_str(&format!(
+                    "; phone from fields {}",
+                    nums(&s.amocrm.phone_field_ids)
+                ));
+            }
+            rule
+        }
+        shared::SourceId::Booking => {
+            "check-in, cancel, complete, time or place changed, payment received".to_string()
+        }
+    }
 }
 
 /// Pause or resume a provider account (the overview's and this page's
