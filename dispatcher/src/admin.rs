@@ -762,7 +762,15 @@ async fn pauses_resume(
 ) -> Result<HttpResponse, AdminError> {
     let resumed = state.store.resume(&body.id).await.map_err(unavailable)?;
     if !resumed {
-        return Err(AdminError::NotFound(format!("{} is not paused", body.id)));
+        let draining = matches!(state.store.paused(&body.id).await, Ok(Some(p)) if p.draining);
+        return Err(AdminError::NotFound(if draining {
+            format!(
+                "{} is not paused: it is healthy and releasing its held messages",
+                body.id
+            )
+        } else {
+            format!("{} is not paused", body.id)
+        }));
     }
     tracing::info!(id = %body.id, "admin: account resumed");
     Ok(HttpResponse::Ok().json(Resumed {

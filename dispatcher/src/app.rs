@@ -112,6 +112,7 @@ pub fn build_worker(
         shutdown,
         sealer: settings.security.sealer(),
         declared_rungs: std::sync::atomic::AtomicU32::new(0),
+        declared_holds: std::sync::Mutex::default(),
         hold_recheck: Duration::from_secs(settings.dispatcher.hold_recheck_secs.max(1)),
         hold_drain_window: settings.dispatcher.hold_drain_window.max(1),
     })

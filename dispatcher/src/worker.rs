@@ -140,6 +140,11 @@ pub struct Worker {
     pub sealer: Option<shared::seal::Sealer>,
     /// Rungs of the delay ladder this process has declared (a bit each).
     pub declared_rungs: std::sync::atomic::AtomicU32,
+    /// Hold queues this process has declared (their keys): a hold then
+    /// publishes without a declare's round trip; a failed publish (an
+    /// operator deleted the queue, or it was drained and deleted) forgets
+    /// the key, so the next hold declares it again.
+    pub declared_holds: std::sync::Mutex<std::collections::HashSet<String>>,
     /// How long a message held for a paused account waits before it looks
     /// again (`dispatcher.hold_recheck_secs`).
     pub hold_recheck: Duration,
@@ -1882,11 +1887,22 @@ impl Worker {
             }
         }
         let key = crate::hold::queue_key(&pause.id);
+        let declared = |keys: &std::sync::Mutex<std::collections::HashSet<String>>| {
+            keys.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key)
+        };
         let published = async {
-            self.topology
-                .declare_hold_queue(job.publisher, &key)
-                .await
-                .map_err(|e| e.to_string())?;
+            if !declared(&self.declared_holds) {
+                self.topology
+                    .declare_hold_queue(job.publisher, &key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.declared_holds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key.clone());
+            }
             let route = Topology::hold_route(&key);
             outbox::publish(
                 job.publisher,
@@ -1931,6 +1947,12 @@ impl Worker {
                 Settle::Ack
             }
             Err(e) => {
+                // Unroutable: the queue is gone (drained and deleted); the
+                // next hold declares it again.
+                self.declared_holds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
                 tracing::warn!(error = %e, "hold not confirmed; handing the event back");
                 Settle::Requeue
             }
