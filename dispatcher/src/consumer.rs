@@ -12,14 +12,14 @@ use backon::{ExponentialBuilder, Retryable};
 use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::worker::{Settle, Worker};
+use crate::worker::Worker;
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -180,18 +180,7 @@ async fn session(
                         .await
                 }
             };
-            let r = match settle {
-                Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-                Settle::Requeue => {
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
-                }
-            };
-            if let Err(e) = r {
+            if let Err(e) = settle.apply(&delivery).await {
                 // The broker will redeliver; idempotency makes that harmless.
                 tracing::warn!(error = %e, ?settle, "could not settle a delivery");
             }

@@ -40,6 +40,25 @@ pub enum Settle {
     Requeue,
 }
 
+impl Settle {
+    /// Tells the broker: ack, or back to the queue's head.
+    pub async fn apply(self, delivery: &Delivery) -> lapin::Result<()> {
+        match self {
+            Settle::Ack => delivery
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .map(|_| ()),
+            Settle::Requeue => delivery
+                .nack(lapin::options::BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+        }
+    }
+}
+
 /// How a tenant, or one of its branches, sends: channels, providers.
 pub struct Routing {
     pub policy: ChannelPolicy,

@@ -80,18 +80,15 @@ async fn queue_depths(
     ));
     // The hold queues of paused (and draining) accounts, one per pause.
     if let Ok(holds) = state.store.holds().await {
-        let mut held = None;
-        let accounts = holds.holds.len();
+        let mut held = 0;
         for h in &holds.holds {
             let queue = t.hold_queue(&crate::hold::queue_key(&h.id));
-            if let Some(n) = depth(&mut ch, &queue).await {
-                held = Some(held.unwrap_or(0) + n);
-            }
+            held += depth(&mut ch, &queue).await.unwrap_or(0);
         }
         out.push((
-            format!("{} ({accounts} accounts)", t.hold_queue("*")),
+            format!("{} ({} accounts)", t.hold_queue("*"), holds.holds.len()),
             "held for a paused account, sent in order when it heals",
-            held.or(Some(0)),
+            Some(held),
         ));
     }
     let _ = conn.close(200, "read".into()).await;

@@ -147,31 +147,22 @@ pub async fn page(
 
 /// What a source's webhook must say to make an event, as configured.
 fn source_rule(s: &shared::tenant::SourceSettings, source: shared::SourceId) -> String {
-    let list = |v: &[String]| v.join(", ");
-    let nums = |v: &[u64]| {
-        v.iter()
-            .map(|n| n.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    fn joined<T: ToString>(v: &[T]) -> String {
+        v.iter().map(T::to_string).collect::<Vec<_>>().join(", ")
+    }
     match source {
-        shared::SourceId::Iiko => format!("order status {}", list(&s.iiko.final_statuses)),
-        shared::SourceId::Rkeeper => format!("order status {}", list(&s.rkeeper.final_statuses)),
+        shared::SourceId::Iiko => format!("order status {}", joined(&s.iiko.final_statuses)),
+        shared::SourceId::Rkeeper => format!("order status {}", joined(&s.rkeeper.final_statuses)),
         shared::SourceId::Yclients => format!(
             "record attendance {} (the visit ended)",
-            s.yclients
-                .attendance
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            joined(&s.yclients.attendance)
         ),
         shared::SourceId::Amocrm => {
-            let mut rule = format!("lead status {}", nums(&s.amocrm.won_status_ids));
+            let mut rule = format!("lead status {}", joined(&s.amocrm.won_status_ids));
             if !s.amocrm.phone_field_ids.is_empty() {
                 rule.push_str(&format!(
                     "; phone from fields {}",
-                    nums(&s.amocrm.phone_field_ids)
+                    joined(&s.amocrm.phone_field_ids)
                 ));
             }
             rule

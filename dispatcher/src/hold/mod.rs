@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
+use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
 use lapin::{Channel, Connection};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -775,30 +775,26 @@ impl Drain {
             if stop.is_none() && lost.load(std::sync::atomic::Ordering::SeqCst) {
                 stop = Some("drain lease lost: another dispatcher drains");
             }
-            if stop.is_some() {
-                window.halt();
-            }
             // Take while there is room: one look at the pause per round.
             if stop.is_none() && window.room() {
                 match self.worker.store.paused(&self.id).await {
-                    Ok(Some(p)) if !p.draining => {
-                        stop = Some("paused again: the rest stays held");
-                        window.halt();
-                    }
-                    Ok(_) => {
-                        if let Err(why) = self.take(&ch, &mut window, &mut out, &mut empty).await {
-                            stop = Some(why);
-                            window.halt();
-                        } else if !empty {
-                            sealed = false;
+                    Ok(Some(p)) if !p.draining => stop = Some("paused again: the rest stays held"),
+                    Ok(_) => match self.take(&ch, &mut window, &mut out).await {
+                        Ok(was_empty) => {
+                            empty = was_empty;
+                            sealed &= was_empty;
                         }
-                    }
+                        Err(why) => stop = Some(why),
+                    },
                     Err(_) if window.taken() == 0 => {
                         tokio::time::sleep(RETRY_HEAD).await;
                         continue;
                     }
                     Err(_) => {}
                 }
+            }
+            if stop.is_some() {
+                window.halt();
             }
             if window.out() == 0 {
                 if window.taken() > 0 {
@@ -847,8 +843,8 @@ impl Drain {
                 break false;
             };
             let kept = match settle {
-                Some(Settle::Ack) => match slot.item.ack(BasicAckOptions::default()).await {
-                    Ok(_) => {
+                Settle::Ack => match Settle::Ack.apply(&slot.item).await {
+                    Ok(()) => {
                         sent += 1;
                         self.worker
                             .metrics
@@ -866,12 +862,7 @@ impl Drain {
                         false
                     }
                 },
-                Some(Settle::Requeue) => true,
-                None => {
-                    stop = Some("a send failed unexpectedly");
-                    window.halt();
-                    true
-                }
+                Settle::Requeue => true,
             };
             if let Some(next) = window.done(slot, kept) {
                 self.start(&mut out, next);
@@ -892,16 +883,14 @@ impl Drain {
         let _ = ch.close(200, "drain stopped".into()).await;
     }
 
-    /// Takes messages off the head while the window has room; `empty` when
+    /// Takes messages off the head while the window has room; true when
     /// the queue had no more. Err: the broker channel failed.
     async fn take(
         &self,
         ch: &Channel,
         window: &mut Window<Delivery>,
         out: &mut JoinSet<Sent>,
-        empty: &mut bool,
-    ) -> Result<(), &'static str> {
-        *empty = false;
+    ) -> Result<bool, &'static str> {
         while window.room() {
             let got = ch
                 .basic_get(self.queue().as_str().into(), BasicGetOptions::default())
@@ -911,11 +900,10 @@ impl Drain {
                     "hold queue not read"
                 })?;
             let Some(m) = got else {
-                *empty = true;
                 if window.taken() == 0 {
                     self.count(0);
                 }
-                return Ok(());
+                return Ok(true);
             };
             let taken = u32::try_from(window.taken()).unwrap_or(u32::MAX);
             self.count(m.message_count.saturating_add(taken).saturating_add(1));
@@ -924,7 +912,7 @@ impl Drain {
                 self.start(out, slot);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Sends one held message through the worker, in a task of its own.
@@ -936,11 +924,15 @@ impl Drain {
                 std::panic::AssertUnwindSafe(worker.handle_held(&slot.item, &publisher, &id))
                     .catch_unwind()
                     .await;
+            // A bug on this message: dead-lettered as `internal`, as the
+            // consumer does, so one message cannot stall the drain.
             let settle = match handled {
-                Ok(settle) => Some(settle),
-                Err(_) => {
-                    tracing::error!(pause = %id, "a held message's send panicked: it stays held");
-                    None
+                Ok(settle) => settle,
+                Err(panic) => {
+                    let text = shared::telemetry::panic_text(panic.as_ref());
+                    worker
+                        .dead_letter_panic(&slot.item, &publisher, &text)
+                        .await
                 }
             };
             Sent { slot, settle }
@@ -1009,18 +1001,7 @@ impl Drain {
                 Settle::Requeue
             }
         };
-        let settled = match settle {
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-            }
-        };
-        if let Err(e) = settled {
+        if let Err(e) = settle.apply(&delivery).await {
             tracing::warn!(error = %e, "held message not settled: it goes back to the head");
             return None;
         }
@@ -1031,11 +1012,10 @@ impl Drain {
     }
 }
 
-/// A held message's send, done: its slot, and how to settle it (none: the
-/// send panicked).
+/// A held message's send, done: its slot, and how to settle it.
 struct Sent {
     slot: Slot<Delivery>,
-    settle: Option<Settle>,
+    settle: Settle,
 }
 
 /// Returns what the window took and did not send to the queue's head,
@@ -1043,11 +1023,7 @@ struct Sent {
 /// them too).
 async fn put_back(window: &mut Window<Delivery>) -> bool {
     for slot in window.put_back() {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        };
-        if let Err(e) = slot.item.nack(requeue).await {
+        if let Err(e) = Settle::Requeue.apply(&slot.item).await {
             tracing::warn!(error = %e, "held message not put back: the channel returns it");
             return false;
         }

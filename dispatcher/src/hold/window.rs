@@ -25,9 +25,8 @@ pub struct Slot<T> {
 pub struct Window<T> {
     size: usize,
     next_seq: u64,
-    /// Customers with a message out.
+    /// Customers with a message out: one each, so also how many are out.
     busy: HashSet<String>,
-    out: usize,
     /// Taken, waiting for the customer's earlier message.
     parked: VecDeque<Slot<T>>,
     /// Held back: to be put back.
@@ -42,7 +41,6 @@ impl<T> Window<T> {
             size: size.max(1),
             next_seq: 0,
             busy: HashSet::new(),
-            out: 0,
             parked: VecDeque::new(),
             back: Vec::new(),
             halted: false,
@@ -61,17 +59,17 @@ impl<T> Window<T> {
 
     /// May another message be taken off the queue?
     pub fn room(&self) -> bool {
-        !self.holding() && self.out + self.parked.len() < self.size
+        !self.holding() && self.out() + self.parked.len() < self.size
     }
 
     /// Messages out now.
     pub fn out(&self) -> usize {
-        self.out
+        self.busy.len()
     }
 
     /// Messages taken and not yet done (out, parked, held back).
     pub fn taken(&self) -> usize {
-        self.out + self.parked.len() + self.back.len()
+        self.out() + self.parked.len() + self.back.len()
     }
 
     /// A message taken off the queue: the slot to start now, or none (its
@@ -88,7 +86,6 @@ impl<T> Window<T> {
             return None;
         }
         self.busy.insert(slot.recipient.clone());
-        self.out += 1;
         Some(slot)
     }
 
@@ -96,7 +93,6 @@ impl<T> Window<T> {
     /// `kept` (held back, to be put back). Returns the customer's next
     /// parked message to start, if the window is not holding.
     pub fn done(&mut self, slot: Slot<T>, kept: bool) -> Option<Slot<T>> {
-        self.out = self.out.saturating_sub(1);
         self.busy.remove(&slot.recipient);
         let recipient = slot.recipient.clone();
         if kept {
@@ -109,14 +105,13 @@ impl<T> Window<T> {
         let i = self.parked.iter().position(|p| p.recipient == recipient)?;
         let next = self.parked.remove(i)?;
         self.busy.insert(next.recipient.clone());
-        self.out += 1;
         Some(next)
     }
 
     /// Once nothing is out: everything held back or parked, oldest first,
     /// to be returned to the queue in that order; the window starts afresh.
     pub fn put_back(&mut self) -> Vec<Slot<T>> {
-        debug_assert_eq!(self.out, 0, "put back only once nothing is out");
+        debug_assert_eq!(self.out(), 0, "put back only once nothing is out");
         let mut all: Vec<Slot<T>> = self.back.drain(..).chain(self.parked.drain(..)).collect();
         all.sort_by_key(|s| s.seq);
         self.busy.clear();
